@@ -1,0 +1,210 @@
+//! The test table. Tests that are not specific to one heap are `PerHeap` and run on every
+//! heap under /dev/dma_heap, so the snapshot shows each heap side by side.
+
+use std::path::Path;
+
+use crate::ensure;
+use crate::harness::{errno_name, verdict, Body, Case, Context, Ctx, Outcome, Stop};
+use crate::uapi::{
+    heap_names, Access, Heap, DMA_BUF_SYNC_END, DMA_BUF_SYNC_READ, DMA_BUF_SYNC_RW,
+    DMA_BUF_SYNC_START, DMA_BUF_SYNC_WRITE, DMA_HEAP_DIR,
+};
+
+pub const CASES: &[Case] = &[
+    Case {
+        name: "heaps_present",
+        selftest: false,
+        body: Body::Global(heaps_present),
+    },
+    Case {
+        name: "alloc_mmap_sync_roundtrip",
+        selftest: false,
+        body: Body::PerHeap(alloc_mmap_sync_roundtrip),
+    },
+    Case {
+        name: "sync_flag_validation",
+        selftest: false,
+        body: Body::PerHeap(sync_flag_validation),
+    },
+    Case {
+        name: "set_name",
+        selftest: false,
+        body: Body::PerHeap(set_name),
+    },
+    // Rig self-tests: each must make the rig report a failure of a specific kind.
+    Case {
+        name: "rig_selftest_fail",
+        selftest: true,
+        body: Body::Global(selftest_fail),
+    },
+    Case {
+        name: "rig_selftest_crash",
+        selftest: true,
+        body: Body::Global(selftest_crash),
+    },
+    Case {
+        name: "rig_selftest_timeout",
+        selftest: true,
+        body: Body::Global(selftest_timeout),
+    },
+    Case {
+        name: "rig_selftest_warning",
+        selftest: true,
+        body: Body::Global(selftest_warning),
+    },
+];
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
+
+fn heaps_present(ctx: &mut Ctx) -> Outcome {
+    ensure!(
+        Path::new(DMA_HEAP_DIR).is_dir(),
+        "{DMA_HEAP_DIR} does not exist: the kernel has no dma-buf heaps (CONFIG_DMABUF_HEAPS)"
+    );
+    let names = heap_names().context(format!("listing {DMA_HEAP_DIR}"))?;
+    ctx.fact("heaps", names.join(", "));
+    ensure!(
+        names.iter().any(|n| n == "system"),
+        "the C system heap (CONFIG_DMABUF_HEAPS_SYSTEM) is missing; heaps found: {names:?}"
+    );
+    Ok(())
+}
+
+/// A byte pattern that differs per page and per heap run, so a stale or shifted page shows.
+fn pattern(i: usize, seed: u8) -> u8 {
+    (i as u8).wrapping_mul(31).wrapping_add((i >> 12) as u8) ^ seed
+}
+
+fn alloc_mmap_sync_roundtrip(ctx: &mut Ctx, heap: &Heap) -> Outcome {
+    for (len, seed) in [(4 * KIB, 0x5a), (MIB, 0xa5), (MIB + 4 * KIB, 0x3c)] {
+        let buf = heap.alloc(len).context(format!("alloc {len} bytes"))?;
+        let mut map = buf.mmap(0, len as usize).context("mmap")?;
+
+        buf.sync_start(Access::Read).context("SYNC START|READ")?;
+        let nonzero = map.as_slice().iter().filter(|&&b| b != 0).count();
+        buf.sync_end(Access::Read).context("SYNC END|READ")?;
+        ensure!(
+            nonzero == 0,
+            "fresh {len}-byte buffer has {nonzero} non-zero bytes"
+        );
+
+        buf.sync_start(Access::Write).context("SYNC START|WRITE")?;
+        for (i, b) in map.as_mut_slice().iter_mut().enumerate() {
+            *b = pattern(i, seed);
+        }
+        buf.sync_end(Access::Write).context("SYNC END|WRITE")?;
+
+        // Read back through a second, independent mapping of the same buffer.
+        let again = buf.mmap(0, len as usize).context("second mmap")?;
+        buf.sync_start(Access::Read).context("SYNC START|READ")?;
+        let bad = again
+            .as_slice()
+            .iter()
+            .enumerate()
+            .find(|&(i, &b)| b != pattern(i, seed));
+        buf.sync_end(Access::Read).context("SYNC END|READ")?;
+        if let Some((i, &b)) = bad {
+            return Err(Stop::Fail(format!(
+                "{len}-byte buffer: byte {i} reads {b:#04x}, wrote {:#04x}",
+                pattern(i, seed)
+            )));
+        }
+        ctx.fact(format!("roundtrip {len}"), "ok");
+    }
+    Ok(())
+}
+
+fn sync_flag_validation(ctx: &mut Ctx, heap: &Heap) -> Outcome {
+    let buf = heap.alloc(64 * KIB).context("alloc 64 KiB")?;
+    // (label, flags): the dma-buf core accepts only READ/WRITE/END bits with a direction.
+    let table: &[(&str, u64)] = &[
+        ("START|READ", DMA_BUF_SYNC_START | DMA_BUF_SYNC_READ),
+        ("START|WRITE", DMA_BUF_SYNC_START | DMA_BUF_SYNC_WRITE),
+        ("START|RW", DMA_BUF_SYNC_START | DMA_BUF_SYNC_RW),
+        ("END|READ", DMA_BUF_SYNC_END | DMA_BUF_SYNC_READ),
+        ("END|WRITE", DMA_BUF_SYNC_END | DMA_BUF_SYNC_WRITE),
+        ("END|RW", DMA_BUF_SYNC_END | DMA_BUF_SYNC_RW),
+        ("START without direction", DMA_BUF_SYNC_START),
+        ("END without direction", DMA_BUF_SYNC_END),
+        ("unknown bit 0x8", DMA_BUF_SYNC_RW | 0x8),
+        ("all bits", u64::MAX),
+    ];
+    for (label, flags) in table {
+        ctx.fact(format!("sync {label}"), verdict(&buf.sync_raw(*flags)));
+    }
+    // The table is recorded as facts; the invariant the kernel must keep is checked here too.
+    for (label, flags) in table {
+        let valid_dir = flags & DMA_BUF_SYNC_RW != 0;
+        let only_known = flags & !(DMA_BUF_SYNC_RW | DMA_BUF_SYNC_END) == 0;
+        let got = buf.sync_raw(*flags);
+        match (valid_dir && only_known, &got) {
+            (true, Ok(())) | (false, Err(_)) => {}
+            (true, Err(e)) => {
+                return Err(Stop::Fail(format!(
+                    "valid SYNC {label} failed: {}",
+                    errno_name(e)
+                )))
+            }
+            (false, Ok(())) => return Err(Stop::Fail(format!("invalid SYNC {label} succeeded"))),
+        }
+    }
+    Ok(())
+}
+
+fn set_name(ctx: &mut Ctx, heap: &Heap) -> Outcome {
+    let buf = heap.alloc(4 * KIB).context("alloc 4 KiB")?;
+    let name = format!("heaprig-{}", heap.name);
+    buf.set_name(&name).context("DMA_BUF_SET_NAME_B")?;
+    ctx.fact("set_name", "ok");
+    // The name is visible in the exporter-independent bufinfo when debugfs is mounted.
+    match std::fs::read_to_string("/sys/kernel/debug/dma_buf/bufinfo") {
+        Ok(info) => {
+            ensure!(
+                info.contains(&name),
+                "bufinfo does not list the buffer named {name}"
+            );
+            ctx.fact("name in bufinfo", "yes");
+        }
+        Err(e) => ctx.diag(format!(
+            "bufinfo not readable ({e}); name not cross-checked"
+        )),
+    }
+    Ok(())
+}
+
+fn selftest_fail(_ctx: &mut Ctx) -> Outcome {
+    ensure!(
+        1 + 1 == 3,
+        "deliberate failure: the rig must report this test as not ok"
+    );
+    Ok(())
+}
+
+fn selftest_crash(_ctx: &mut Ctx) -> Outcome {
+    // The Rust runtime's SIGSEGV handler (stack-overflow detection) would swallow a raised
+    // signal, so restore the default action first, as a real segfault would meet it.
+    // SAFETY: resetting a signal disposition and raising a signal touch no Rust memory.
+    unsafe {
+        libc::signal(libc::SIGSEGV, libc::SIG_DFL);
+        libc::raise(libc::SIGSEGV);
+    }
+    Ok(())
+}
+
+fn selftest_timeout(_ctx: &mut Ctx) -> Outcome {
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
+}
+
+fn selftest_warning(_ctx: &mut Ctx) -> Outcome {
+    let trigger = "/sys/kernel/debug/provoke-crash/DIRECT";
+    if !Path::new(trigger).exists() {
+        return Err(Stop::Skip(format!(
+            "{trigger} missing: the kernel was built without CONFIG_LKDTM (debug profile has it)"
+        )));
+    }
+    std::fs::write(trigger, "WARNING").context(format!("writing WARNING to {trigger}"))?;
+    Ok(())
+}

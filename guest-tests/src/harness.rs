@@ -1,0 +1,100 @@
+//! What a test can say: facts (deterministic values the snapshot records), diagnostics,
+//! a failure with its location, or a skip with its reason.
+
+use std::fmt;
+
+use crate::uapi::Heap;
+
+/// Why a test did not pass.
+#[derive(Debug)]
+pub enum Stop {
+    Fail(String),
+    Skip(String),
+}
+
+pub type Outcome = Result<(), Stop>;
+
+/// Collects what a running test reports; the runner forwards it to the parent process.
+#[derive(Debug, Default)]
+pub struct Ctx {
+    pub facts: Vec<(String, String)>,
+    pub diags: Vec<String>,
+}
+
+impl Ctx {
+    /// Records a deterministic result (it goes into the insta snapshot).
+    pub fn fact(&mut self, key: impl fmt::Display, value: impl fmt::Display) {
+        self.facts.push((key.to_string(), value.to_string()));
+    }
+
+    /// Records a diagnostic line (shown on failure, never snapshotted).
+    pub fn diag(&mut self, text: impl fmt::Display) {
+        self.diags.push(text.to_string());
+    }
+}
+
+/// How a test case runs: once, or once per heap under /dev/dma_heap.
+#[derive(Clone, Copy)]
+pub enum Body {
+    Global(fn(&mut Ctx) -> Outcome),
+    PerHeap(fn(&mut Ctx, &Heap) -> Outcome),
+}
+
+/// One entry of the test table.
+#[derive(Clone, Copy)]
+pub struct Case {
+    pub name: &'static str,
+    /// Rig self-tests prove the detectors fire; they run only when asked for by name.
+    pub selftest: bool,
+    pub body: Body,
+}
+
+/// Fails the test with the caller's location unless `cond` holds.
+#[macro_export]
+macro_rules! ensure {
+    ($cond:expr, $($fmt:tt)+) => {
+        if !$cond {
+            return Err($crate::harness::Stop::Fail(format!(
+                "{}:{}: {}", file!(), line!(), format!($($fmt)+)
+            )));
+        }
+    };
+}
+
+/// Turns an I/O error into a failure that says what was being done.
+pub trait Context<T> {
+    fn context(self, what: impl fmt::Display) -> Result<T, Stop>;
+}
+
+impl<T, E: fmt::Display> Context<T> for Result<T, E> {
+    fn context(self, what: impl fmt::Display) -> Result<T, Stop> {
+        self.map_err(|e| Stop::Fail(format!("{what}: {e}")))
+    }
+}
+
+/// Names an errno the way the kernel headers do, so facts read like the man pages.
+pub fn errno_name(err: &std::io::Error) -> String {
+    let name = match err.raw_os_error() {
+        Some(libc::EINVAL) => "EINVAL",
+        Some(libc::ENOMEM) => "ENOMEM",
+        Some(libc::EBADF) => "EBADF",
+        Some(libc::ENOTTY) => "ENOTTY",
+        Some(libc::EFAULT) => "EFAULT",
+        Some(libc::EPERM) => "EPERM",
+        Some(libc::EACCES) => "EACCES",
+        Some(libc::ENODEV) => "ENODEV",
+        Some(libc::EBUSY) => "EBUSY",
+        Some(libc::EINTR) => "EINTR",
+        Some(n) => return format!("errno {n}"),
+        None => return err.to_string(),
+    };
+    name.to_string()
+}
+
+/// Describes a result as `ok` or the errno name, for tables of expected outcomes.
+pub fn verdict<T>(r: &std::io::Result<T>) -> String {
+    match r {
+        Ok(_) => "ok".to_string(),
+        Err(e) => errno_name(e),
+    }
+}

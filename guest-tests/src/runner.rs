@@ -1,0 +1,307 @@
+//! Runs test cases, each in its own child process with its own timeout, and prints KTAP v1
+//! as it goes so a crash mid-suite loses nothing already reported.
+//!
+//! Test boundaries are also written to /dev/kmsg ("heaprig: begin NAME" / "heaprig: end
+//! NAME") so the host can attribute kernel splats to the test that caused them.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use crate::harness::{Body, Case, Ctx, Stop};
+use crate::uapi::{heap_names, Heap, DMA_HEAP_DIR};
+
+/// Where KTAP goes: stdout (streamed to the host) and optionally a copy in the results dir.
+pub struct Out {
+    copy: Option<File>,
+    kmsg: Option<File>,
+}
+
+impl Out {
+    pub fn new(copy: Option<File>) -> Out {
+        Out {
+            copy,
+            kmsg: OpenOptions::new().write(true).open("/dev/kmsg").ok(),
+        }
+    }
+
+    pub fn line(&mut self, indent: usize, text: &str) {
+        let line = format!("{:width$}{text}\n", "", width = indent * 4);
+        let mut stdout = io::stdout().lock();
+        // Output errors cannot be reported anywhere better than by the missing lines.
+        let _ = stdout.write_all(line.as_bytes());
+        let _ = stdout.flush();
+        if let Some(f) = &mut self.copy {
+            let _ = f.write_all(line.as_bytes());
+        }
+    }
+
+    fn kmsg(&mut self, text: &str) {
+        if let Some(k) = &mut self.kmsg {
+            let _ = k.write_all(format!("heaprig: {text}\n").as_bytes());
+        }
+    }
+}
+
+/// What one child run produced.
+#[derive(Debug)]
+pub struct ChildResult {
+    pub ctx: Ctx,
+    pub status: Status,
+    pub elapsed: Duration,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Status {
+    Pass,
+    Fail(String),
+    Skip(String),
+}
+
+fn one_line(s: &str) -> String {
+    s.replace(['\n', '\r'], " ")
+}
+
+/// Runs `f` in a forked child with an alarm-based timeout and collects what it reported.
+pub fn run_in_child(
+    timeout: Duration,
+    f: impl FnOnce(&mut Ctx) -> Result<(), Stop>,
+) -> ChildResult {
+    let start = Instant::now();
+    let mut fds = [0; 2];
+    // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return ChildResult {
+            ctx: Ctx::default(),
+            status: Status::Fail(format!("pipe2: {}", io::Error::last_os_error())),
+            elapsed: start.elapsed(),
+        };
+    }
+    // SAFETY: pipe2 succeeded, so both fds are open and owned by nothing else.
+    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let _ = io::stdout().flush();
+    // SAFETY: the runner is single-threaded, so the child may run arbitrary code after fork.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return ChildResult {
+            ctx: Ctx::default(),
+            status: Status::Fail(format!("fork: {}", io::Error::last_os_error())),
+            elapsed: start.elapsed(),
+        };
+    }
+    if pid == 0 {
+        drop(rd);
+        let secs = timeout.as_secs().max(1) as libc::c_uint;
+        // SAFETY: alarm has no memory-safety preconditions.
+        unsafe { libc::alarm(secs) };
+        let mut ctx = Ctx::default();
+        let result = f(&mut ctx);
+        let mut w = File::from(wr);
+        let mut msg = String::new();
+        for (k, v) in &ctx.facts {
+            msg.push_str(&format!("F {}\t{}\n", one_line(k), one_line(v)));
+        }
+        for d in &ctx.diags {
+            msg.push_str(&format!("D {}\n", one_line(d)));
+        }
+        msg.push_str(&match result {
+            Ok(()) => "P\n".to_string(),
+            Err(Stop::Fail(m)) => format!("X {}\n", one_line(&m)),
+            Err(Stop::Skip(m)) => format!("S {}\n", one_line(&m)),
+        });
+        let ok = w.write_all(msg.as_bytes()).is_ok();
+        // SAFETY: _exit ends the child without running the parent's atexit handlers twice.
+        unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+    }
+    drop(wr);
+    let mut ctx = Ctx::default();
+    let mut status = None;
+    for line in BufReader::new(File::from(rd)).lines() {
+        let Ok(line) = line else { break };
+        let (tag, rest) = line.split_at(1.min(line.len()));
+        let rest = rest.trim_start();
+        match tag {
+            "F" => {
+                let (k, v) = rest.split_once('\t').unwrap_or((rest, ""));
+                ctx.fact(k, v);
+            }
+            "D" => ctx.diag(rest),
+            "P" => status = Some(Status::Pass),
+            "X" => status = Some(Status::Fail(rest.to_string())),
+            "S" => status = Some(Status::Skip(rest.to_string())),
+            _ => ctx.diag(format!("unexpected child output: {line}")),
+        }
+    }
+    let mut wstatus = 0;
+    // SAFETY: `pid` is our child and `wstatus` is a valid out-pointer.
+    unsafe { libc::waitpid(pid, &mut wstatus, 0) };
+    let status = if libc::WIFSIGNALED(wstatus) {
+        let sig = libc::WTERMSIG(wstatus);
+        if sig == libc::SIGALRM {
+            Status::Fail(format!("timed out after {}s", timeout.as_secs()))
+        } else {
+            Status::Fail(format!(
+                "crashed: killed by signal {sig} ({})",
+                signal_name(sig)
+            ))
+        }
+    } else {
+        status.unwrap_or_else(|| {
+            Status::Fail(format!(
+                "child exited with status {} without reporting a result",
+                libc::WEXITSTATUS(wstatus)
+            ))
+        })
+    };
+    ChildResult {
+        ctx,
+        status,
+        elapsed: start.elapsed(),
+    }
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGILL => "SIGILL",
+        libc::SIGFPE => "SIGFPE",
+        _ => "signal",
+    }
+}
+
+/// Prints one result line plus its facts and diagnostics at `indent`.
+fn report(out: &mut Out, indent: usize, n: usize, name: &str, r: &ChildResult) {
+    for (k, v) in &r.ctx.facts {
+        out.line(indent, &format!("# fact: {k} = {v}"));
+    }
+    for d in &r.ctx.diags {
+        out.line(indent, &format!("# {d}"));
+    }
+    match &r.status {
+        Status::Pass => out.line(indent, &format!("ok {n} {name}")),
+        Status::Skip(why) => out.line(indent, &format!("ok {n} {name} # SKIP {why}")),
+        Status::Fail(why) => {
+            out.line(indent, &format!("# {why}"));
+            out.line(indent, &format!("not ok {n} {name}"));
+        }
+    }
+    out.line(
+        indent,
+        &format!("# time: {name} {}ms", r.elapsed.as_millis()),
+    );
+}
+
+/// Totals for the closing sentinel line.
+#[derive(Default, Debug)]
+pub struct Totals {
+    pub pass: usize,
+    pub fail: usize,
+    pub skip: usize,
+}
+
+impl Totals {
+    fn add(&mut self, s: &Status) {
+        match s {
+            Status::Pass => self.pass += 1,
+            Status::Fail(_) => self.fail += 1,
+            Status::Skip(_) => self.skip += 1,
+        }
+    }
+}
+
+/// Runs the selected cases and prints KTAP; returns the totals of leaf results.
+pub fn run(cases: &[&Case], timeout: Duration, out: &mut Out) -> Totals {
+    let mut totals = Totals::default();
+    out.line(0, "KTAP version 1");
+    out.line(0, &format!("1..{}", cases.len()));
+    let heaps = heap_names();
+    match &heaps {
+        Ok(h) => out.line(0, &format!("# heaprig-guest: heaps: {}", h.join(", "))),
+        Err(e) => out.line(
+            0,
+            &format!("# heaprig-guest: cannot list {DMA_HEAP_DIR}: {e}"),
+        ),
+    }
+    for (i, case) in cases.iter().enumerate() {
+        let n = i + 1;
+        out.line(0, &format!("# heaprig-begin: {}", case.name));
+        match case.body {
+            Body::Global(f) => {
+                out.kmsg(&format!("begin {}", case.name));
+                let r = run_in_child(timeout, f);
+                out.kmsg(&format!("end {}", case.name));
+                totals.add(&r.status);
+                report(out, 0, n, case.name, &r);
+            }
+            Body::PerHeap(f) => {
+                let names = match &heaps {
+                    Ok(h) if !h.is_empty() => h.clone(),
+                    Ok(_) => {
+                        totals.skip += 1;
+                        out.line(
+                            0,
+                            &format!("ok {n} {} # SKIP no heap under {DMA_HEAP_DIR}", case.name),
+                        );
+                        continue;
+                    }
+                    Err(e) => {
+                        totals.skip += 1;
+                        out.line(
+                            0,
+                            &format!(
+                                "ok {n} {} # SKIP cannot list {DMA_HEAP_DIR}: {e}",
+                                case.name
+                            ),
+                        );
+                        continue;
+                    }
+                };
+                out.line(1, "KTAP version 1");
+                out.line(1, &format!("# Subtest: {}", case.name));
+                out.line(1, &format!("1..{}", names.len()));
+                let mut any_fail = false;
+                let mut all_skip = true;
+                let started = Instant::now();
+                for (j, heap) in names.iter().enumerate() {
+                    let label = format!("{}/{heap}", case.name);
+                    out.line(1, &format!("# heaprig-begin: {label}"));
+                    out.kmsg(&format!("begin {label}"));
+                    let r = run_in_child(timeout, |ctx| {
+                        let h = Heap::open(heap)
+                            .map_err(|e| Stop::Fail(format!("open {DMA_HEAP_DIR}/{heap}: {e}")))?;
+                        f(ctx, &h)
+                    });
+                    out.kmsg(&format!("end {label}"));
+                    totals.add(&r.status);
+                    any_fail |= matches!(r.status, Status::Fail(_));
+                    all_skip &= matches!(r.status, Status::Skip(_));
+                    report(out, 1, j + 1, heap, &r);
+                }
+                let line = if any_fail {
+                    format!("not ok {n} {}", case.name)
+                } else if all_skip {
+                    format!("ok {n} {} # SKIP skipped on every heap", case.name)
+                } else {
+                    format!("ok {n} {}", case.name)
+                };
+                out.line(0, &line);
+                out.line(
+                    0,
+                    &format!("# time: {} {}ms", case.name, started.elapsed().as_millis()),
+                );
+            }
+        }
+    }
+    out.line(
+        0,
+        &format!(
+            "# heaprig-done: pass={} fail={} skip={}",
+            totals.pass, totals.fail, totals.skip
+        ),
+    );
+    totals
+}

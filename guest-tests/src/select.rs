@@ -1,0 +1,84 @@
+//! Test selection by name or glob, shared by the guest runner and (through `list`) the host,
+//! so a pattern that selects nothing is rejected before a kernel is booted.
+
+use crate::harness::Case;
+
+/// `*` matches any run of characters, `?` one character; everything else is literal.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    fn go(p: &[u8], n: &[u8]) -> bool {
+        match (p.first(), n.first()) {
+            (None, None) => true,
+            (Some(b'*'), _) => go(&p[1..], n) || (!n.is_empty() && go(p, &n[1..])),
+            (Some(b'?'), Some(_)) => go(&p[1..], &n[1..]),
+            (Some(a), Some(b)) if a == b => go(&p[1..], &n[1..]),
+            _ => false,
+        }
+    }
+    go(pattern.as_bytes(), name.as_bytes())
+}
+
+/// A pattern without glob characters matches as a substring (`vmap` selects `vmap_nested`).
+pub fn pattern_matches(pattern: &str, name: &str) -> bool {
+    if pattern.contains(['*', '?']) {
+        glob_match(pattern, name)
+    } else {
+        name.contains(pattern)
+    }
+}
+
+/// The cases a run executes. With no patterns: every case except the rig self-tests.
+/// Self-tests run only when a pattern names them explicitly (contains "selftest").
+pub fn select<'a>(cases: &'a [Case], patterns: &[String]) -> Vec<&'a Case> {
+    cases
+        .iter()
+        .filter(|c| {
+            if patterns.is_empty() {
+                return !c.selftest;
+            }
+            patterns
+                .iter()
+                .any(|p| pattern_matches(p, c.name) && (!c.selftest || p.contains("selftest")))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cases::CASES;
+
+    #[test]
+    fn globs() {
+        let table = [
+            ("*", "anything", true),
+            ("alloc_*", "alloc_mmap", true),
+            ("alloc_*", "xalloc_mmap", false),
+            ("a?c", "abc", true),
+            ("a?c", "ac", false),
+            ("*sync*", "alloc_mmap_sync_roundtrip", true),
+            ("exact", "exact", true),
+        ];
+        for (p, n, want) in table {
+            assert_eq!(glob_match(p, n), want, "{p} vs {n}");
+        }
+    }
+
+    #[test]
+    fn default_selection_excludes_selftests() {
+        let all = select(CASES, &[]);
+        assert!(!all.is_empty());
+        assert!(all.iter().all(|c| !c.selftest));
+        let star = select(CASES, &["*".to_string()]);
+        assert!(star.iter().all(|c| !c.selftest));
+        let st = select(CASES, &["rig_selftest_fail".to_string()]);
+        assert_eq!(st.len(), 1);
+        assert_eq!(st[0].name, "rig_selftest_fail");
+    }
+
+    #[test]
+    fn substring_selects() {
+        let s = select(CASES, &["sync".to_string()]);
+        assert!(s.iter().any(|c| c.name == "alloc_mmap_sync_roundtrip"));
+        assert!(s.iter().all(|c| c.name.contains("sync")));
+    }
+}

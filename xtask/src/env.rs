@@ -1,0 +1,59 @@
+//! Where things live: the project, the cache (outside the repo, never required), and the
+//! per-run artefacts (under target/, inside the repo but ignored by git).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use xshell::Shell;
+
+pub struct Env {
+    pub sh: Shell,
+    pub root: PathBuf,
+    pub cache: PathBuf,
+}
+
+impl Env {
+    pub fn new() -> Result<Env> {
+        let sh = Shell::new().context("creating a shell")?;
+        // xtask's manifest dir is <root>/xtask.
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .context("xtask has no parent directory")?
+            .to_path_buf();
+        sh.change_dir(&root);
+        let cache = cache_dir()?;
+        Ok(Env { sh, root, cache })
+    }
+
+    /// Output of the latest run: KTAP, console log, results.json.
+    pub fn run_dir(&self) -> PathBuf {
+        self.root.join("target/heaprig/last-run")
+    }
+}
+
+/// `$HEAPRIG_CACHE_DIR`, else `$XDG_CACHE_HOME/heaprig`, else `~/.cache/heaprig`.
+fn cache_dir() -> Result<PathBuf> {
+    if let Some(d) = std::env::var_os("HEAPRIG_CACHE_DIR") {
+        return Ok(PathBuf::from(d));
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return Ok(PathBuf::from(d).join("heaprig"));
+    }
+    let home = std::env::var_os("HOME").context(
+        "neither HEAPRIG_CACHE_DIR, XDG_CACHE_HOME nor HOME is set, so there is no place for \
+         the kernel cache; set HEAPRIG_CACHE_DIR to a directory with ~10 GB free",
+    )?;
+    Ok(PathBuf::from(home).join(".cache/heaprig"))
+}
+
+/// Formats a duration the way the reports show it: `4m12s`, `9.3s`, `120ms`.
+pub fn fmt_duration(d: std::time::Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        format!("{:.1}s", d.as_secs_f64())
+    } else {
+        format!("{}m{:02}s", ms / 60_000, (ms / 1000) % 60)
+    }
+}

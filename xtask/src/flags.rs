@@ -1,0 +1,114 @@
+//! Command-line flags, parsed once in main. Values are validated here (clap value parsers)
+//! so bad input fails before anything is built or booted.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::kernel::Profile;
+use crate::vm::{parse_memory, AccelChoice};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "heaprig: build a 6.12 kernel with dma-buf heaps, boot it under virtme-ng, run the guest tests",
+    after_help = "Exit codes: 0 pass; 1 a test failed, the kernel splatted or a snapshot differs; \
+                  2 the rig could not do its job (setup, build or boot)."
+)]
+pub struct Xtask {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Install every Debian, PyPI and cargo requirement (as root on Debian).
+    Setup,
+    /// Report each requirement: found / missing / version.
+    Doctor,
+    /// Prepare the source, configure and build the kernel (cached).
+    Build(KernelArgs),
+    /// Build, boot, run the guest tests, report, and check the snapshots.
+    Test(TestArgs),
+    /// Run one command in a booted test kernel; prints its output, returns its exit code.
+    Exec(ExecArgs),
+    /// An interactive shell in the test kernel.
+    Shell(VmArgs),
+    /// Re-parse and report a saved run (no kernel needed), by default the last one.
+    Parse(ParseArgs),
+}
+
+#[derive(Args, Clone)]
+pub struct KernelArgs {
+    /// Kernel profile: debug (detectors on) or perf (no debugging).
+    #[arg(long, value_enum, default_value = "debug")]
+    pub profile: Profile,
+    /// A Linux tree to test instead of Debian's 6.12 source; never written to.
+    #[arg(long, value_name = "DIR")]
+    pub kernel_src: Option<PathBuf>,
+}
+
+#[derive(Args, Clone)]
+pub struct VmArgs {
+    #[command(flatten)]
+    pub kernel: KernelArgs,
+    /// auto probes KVM with a bounded canary boot and falls back to TCG.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub accel: AccelChoice,
+    /// Guest memory (M or G).
+    #[arg(long, default_value = "2G", value_parser = parse_memory)]
+    pub memory: String,
+    /// Guest CPUs.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub cpus: u32,
+    /// Limit from starting QEMU to the guest running its command.
+    #[arg(long, default_value_t = 180, value_name = "SECS", value_parser = clap::value_parser!(u64).range(10..=3600))]
+    pub boot_timeout: u64,
+}
+
+#[derive(Args)]
+pub struct TestArgs {
+    #[command(flatten)]
+    pub vm: VmArgs,
+    /// Limit for each guest test.
+    #[arg(long, default_value_t = 60, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub test_timeout: u64,
+    /// Limit for the whole guest run (boot included).
+    #[arg(long, default_value_t = 1200, value_name = "SECS", value_parser = clap::value_parser!(u64).range(30..=86400))]
+    pub run_timeout: u64,
+    /// Also write the guest's KTAP here.
+    #[arg(long, value_name = "FILE")]
+    pub ktap: Option<PathBuf>,
+    /// Also write the results as JSON here.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Also write JUnit XML here.
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+    /// Write changed snapshots instead of failing (review them with `git diff snapshots/`).
+    #[arg(long)]
+    pub accept: bool,
+    /// Tests to run: names, substrings or globs (`vmap`, `alloc_*`). Default: all.
+    #[arg(last = true, value_name = "PATTERN")]
+    pub patterns: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    pub vm: VmArgs,
+    /// Limit for the whole command (boot included).
+    #[arg(long, default_value_t = 600, value_name = "SECS", value_parser = clap::value_parser!(u64).range(10..=86400))]
+    pub run_timeout: u64,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct ParseArgs {
+    /// A run directory holding guest.ktap, console.log and selected.txt.
+    #[arg(value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}

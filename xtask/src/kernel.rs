@@ -1,0 +1,572 @@
+//! Kernel stages: source (a private copy, never the user's files), config (fragments merged
+//! onto allnoconfig, then verified), build (cached by a key over everything that matters).
+
+use std::fs;
+use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::ValueEnum;
+use sha2::{Digest, Sha256};
+use xshell::cmd;
+
+use crate::env::{fmt_duration, Env};
+use crate::kconfig::{describe_missing, Kconfig};
+
+const DEBIAN_TARBALL: &str = "/usr/src/linux-source-6.12.tar.xz";
+const DEBIAN_PACKAGE: &str = "linux-source-6.12";
+/// The rustc the kernel accepts (rustc-web); the rustup one on PATH has no rust-src.
+pub const KERNEL_RUSTC: &str = "/usr/bin/rustc";
+/// Bumped when the way the rig configures or builds changes, so old caches are not reused.
+const RECIPE: &str = "heaprig-build-recipe-1";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    /// KASAN, lockdep, KMEMLEAK, UBSAN, DMA-API debug, fault injection, LKDTM.
+    Debug,
+    /// No debugging options, for benchmarks.
+    Perf,
+}
+
+impl Profile {
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::Debug => "debug",
+            Profile::Perf => "perf",
+        }
+    }
+}
+
+/// A prepared private source tree.
+pub struct Source {
+    /// Short, path-safe name for cache directories.
+    pub id: String,
+    /// What the tree is, for the cache key (tarball version, or git commit + diff hash).
+    pub identity: String,
+    pub dir: PathBuf,
+}
+
+pub struct Built {
+    pub bzimage: PathBuf,
+    pub build_dir: PathBuf,
+    pub rebuilt: bool,
+    pub log: PathBuf,
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn patches(env: &Env) -> Result<Vec<PathBuf>> {
+    let dir = env.root.join("kernel-patches");
+    let mut v = Vec::new();
+    if dir.is_dir() {
+        for e in fs::read_dir(&dir)? {
+            let p = e?.path();
+            if p.extension().is_some_and(|x| x == "patch") {
+                v.push(p);
+            }
+        }
+    }
+    v.sort();
+    Ok(v)
+}
+
+fn hash_files(paths: &[PathBuf]) -> Result<String> {
+    let mut h = Sha256::new();
+    for p in paths {
+        h.update(p.file_name().unwrap_or_default().as_encoded_bytes());
+        h.update(fs::read(p).with_context(|| format!("reading {}", p.display()))?);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn apply_patches(env: &Env, dir: &Path) -> Result<()> {
+    for p in patches(env)? {
+        let out = Command::new("patch")
+            .args(["-p1", "--forward", "--batch", "-i"])
+            .arg(&p)
+            .current_dir(dir)
+            .output()
+            .context("running patch")?;
+        if !out.status.success() {
+            bail!(
+                "kernel patch {} does not apply to the tree at {}:\n{}{}The rig's patches target \
+                 Linux 6.12; a tree that already carries the change or diverged here needs the \
+                 patch rebased.",
+                p.display(),
+                dir.display(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Checks that `dir` looks like the top of a Linux source tree.
+pub fn validate_tree(dir: &Path) -> Result<()> {
+    let makefile = fs::read_to_string(dir.join("Makefile")).unwrap_or_default();
+    let ok = makefile.lines().any(|l| l.starts_with("VERSION ="))
+        && makefile.lines().any(|l| l.starts_with("PATCHLEVEL ="))
+        && dir.join("Kconfig").is_file()
+        && dir.join("arch/x86/Kconfig").is_file();
+    if !ok {
+        bail!(
+            "--kernel-src {} is not a Linux kernel tree: it needs a top-level Makefile with \
+             VERSION/PATCHLEVEL, a Kconfig and arch/x86. Pass the top directory of a kernel \
+             checkout, or omit --kernel-src to use Debian's 6.12 source.",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+pub fn prepare_source(env: &Env, user_tree: Option<&Path>) -> Result<Source> {
+    let patch_hash = hash_files(&patches(env)?)?;
+    match user_tree {
+        None => prepare_debian(env, &patch_hash),
+        Some(t) => prepare_user_tree(env, t, &patch_hash),
+    }
+}
+
+fn prepare_debian(env: &Env, patch_hash: &str) -> Result<Source> {
+    let sh = &env.sh;
+    let fmt = "-f=${Version}";
+    let version = cmd!(sh, "dpkg-query -W {fmt} {DEBIAN_PACKAGE}")
+        .quiet()
+        .ignore_stderr()
+        .read()
+        .with_context(|| format!("{DEBIAN_PACKAGE} is not installed; run `cargo xtask setup`"))?;
+    let id = format!("debian-{}", version.replace(['~', ':', '+'], "_"));
+    let top = env.cache.join("src").join(&id);
+    let dir = top.join("linux-source-6.12");
+    let stamp = top.join("heaprig-source.stamp");
+    let want = format!("{version}\n{patch_hash}\n");
+    let identity = format!("debian:{version}");
+    if fs::read_to_string(&stamp).ok().as_deref() == Some(want.as_str())
+        && dir.join("Makefile").is_file()
+    {
+        return Ok(Source { id, identity, dir });
+    }
+    if top.exists() {
+        println!(
+            "source: cached tree at {} is stale or incomplete; extracting again",
+            top.display()
+        );
+        fs::remove_dir_all(&top).with_context(|| format!("removing {}", top.display()))?;
+    }
+    let tmp = env.cache.join("src").join(format!("{id}.partial"));
+    let _ = fs::remove_dir_all(&tmp);
+    fs::create_dir_all(&tmp)?;
+    let t = Instant::now();
+    println!("source: extracting {DEBIAN_TARBALL} ({version})");
+    cmd!(sh, "tar -xf {DEBIAN_TARBALL} -C {tmp}")
+        .quiet()
+        .run()
+        .context("extracting the kernel tarball")?;
+    apply_patches(env, &tmp.join("linux-source-6.12"))?;
+    fs::write(tmp.join("heaprig-source.stamp"), &want)?;
+    fs::rename(&tmp, &top)?;
+    println!("source: ready in {}", fmt_duration(t.elapsed()));
+    Ok(Source { id, identity, dir })
+}
+
+fn prepare_user_tree(env: &Env, tree: &Path, patch_hash: &str) -> Result<Source> {
+    validate_tree(tree)?;
+    let tree = tree
+        .canonicalize()
+        .with_context(|| format!("resolving {}", tree.display()))?;
+    let sh = &env.sh;
+    // Read-only git queries; --no-optional-locks keeps `git status` from refreshing the index.
+    let head = cmd!(sh, "git -C {tree} --no-optional-locks rev-parse HEAD")
+        .quiet()
+        .ignore_stderr()
+        .read()
+        .ok();
+    let identity = match head {
+        Some(head) => {
+            let diff = cmd!(sh, "git -C {tree} --no-optional-locks diff HEAD")
+                .quiet()
+                .read()
+                .unwrap_or_default();
+            format!("git:{head}+{}", &sha256_hex(diff.as_bytes())[..16])
+        }
+        // Without git there is no cheap identity; make decides what to rebuild.
+        None => format!("unversioned:{}:{}", tree.display(), std::process::id()),
+    };
+    let id = format!(
+        "tree-{}",
+        &sha256_hex(tree.as_os_str().as_encoded_bytes())[..12]
+    );
+    let dir = env.cache.join("src").join(&id).join("tree");
+    fs::create_dir_all(&dir)?;
+    let from = format!("{}/", tree.display());
+    let to = format!("{}/", dir.display());
+    // rsync keeps mtimes, so make rebuilds only what changed in the user's tree.
+    cmd!(sh, "rsync -a --delete --exclude=/.git {from} {to}")
+        .quiet()
+        .run()
+        .with_context(|| {
+            format!(
+                "copying {} into the private tree {}",
+                tree.display(),
+                dir.display()
+            )
+        })?;
+    if dir.join(".config").exists() || dir.join("include/config").exists() {
+        // The user built in-tree; O= builds need a clean source tree (only our copy is cleaned).
+        cmd!(sh, "make -s -C {dir} mrproper").quiet().run()?;
+    }
+    apply_patches(env, &dir)?;
+    Ok(Source {
+        id,
+        identity: format!("{identity}+patches:{patch_hash}"),
+        dir,
+    })
+}
+
+fn make_base_args(src: &Path, build: &Path) -> Vec<String> {
+    vec![
+        "-C".into(),
+        src.display().to_string(),
+        format!("O={}", build.display()),
+        "LLVM=1".into(),
+        format!("RUSTC={KERNEL_RUSTC}"),
+    ]
+}
+
+fn fragments(env: &Env, profile: Profile) -> Vec<PathBuf> {
+    let dir = env.root.join("kernel-config");
+    vec![
+        dir.join("base.config"),
+        dir.join(format!("{}.config", profile.name())),
+    ]
+}
+
+/// The merged fragments: what the final .config must contain.
+pub fn wanted_config(env: &Env, profile: Profile) -> Result<Kconfig> {
+    let mut want = Kconfig::default();
+    for f in fragments(env, profile) {
+        want.merge_in(&Kconfig::read(&f)?);
+    }
+    Ok(want)
+}
+
+fn run_make_quiet(args: &[String], log: &Path) -> Result<()> {
+    let out = Command::new("make")
+        .args(args)
+        .output()
+        .context("running make")?;
+    let mut f = fs::OpenOptions::new().create(true).append(true).open(log)?;
+    f.write_all(&out.stdout)?;
+    f.write_all(&out.stderr)?;
+    if !out.status.success() {
+        bail!(
+            "`make {}` failed:\n{}\nFull log: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim(),
+            log.display()
+        );
+    }
+    Ok(())
+}
+
+/// Config stage: allnoconfig + fragments, olddefconfig, then verify every requested option.
+pub fn configure(
+    env: &Env,
+    src: &Source,
+    build: &Path,
+    profile: Profile,
+    log: &Path,
+) -> Result<()> {
+    let want = wanted_config(env, profile)?;
+    let mut args = make_base_args(&src.dir, build);
+    args.push("allnoconfig".into());
+    run_make_quiet(&args, log)?;
+    let cfg_path = build.join(".config");
+    let mut cfg = Kconfig::read(&cfg_path)?;
+    cfg.merge_in(&want);
+    fs::write(&cfg_path, cfg.to_string())?;
+    args.pop();
+    args.push("olddefconfig".into());
+    run_make_quiet(&args, log)?;
+    let actual = Kconfig::read(&cfg_path)?;
+    let missing = want.missing_from(&actual);
+    if !missing.is_empty() {
+        let mut msg = format!(
+            "the {} profile's Kconfig fragments ask for options that olddefconfig dropped:\n{}",
+            profile.name(),
+            describe_missing(&src.dir, &missing)
+        );
+        if missing.iter().any(|(k, _)| k == "CONFIG_RUST") {
+            args.pop();
+            args.push("rustavailable".into());
+            let out = Command::new("make").args(&args).output()?;
+            msg.push_str(&format!(
+                "\n`make rustavailable` says:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        bail!("{msg}");
+    }
+    Ok(())
+}
+
+fn toolchain_identity(env: &Env) -> String {
+    let sh = &env.sh;
+    let v = |tool: &str| {
+        cmd!(sh, "{tool} --version")
+            .quiet()
+            .ignore_stderr()
+            .read()
+            .ok()
+            .and_then(|o| o.lines().next().map(str::to_string))
+            .unwrap_or_else(|| format!("{tool}: not found"))
+    };
+    [v(KERNEL_RUSTC), v("bindgen"), v("clang"), v("ld.lld")].join("\n")
+}
+
+/// The build cache key: source identity, fragments, patches, toolchain, recipe.
+pub fn cache_key(env: &Env, src: &Source, profile: Profile) -> Result<String> {
+    let mut h = Sha256::new();
+    h.update(RECIPE);
+    h.update(&src.identity);
+    h.update(profile.name());
+    h.update(hash_files(&fragments(env, profile))?);
+    h.update(hash_files(&patches(env)?)?);
+    h.update(toolchain_identity(env));
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// A bzImage carries "HdrS" at offset 0x202 (Documentation/arch/x86/boot.rst).
+pub fn is_bzimage(path: &Path) -> bool {
+    fs::read(path)
+        .map(|b| b.len() > 0x206 && &b[0x202..0x206] == b"HdrS")
+        .unwrap_or(false)
+}
+
+pub fn build(env: &Env, src: &Source, profile: Profile) -> Result<Built> {
+    let build_dir = env
+        .cache
+        .join("build")
+        .join(format!("{}-{}", src.id, profile.name()));
+    fs::create_dir_all(&build_dir)?;
+    let bzimage = build_dir.join("arch/x86/boot/bzImage");
+    let key_file = build_dir.join("heaprig-build.key");
+    let log = build_dir.join("heaprig-build.log");
+    let key = cache_key(env, src, profile)?;
+    let old_key = fs::read_to_string(&key_file).ok();
+    if old_key.as_deref() == Some(key.as_str()) {
+        if is_bzimage(&bzimage) {
+            return Ok(Built {
+                bzimage,
+                build_dir,
+                rebuilt: false,
+                log,
+            });
+        }
+        println!(
+            "build: the cached build in {} has no valid bzImage; rebuilding",
+            build_dir.display()
+        );
+    }
+    // Remove the key first: an interrupted build must never look complete.
+    let _ = fs::remove_file(&key_file);
+    fs::write(&log, "")?;
+    configure(env, src, &build_dir, profile, &log)?;
+    let mut args = make_base_args(&src.dir, &build_dir);
+    let jobs = std::thread::available_parallelism().map_or(2, |n| n.get()) + 1;
+    args.push(format!("-j{jobs}"));
+    args.push("bzImage".into());
+    make_with_progress(&args, &log)?;
+    if !is_bzimage(&bzimage) {
+        bail!(
+            "make finished but {} is not a bzImage; see {}",
+            bzimage.display(),
+            log.display()
+        );
+    }
+    fs::write(&key_file, &key)?;
+    Ok(Built {
+        bzimage,
+        build_dir,
+        rebuilt: true,
+        log,
+    })
+}
+
+/// The kbuild step a line announces ("  CC      drivers/dma-buf/dma-buf.o" -> "drivers").
+fn step_area(line: &str) -> Option<String> {
+    let mut it = line.split_whitespace();
+    let tag = it.next()?;
+    if !line.starts_with("  ") || !tag.chars().all(|c| c.is_ascii_uppercase() || c == '_') {
+        return None;
+    }
+    let path = it.last()?;
+    Some(path.split('/').next().unwrap_or(path).to_string())
+}
+
+/// Runs make, keeping the full output in `log` and showing elapsed time and current area.
+fn make_with_progress(args: &[String], log: &Path) -> Result<()> {
+    let mut logf = fs::OpenOptions::new().append(true).open(log)?;
+    // std::process rather than xshell: the output is streamed line by line while it runs.
+    let mut child = Command::new("make")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting make")?;
+    let (tx, rx) = mpsc::channel::<String>();
+    let mut readers = Vec::new();
+    for stream in [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let tx = tx.clone();
+        readers.push(std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        }));
+    }
+    drop(tx);
+    let start = Instant::now();
+    let tty = std::io::stdout().is_terminal();
+    let every = if tty {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_secs(30)
+    };
+    let mut last_print = Instant::now();
+    let mut steps = 0usize;
+    let mut area = String::from("starting");
+    loop {
+        match rx.recv_timeout(Duration::from_millis(500)) {
+            Ok(line) => {
+                writeln!(logf, "{line}")?;
+                if let Some(a) = step_area(&line) {
+                    steps += 1;
+                    area = a;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        if last_print.elapsed() >= every {
+            last_print = Instant::now();
+            let msg = format!(
+                "build: {} elapsed, {steps} steps, now in {area}/",
+                fmt_duration(start.elapsed())
+            );
+            if tty {
+                print!("\r{msg:<70}");
+                std::io::stdout().flush()?;
+            } else {
+                println!("{msg}");
+            }
+        }
+    }
+    if tty {
+        println!();
+    }
+    for r in readers {
+        let _ = r.join();
+    }
+    let status = child.wait().context("waiting for make")?;
+    if !status.success() {
+        let text = fs::read_to_string(log).unwrap_or_default();
+        bail!(
+            "the kernel build failed after {}.\n{}\nFull log: {}",
+            fmt_duration(start.elapsed()),
+            first_error(&text).unwrap_or_else(|| "(no error line found in the log)".into()),
+            log.display()
+        );
+    }
+    println!(
+        "build: done in {}, {steps} steps",
+        fmt_duration(start.elapsed())
+    );
+    Ok(())
+}
+
+/// The first compiler or make error with a few lines of context.
+pub fn first_error(log: &str) -> Option<String> {
+    let lines: Vec<&str> = log.lines().collect();
+    let is_err = |l: &str| l.contains("error:") || l.contains("error[E");
+    let idx = lines.iter().position(|l| is_err(l)).or_else(|| {
+        lines
+            .iter()
+            .position(|l| l.contains("*** [") || l.contains("Error "))
+    })?;
+    let from = idx.saturating_sub(3);
+    let to = (idx + 8).min(lines.len());
+    Some(lines[from..to].join("\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn step_areas() {
+        assert_eq!(
+            step_area("  CC      drivers/dma-buf/dma-buf.o").as_deref(),
+            Some("drivers")
+        );
+        assert_eq!(
+            step_area("  RUSTC L rust/kernel.o").as_deref(),
+            Some("rust")
+        );
+        assert_eq!(step_area("make[1]: Entering directory"), None);
+        assert_eq!(step_area("drivers/x.c:1:2: error: foo"), None);
+    }
+
+    #[test]
+    fn first_error_prefers_compiler_errors() {
+        let log = "  CC a.o\n  CC b.o\nb.c:3:1: error: expected ';'\n  3 | x\nmake[2]: *** [b.o] Error 1\n";
+        let e = first_error(log).unwrap();
+        assert!(e.contains("error: expected ';'"));
+        assert!(first_error("all fine\n").is_none());
+    }
+
+    #[test]
+    fn bzimage_magic() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("img");
+        let mut b = vec![0u8; 0x300];
+        fs::write(&p, &b).unwrap();
+        assert!(!is_bzimage(&p));
+        b[0x202..0x206].copy_from_slice(b"HdrS");
+        fs::write(&p, &b).unwrap();
+        assert!(is_bzimage(&p));
+        assert!(!is_bzimage(&dir.path().join("missing")));
+    }
+
+    #[test]
+    fn rejects_a_non_kernel_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = validate_tree(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("is not a Linux kernel tree"), "{e}");
+    }
+}

@@ -1,0 +1,290 @@
+//! KTAP v1 parser for what `heaprig-guest` prints (Documentation/dev-tools/ktap.rst), plus
+//! heaprig's diagnostic conventions: `# fact: K = V`, `# time: NAME Nms`,
+//! `# heaprig-begin: NAME` and the closing `# heaprig-done: ...` sentinel.
+//!
+//! The input may be cut anywhere (a guest crash); what was reported survives, a begun test
+//! without a result is reported as interrupted, and plan entries never reached as not run.
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Pass,
+    Fail,
+    Skip,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Node {
+    pub name: String,
+    pub status: Option<Status>,
+    pub skip_reason: Option<String>,
+    pub facts: Vec<(String, String)>,
+    pub diags: Vec<String>,
+    pub time_ms: Option<u64>,
+    pub subtests: Vec<Node>,
+}
+
+#[derive(Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Ktap {
+    pub saw_header: bool,
+    pub plan: Option<usize>,
+    pub tests: Vec<Node>,
+    /// A test that began (`# heaprig-begin`) but never reported: where the guest stopped.
+    pub interrupted: Option<String>,
+    /// The closing sentinel, if it arrived exactly once.
+    pub done: bool,
+    /// Lines that broke the protocol (duplicate sentinel, results out of order).
+    pub problems: Vec<String>,
+    /// Heaps the guest listed at the start.
+    pub heaps: Vec<String>,
+}
+
+#[derive(Default)]
+struct Pending {
+    facts: Vec<(String, String)>,
+    diags: Vec<String>,
+}
+
+impl Pending {
+    fn take_into(&mut self, node: &mut Node) {
+        node.facts.append(&mut self.facts);
+        node.diags.append(&mut self.diags);
+    }
+}
+
+/// Parses a result line body (after indentation): `ok 3 name # SKIP why` / `not ok 3 name`.
+fn parse_result(line: &str) -> Option<(Status, usize, String, Option<String>)> {
+    let (ok, rest) = if let Some(r) = line.strip_prefix("not ok ") {
+        (false, r)
+    } else if let Some(r) = line.strip_prefix("ok ") {
+        (true, r)
+    } else {
+        return None;
+    };
+    let (num, rest) = rest.split_once(' ').unwrap_or((rest, ""));
+    let num: usize = num.parse().ok()?;
+    let (name, directive) = match rest.split_once(" # ") {
+        Some((n, d)) => (n.trim(), Some(d.trim())),
+        None => (rest.trim(), None),
+    };
+    let skip = directive
+        .and_then(|d| d.strip_prefix("SKIP"))
+        .map(|r| r.trim().to_string());
+    let status = match (ok, &skip) {
+        (false, _) => Status::Fail,
+        (true, Some(_)) => Status::Skip,
+        (true, None) => Status::Pass,
+    };
+    Some((status, num, name.to_string(), skip))
+}
+
+/// Parses KTAP text; lines that are not KTAP (other guest output) are ignored.
+pub fn parse(text: &str) -> Ktap {
+    let mut k = Ktap::default();
+    let mut pending = [Pending::default(), Pending::default()];
+    let mut subtests: Vec<Node> = Vec::new();
+    let mut begun: Option<String> = None;
+    let mut last_level0: Option<usize> = None;
+
+    for raw in text.lines() {
+        let raw = raw.trim_end_matches('\r');
+        let trimmed = raw.trim_start_matches(' ');
+        let indent = (raw.len() - trimmed.len()) / 4;
+        if indent > 1 {
+            continue;
+        }
+        let line = trimmed;
+        if line == "KTAP version 1" {
+            if indent == 0 {
+                k.saw_header = true;
+            }
+            continue;
+        }
+        if let Some(n) = line.strip_prefix("1..") {
+            if indent == 0 {
+                k.plan = n.trim().parse().ok();
+            }
+            continue;
+        }
+        if let Some(d) = line.strip_prefix("#") {
+            let d = d.trim();
+            if let Some(rest) = d.strip_prefix("heaprig-begin:") {
+                begun = Some(rest.trim().to_string());
+            } else if let Some(rest) = d.strip_prefix("heaprig-done:") {
+                if k.done {
+                    k.problems
+                        .push(format!("duplicate sentinel: {}", rest.trim()));
+                }
+                k.done = true;
+            } else if let Some(rest) = d.strip_prefix("heaprig-guest: heaps:") {
+                k.heaps = rest
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect();
+            } else if let Some(rest) = d.strip_prefix("fact:") {
+                let (key, v) = rest.split_once(" = ").unwrap_or((rest, ""));
+                pending[indent]
+                    .facts
+                    .push((key.trim().to_string(), v.trim().to_string()));
+            } else if let Some(rest) = d.strip_prefix("time:") {
+                // `# time: NAME Nms` follows the result it times.
+                let ms = rest
+                    .trim()
+                    .rsplit_once(' ')
+                    .and_then(|(_, t)| t.strip_suffix("ms"))
+                    .and_then(|t| t.parse().ok());
+                let target = if indent == 1 {
+                    subtests.last_mut()
+                } else {
+                    last_level0.and_then(|i| k.tests.get_mut(i))
+                };
+                if let Some(node) = target {
+                    node.time_ms = ms;
+                }
+            } else if d.starts_with("Subtest:") {
+                subtests.clear();
+            } else {
+                pending[indent].diags.push(d.to_string());
+            }
+            continue;
+        }
+        if let Some((status, num, name, skip)) = parse_result(line) {
+            let mut node = Node {
+                name,
+                status: Some(status),
+                skip_reason: skip,
+                ..Node::default()
+            };
+            pending[indent].take_into(&mut node);
+            if indent == 1 {
+                subtests.push(node);
+                continue;
+            }
+            node.subtests = std::mem::take(&mut subtests);
+            if num != k.tests.len() + 1 {
+                k.problems
+                    .push(format!("result {num} ({}) out of order", node.name));
+            }
+            begun = None;
+            k.tests.push(node);
+            last_level0 = Some(k.tests.len() - 1);
+        }
+    }
+    if let Some(name) = begun {
+        // The top-level name is what the report groups by; keep NAME/HEAP as detail.
+        let top = name.split('/').next().unwrap_or(&name).to_string();
+        let mut node = Node {
+            name: top,
+            diags: vec![format!(
+                "interrupted during {name}: the guest stopped before it reported"
+            )],
+            subtests: std::mem::take(&mut subtests),
+            ..Node::default()
+        };
+        pending[0].take_into(&mut node);
+        k.tests.push(node);
+        k.interrupted = Some(name);
+    }
+    k
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> String {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name);
+        std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    }
+
+    #[test]
+    fn result_lines() {
+        assert_eq!(
+            parse_result("ok 1 foo"),
+            Some((Status::Pass, 1, "foo".into(), None))
+        );
+        assert_eq!(
+            parse_result("not ok 12 bar baz"),
+            Some((Status::Fail, 12, "bar baz".into(), None))
+        );
+        assert_eq!(
+            parse_result("ok 3 x # SKIP no heap"),
+            Some((Status::Skip, 3, "x".into(), Some("no heap".into())))
+        );
+        assert_eq!(parse_result("okay 1 x"), None);
+    }
+
+    #[test]
+    fn complete_guest_run() {
+        let k = parse(&fixture("guest-pass.ktap"));
+        assert!(k.saw_header && k.done, "{k:?}");
+        assert_eq!(k.plan, Some(k.tests.len()));
+        assert!(k.problems.is_empty(), "{:?}", k.problems);
+        assert!(k.interrupted.is_none());
+        assert!(k.heaps.contains(&"system".to_string()));
+        let rt = k
+            .tests
+            .iter()
+            .find(|t| t.name == "alloc_mmap_sync_roundtrip")
+            .expect("roundtrip test");
+        assert_eq!(rt.status, Some(Status::Pass));
+        assert!(rt.subtests.iter().any(|s| s.name == "system"
+            && s.status == Some(Status::Pass)
+            && !s.facts.is_empty()
+            && s.time_ms.is_some()));
+    }
+
+    #[test]
+    fn failures_and_crashes_from_a_guest_run() {
+        let k = parse(&fixture("guest-selftests.ktap"));
+        let by = |n: &str| k.tests.iter().find(|t| t.name == n).expect(n);
+        assert_eq!(by("rig_selftest_fail").status, Some(Status::Fail));
+        assert!(by("rig_selftest_fail")
+            .diags
+            .iter()
+            .any(|d| d.contains("deliberate failure")));
+        assert!(by("rig_selftest_crash")
+            .diags
+            .iter()
+            .any(|d| d.contains("SIGSEGV")));
+        assert!(by("rig_selftest_timeout")
+            .diags
+            .iter()
+            .any(|d| d.contains("timed out")));
+    }
+
+    #[test]
+    fn cut_mid_test_keeps_earlier_results() {
+        let full = fixture("guest-pass.ktap");
+        // Cut right after the second test began, as a guest panic would.
+        let mut cut = String::new();
+        let mut begins = 0;
+        for line in full.lines() {
+            cut.push_str(line);
+            cut.push('\n');
+            if line.contains("heaprig-begin:") && !line.contains('/') {
+                begins += 1;
+                if begins == 2 {
+                    break;
+                }
+            }
+        }
+        let k = parse(&cut);
+        assert!(!k.done);
+        assert_eq!(k.tests.len(), 2);
+        assert_eq!(k.tests[0].status, Some(Status::Pass));
+        assert_eq!(k.tests[1].status, None);
+        assert!(k.interrupted.is_some());
+    }
+
+    #[test]
+    fn duplicate_sentinel_is_a_problem() {
+        let k = parse("KTAP version 1\n1..0\n# heaprig-done: a\n# heaprig-done: b\n");
+        assert_eq!(k.problems.len(), 1);
+    }
+}

@@ -1,0 +1,60 @@
+//! heaprig's orchestrator. This file only parses flags and dispatches; each task lives in
+//! its own module.
+
+mod env;
+mod exec;
+mod flags;
+mod kconfig;
+mod kernel;
+mod ktap;
+mod report;
+mod results;
+mod setup;
+mod splat;
+mod test;
+mod vm;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use flags::{Cmd, Xtask};
+
+fn main() -> ExitCode {
+    let flags = Xtask::parse();
+    let result = env::Env::new().and_then(|env| match flags.cmd {
+        Cmd::Setup => setup::ensure(&env, false).map(|()| ExitCode::SUCCESS),
+        Cmd::Doctor => setup::doctor(&env).map(|ok| {
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            }
+        }),
+        Cmd::Build(k) => {
+            let mut times = test::Times::default();
+            test::build_kernel(&env, &k, &mut times).map(|(b, _)| {
+                println!("kernel: {}", b.bzimage.display());
+                println!(
+                    "build dir: {} (log: {})",
+                    b.build_dir.display(),
+                    b.log.display()
+                );
+                println!("time: {}", times.line());
+                ExitCode::SUCCESS
+            })
+        }
+        Cmd::Test(a) => test::run(&env, a),
+        Cmd::Exec(a) => exec::exec(&env, a),
+        Cmd::Shell(v) => exec::shell(&env, v),
+        Cmd::Parse(a) => test::parse(&env, a),
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            // One paragraph: the context chain joined, no backtrace.
+            eprintln!("heaprig: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

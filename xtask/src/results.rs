@@ -1,0 +1,326 @@
+//! Combines the parsed KTAP, the kernel's splats and how the session ended into one typed
+//! result; maps it to the exit code; derives the normalised per-test snapshot values.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::ktap::{Ktap, Node, Status};
+use crate::splat::Splat;
+use crate::vm::Ending;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Pass,
+    Fail,
+    Skip,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HeapResult {
+    pub heap: String,
+    pub verdict: Verdict,
+    pub reasons: Vec<String>,
+    pub facts: Vec<(String, String)>,
+    pub diags: Vec<String>,
+    pub splats: Vec<Splat>,
+    pub time_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TestResult {
+    pub name: String,
+    pub verdict: Verdict,
+    pub reasons: Vec<String>,
+    pub heaps: Vec<HeapResult>,
+    pub facts: Vec<(String, String)>,
+    pub diags: Vec<String>,
+    pub splats: Vec<Splat>,
+    pub time_ms: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RunResult {
+    pub tests: Vec<TestResult>,
+    pub heaps: Vec<String>,
+    /// Splats while no test was running: they fail the run.
+    pub splats_outside_tests: Vec<Splat>,
+    /// Selected tests the guest never reported.
+    pub not_run: Vec<String>,
+    /// Anything else that makes the run untrustworthy (missing sentinel, protocol errors).
+    pub problems: Vec<String>,
+    pub ending: Ending,
+    /// The guest never got as far as running the suite: the rig, not a test, failed.
+    pub boot_failed: bool,
+}
+
+fn verdict_of(node: &Node) -> (Verdict, Vec<String>) {
+    match &node.status {
+        Some(Status::Pass) => (Verdict::Pass, vec![]),
+        Some(Status::Skip) => (
+            Verdict::Skip,
+            vec![format!(
+                "SKIP: {}",
+                node.skip_reason.clone().unwrap_or_default()
+            )],
+        ),
+        Some(Status::Fail) => (Verdict::Fail, node.diags.clone()),
+        None => (Verdict::Fail, node.diags.clone()),
+    }
+}
+
+fn splat_reason(s: &Splat) -> String {
+    format!("kernel {}: {}", s.kind.label(), s.title)
+}
+
+pub fn combine(ktap: &Ktap, splats: &[Splat], selected: &[String], ending: &Ending) -> RunResult {
+    let mut tests: Vec<TestResult> = ktap
+        .tests
+        .iter()
+        .map(|n| {
+            let (verdict, reasons) = verdict_of(n);
+            TestResult {
+                name: n.name.clone(),
+                verdict,
+                reasons,
+                heaps: n
+                    .subtests
+                    .iter()
+                    .map(|s| {
+                        let (verdict, reasons) = verdict_of(s);
+                        HeapResult {
+                            heap: s.name.clone(),
+                            verdict,
+                            reasons,
+                            facts: s.facts.clone(),
+                            diags: s.diags.clone(),
+                            splats: vec![],
+                            time_ms: s.time_ms,
+                        }
+                    })
+                    .collect(),
+                facts: n.facts.clone(),
+                diags: n.diags.clone(),
+                splats: vec![],
+                time_ms: n.time_ms,
+            }
+        })
+        .collect();
+
+    let mut outside = Vec::new();
+    for s in splats {
+        let Some(label) = &s.test else {
+            outside.push(s.clone());
+            continue;
+        };
+        let (top, heap) = match label.split_once('/') {
+            Some((t, h)) => (t, Some(h)),
+            None => (label.as_str(), None),
+        };
+        let Some(t) = tests.iter_mut().find(|t| t.name == top) else {
+            outside.push(s.clone());
+            continue;
+        };
+        t.verdict = Verdict::Fail;
+        t.reasons.push(splat_reason(s));
+        match heap.and_then(|h| t.heaps.iter_mut().find(|r| r.heap == h)) {
+            Some(h) => {
+                h.verdict = Verdict::Fail;
+                h.reasons.push(splat_reason(s));
+                h.splats.push(s.clone());
+            }
+            None => t.splats.push(s.clone()),
+        }
+    }
+
+    let not_run: Vec<String> = selected
+        .iter()
+        .filter(|n| !tests.iter().any(|t| &t.name == *n))
+        .cloned()
+        .collect();
+
+    let mut problems = ktap.problems.clone();
+    let boot_failed = !ktap.saw_header
+        && matches!(
+            ending,
+            Ending::BootTimeout { .. } | Ending::Exited { .. } | Ending::Signalled { .. }
+        )
+        && tests.is_empty();
+    if !ktap.saw_header {
+        problems.push("the guest printed no KTAP header: the test runner never started".into());
+    } else if !ktap.done {
+        problems.push(format!(
+            "the guest runner's closing line never arrived (the run ended: {})",
+            describe_ending(ending)
+        ));
+    }
+    match ending {
+        Ending::Exited { code: 0 | 1 } => {}
+        Ending::Exited { code } => problems.push(format!("the guest command exited with {code}")),
+        other => problems.push(describe_ending(other)),
+    }
+    RunResult {
+        tests,
+        heaps: ktap.heaps.clone(),
+        splats_outside_tests: outside,
+        not_run,
+        problems,
+        ending: ending.clone(),
+        boot_failed,
+    }
+}
+
+pub fn describe_ending(e: &Ending) -> String {
+    match e {
+        Ending::Exited { code } => format!("vng exited with {code}"),
+        Ending::Signalled { signal } => format!("vng was killed by signal {signal}"),
+        Ending::BootTimeout { secs } => format!("the guest did not boot within {secs}s"),
+        Ending::TestTimeout { test, secs } => {
+            format!("test {test} hung past its {secs}s limit; QEMU was stopped")
+        }
+        Ending::RunTimeout { secs } => {
+            format!("the run passed its {secs}s limit; QEMU was stopped")
+        }
+        Ending::Panic => "the guest kernel panicked; QEMU was stopped".into(),
+    }
+}
+
+impl RunResult {
+    pub fn passed(&self) -> bool {
+        self.tests.iter().all(|t| t.verdict != Verdict::Fail)
+            && self.splats_outside_tests.is_empty()
+            && self.not_run.is_empty()
+            && self.problems.is_empty()
+    }
+
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let c = |v| self.tests.iter().filter(|t| t.verdict == v).count();
+        (c(Verdict::Pass), c(Verdict::Fail), c(Verdict::Skip))
+    }
+}
+
+/// What insta records for one test: deterministic facts only (no times, no diagnostics).
+#[derive(Debug, Serialize)]
+pub struct Snapshot {
+    pub verdict: Verdict,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub facts: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub heaps: BTreeMap<String, HeapSnapshot>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HeapSnapshot {
+    pub verdict: Verdict,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skip: Option<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub facts: BTreeMap<String, String>,
+}
+
+impl TestResult {
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            verdict: self.verdict,
+            facts: self.facts.iter().cloned().collect(),
+            heaps: self
+                .heaps
+                .iter()
+                .map(|h| {
+                    let skip = (h.verdict == Verdict::Skip).then(|| h.reasons.join("; "));
+                    (
+                        h.heap.clone(),
+                        HeapSnapshot {
+                            verdict: h.verdict,
+                            skip,
+                            facts: h.facts.iter().cloned().collect(),
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// Rig self-tests are expected to fail and are never snapshotted.
+    pub fn is_selftest(&self) -> bool {
+        self.name.starts_with("rig_selftest")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ktap, splat};
+
+    fn fixture(name: &str) -> String {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name);
+        std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    }
+
+    fn names(k: &Ktap) -> Vec<String> {
+        k.tests.iter().map(|t| t.name.clone()).collect()
+    }
+
+    #[test]
+    fn clean_run_passes() {
+        let k = ktap::parse(&fixture("guest-pass.ktap"));
+        let s = splat::parse(&fixture("boot-clean.log"));
+        assert!(s.is_empty(), "{s:#?}");
+        let r = combine(&k, &s, &names(&k), &Ending::Exited { code: 0 });
+        assert!(r.passed(), "{r:#?}");
+    }
+
+    #[test]
+    fn a_splat_in_a_test_fails_that_heap() {
+        let k = ktap::parse(&fixture("guest-pass.ktap"));
+        let log = "[ 1.0] heaprig: begin set_name/system\n[ 1.1] WARNING: CPU: 0 PID: 9 at x.c:1 f\n[ 1.2] ---[ end trace 0 ]---\n[ 1.3] heaprig: end set_name/system\n";
+        let r = combine(
+            &k,
+            &splat::parse(log),
+            &names(&k),
+            &Ending::Exited { code: 0 },
+        );
+        assert!(!r.passed());
+        let t = r.tests.iter().find(|t| t.name == "set_name").unwrap();
+        assert_eq!(t.verdict, Verdict::Fail);
+        assert_eq!(t.heaps[0].verdict, Verdict::Fail);
+        assert!(t.heaps[0].reasons[0].contains("kernel WARNING"));
+    }
+
+    #[test]
+    fn splat_outside_tests_and_missing_tests_fail_the_run() {
+        let k = ktap::parse(&fixture("guest-pass.ktap"));
+        let s = splat::parse("[ 1.0] BUG: KASAN: use-after-free in f\n");
+        let mut sel = names(&k);
+        sel.push("never_ran".into());
+        let r = combine(&k, &s, &sel, &Ending::Exited { code: 0 });
+        assert_eq!(r.splats_outside_tests.len(), 1);
+        assert_eq!(r.not_run, ["never_ran"]);
+        assert!(!r.passed());
+    }
+
+    #[test]
+    fn no_ktap_is_a_boot_failure() {
+        let r = combine(
+            &Ktap::default(),
+            &[],
+            &["a".into()],
+            &Ending::BootTimeout { secs: 5 },
+        );
+        assert!(r.boot_failed);
+        assert!(!r.passed());
+    }
+
+    #[test]
+    fn snapshot_has_no_volatile_fields() {
+        let k = ktap::parse(&fixture("guest-pass.ktap"));
+        let r = combine(&k, &[], &names(&k), &Ending::Exited { code: 0 });
+        for t in &r.tests {
+            let y = format!("{:?}", t.snapshot());
+            assert!(!y.contains("time") && !y.contains("ms"), "{y}");
+        }
+    }
+}

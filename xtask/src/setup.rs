@@ -1,0 +1,286 @@
+//! `setup` installs what the rig needs; `doctor` reports it. Both read one table.
+
+use std::path::Path;
+
+use anyhow::{bail, Result};
+use xshell::{cmd, Shell};
+
+use crate::env::Env;
+
+/// Debian packages, each with why the rig needs it.
+const DEB: &[(&str, &str)] = &[
+    (
+        "linux-source-6.12",
+        "the default kernel tree (6.12 stable tarball)",
+    ),
+    (
+        "rustc-web",
+        "a rustc the 6.12 kernel accepts (/usr/bin/rustc)",
+    ),
+    (
+        "rust-web-src",
+        "core/alloc sources for rustc-web, needed by the kernel build",
+    ),
+    (
+        "clang",
+        "KASAN with Rust needs a clang-built kernel (LLVM=1)",
+    ),
+    ("lld", "linker for LLVM=1"),
+    ("llvm", "llvm-ar/nm/objcopy for LLVM=1"),
+    ("libclang-dev", "libclang for bindgen"),
+    ("flex", "kconfig"),
+    ("bison", "kconfig"),
+    ("bc", "kernel build"),
+    ("libelf-dev", "objtool"),
+    ("libssl-dev", "kernel build (sign-file, certs)"),
+    ("kmod", "depmod, used by virtme-ng"),
+    ("cpio", "virtme-ng initramfs"),
+    (
+        "rsync",
+        "copying a --kernel-src tree into the private build copy",
+    ),
+    ("xz-utils", "extracting the kernel tarball"),
+    ("zstd", "kernel build"),
+    ("qemu-system-x86", "the VM"),
+    (
+        "udev",
+        "virtme-ng-init finds its virtio-serial ports through udevd",
+    ),
+];
+
+pub const VIRTME_NG: &str = "1.42";
+pub const BINDGEN: &str = "0.71.1";
+
+#[derive(Debug)]
+pub struct Check {
+    pub name: String,
+    pub found: Option<String>,
+    pub ok: bool,
+    pub why: &'static str,
+}
+
+fn deb_version(sh: &Shell, pkg: &str) -> Option<String> {
+    let fmt = "-f=${Status}\t${Version}";
+    let out = cmd!(sh, "dpkg-query -W {fmt} {pkg}")
+        .quiet()
+        .ignore_stderr()
+        .read()
+        .ok()?;
+    let (status, version) = out.split_once('\t')?;
+    status.ends_with(" installed").then(|| version.to_string())
+}
+
+fn tool_version(sh: &Shell, tool: &str) -> Option<String> {
+    cmd!(sh, "{tool} --version")
+        .quiet()
+        .ignore_stderr()
+        .read()
+        .ok()
+        .and_then(|o| o.lines().next().map(str::to_string))
+}
+
+pub fn checks(sh: &Shell) -> Vec<Check> {
+    let mut out: Vec<Check> = DEB
+        .iter()
+        .map(|(pkg, why)| {
+            let found = deb_version(sh, pkg);
+            Check {
+                name: format!("deb {pkg}"),
+                ok: found.is_some(),
+                found,
+                why,
+            }
+        })
+        .collect();
+    let vng = tool_version(sh, "vng");
+    out.push(Check {
+        name: format!("pip virtme-ng=={VIRTME_NG}"),
+        ok: vng.as_deref() == Some(&format!("virtme-ng {VIRTME_NG}")),
+        found: vng,
+        why: "boots the kernel with the host's root file system",
+    });
+    let bindgen = tool_version(sh, "bindgen");
+    out.push(Check {
+        name: format!("cargo bindgen-cli {BINDGEN}"),
+        ok: bindgen.as_deref() == Some(&format!("bindgen {BINDGEN}")),
+        found: bindgen,
+        why: "Rust bindings for the kernel (Debian's 0.60 is older than 6.12's minimum 0.65.1)",
+    });
+    out
+}
+
+/// The commands that install whatever `checks` found missing.
+fn install_plan(missing: &[&Check]) -> Vec<Vec<String>> {
+    let mut plan = Vec::new();
+    let debs: Vec<String> = missing
+        .iter()
+        .filter_map(|c| c.name.strip_prefix("deb ").map(str::to_string))
+        .collect();
+    if !debs.is_empty() {
+        plan.push(vec!["apt-get".into(), "update".into()]);
+        let mut v: Vec<String> = ["apt-get", "install", "-y", "--no-install-recommends"]
+            .map(String::from)
+            .into();
+        v.extend(debs);
+        plan.push(v);
+    }
+    if missing.iter().any(|c| c.name.starts_with("pip ")) {
+        plan.push(
+            ["python3", "-m", "pip", "install", "--break-system-packages"]
+                .map(String::from)
+                .into_iter()
+                .chain([format!("virtme-ng=={VIRTME_NG}")])
+                .collect(),
+        );
+        // pyenv (as on these machines) only exposes new console scripts after a rehash.
+        if which("pyenv") {
+            plan.push(vec!["pyenv".into(), "rehash".into()]);
+        }
+    }
+    if missing.iter().any(|c| c.name.starts_with("cargo ")) {
+        plan.push(
+            [
+                "cargo",
+                "install",
+                "bindgen-cli",
+                "--locked",
+                "--version",
+                BINDGEN,
+            ]
+            .map(String::from)
+            .into(),
+        );
+    }
+    plan
+}
+
+pub fn doctor(env: &Env) -> Result<bool> {
+    let checks = checks(&env.sh);
+    println!("{:<34} {:<8} found", "requirement", "status");
+    for c in &checks {
+        let status = match (&c.found, c.ok) {
+            (_, true) => "ok",
+            (Some(_), false) => "WRONG",
+            (None, _) => "missing",
+        };
+        let found = c.found.as_deref().unwrap_or("-");
+        if c.ok {
+            println!("{:<34} {:<8} {found}", c.name, status);
+        } else {
+            println!(
+                "{:<34} {:<8} {found} (needed for: {})",
+                c.name, status, c.why
+            );
+        }
+    }
+    let kvm = if Path::new("/dev/kvm").exists() {
+        "present (usable only if the probe boot succeeds; see `--accel`)"
+    } else {
+        "absent: guests run under TCG"
+    };
+    println!("{:<34} {:<8} {kvm}", "/dev/kvm", "info");
+    println!("{:<34} {:<8} {}", "cache dir", "info", env.cache.display());
+    Ok(checks.iter().all(|c| c.ok))
+}
+
+fn which(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Installs what is missing; `quiet_if_ok` makes the implicit call from `test` silent.
+pub fn ensure(env: &Env, quiet_if_ok: bool) -> Result<()> {
+    let checks = checks(&env.sh);
+    let missing: Vec<&Check> = checks.iter().filter(|c| !c.ok).collect();
+    if missing.is_empty() {
+        if !quiet_if_ok {
+            println!("setup: every requirement is installed");
+        }
+        return Ok(());
+    }
+    let plan = install_plan(&missing);
+    let names: Vec<&str> = missing.iter().map(|c| c.name.as_str()).collect();
+    let script: Vec<String> = plan.iter().map(|c| c.join(" ")).collect();
+    let debian = Path::new("/etc/debian_version").exists();
+    if !is_root() || !debian {
+        let why = if debian {
+            "not running as root"
+        } else {
+            "this is not Debian"
+        };
+        bail!(
+            "missing requirements: {}. The rig installs them itself only as root on Debian 12 \
+             ({why}). Run these commands, then try again:\n  {}",
+            names.join(", "),
+            script.join("\n  ")
+        );
+    }
+    println!("setup: installing {}", names.join(", "));
+    for c in &plan {
+        let (prog, args) = c.split_first().expect("non-empty command");
+        let sh = &env.sh;
+        let _env = sh.push_env("DEBIAN_FRONTEND", "noninteractive");
+        let r = cmd!(sh, "{prog} {args...}").run();
+        if let Err(e) = r {
+            bail!(
+                "setup failed while running `{}`: {e}. Fix the cause (network, disk space, a \
+                 held package) and rerun `cargo xtask setup`.",
+                c.join(" ")
+            );
+        }
+    }
+    let still: Vec<String> = checks_after(env);
+    if !still.is_empty() {
+        bail!(
+            "setup ran but these are still missing or at the wrong version: {}. If `vng` or \
+             `bindgen` were installed outside PATH, add pip's and cargo's bin directories to PATH.",
+            still.join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn checks_after(env: &Env) -> Vec<String> {
+    checks(&env.sh)
+        .into_iter()
+        .filter(|c| !c.ok)
+        .map(|c| {
+            format!(
+                "{} (found {})",
+                c.name,
+                c.found.as_deref().unwrap_or("nothing")
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_covers_each_kind_once() {
+        let mk = |name: &str| Check {
+            name: name.into(),
+            found: None,
+            ok: false,
+            why: "",
+        };
+        let a = mk("deb flex");
+        let b = mk("deb bison");
+        let c = mk(&format!("pip virtme-ng=={VIRTME_NG}"));
+        let d = mk(&format!("cargo bindgen-cli {BINDGEN}"));
+        let plan = install_plan(&[&a, &b, &c, &d]);
+        let text: Vec<String> = plan.iter().map(|c| c.join(" ")).collect();
+        assert_eq!(text[0], "apt-get update");
+        assert!(text[1].starts_with("apt-get install") && text[1].ends_with("flex bison"));
+        assert!(text[2].contains("virtme-ng==1.42"));
+        assert!(text[3].contains("bindgen-cli --locked --version 0.71.1"));
+        assert!(install_plan(&[]).is_empty());
+    }
+}

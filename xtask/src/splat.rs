@@ -1,0 +1,322 @@
+//! Kernel log parser: turns console text into splat records (WARNING, BUG, Oops, KASAN,
+//! UBSAN, KFENCE, lockdep, hung task, RCU stall, kmemleak, panic), each normalised (no
+//! timestamps, addresses, pids) and attributed to the guest test that was running, from the
+//! `heaprig: begin NAME` / `heaprig: end NAME` markers the guest writes to /dev/kmsg.
+
+use std::sync::OnceLock;
+
+use regex::Regex;
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Warning,
+    Bug,
+    Oops,
+    Kasan,
+    Ubsan,
+    Kfence,
+    Lockdep,
+    HungTask,
+    RcuStall,
+    SoftLockup,
+    Kmemleak,
+    RustPanic,
+    Panic,
+}
+
+impl Kind {
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Warning => "WARNING",
+            Kind::Bug => "BUG",
+            Kind::Oops => "Oops",
+            Kind::Kasan => "KASAN",
+            Kind::Ubsan => "UBSAN",
+            Kind::Kfence => "KFENCE",
+            Kind::Lockdep => "lockdep",
+            Kind::HungTask => "hung task",
+            Kind::RcuStall => "RCU stall",
+            Kind::SoftLockup => "soft lockup",
+            Kind::Kmemleak => "kmemleak",
+            Kind::RustPanic => "Rust panic",
+            Kind::Panic => "panic",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Splat {
+    pub kind: Kind,
+    /// First line, normalised: the fingerprint users compare.
+    pub title: String,
+    /// The test (NAME or NAME/HEAP) running when it appeared; None outside any test.
+    pub test: Option<String>,
+    /// Normalised report, capped at [`MAX_LINES`].
+    pub lines: Vec<String>,
+}
+
+pub const MAX_LINES: usize = 60;
+
+fn re(cell: &'static OnceLock<Regex>, pat: &str) -> &'static Regex {
+    cell.get_or_init(|| Regex::new(pat).expect("static regex"))
+}
+
+/// Strips the printk timestamp and any console prefix.
+pub fn strip_timestamp(line: &str) -> &str {
+    static TS: OnceLock<Regex> = OnceLock::new();
+    let line = line.trim_end_matches('\r');
+    match re(&TS, r"^\s*\[\s*\d+\.\d+\]\s?").find(line) {
+        Some(m) => &line[m.end()..],
+        None => line,
+    }
+}
+
+/// Replaces volatile values with placeholders so the same bug reads the same every run.
+pub fn normalise(line: &str) -> String {
+    static OFFSET: OnceLock<Regex> = OnceLock::new();
+    static HEX: OnceLock<Regex> = OnceLock::new();
+    static KADDR: OnceLock<Regex> = OnceLock::new();
+    static PID: OnceLock<Regex> = OnceLock::new();
+    static CPU: OnceLock<Regex> = OnceLock::new();
+    static COMM_PID: OnceLock<Regex> = OnceLock::new();
+    static TAINT: OnceLock<Regex> = OnceLock::new();
+    static SECS: OnceLock<Regex> = OnceLock::new();
+    let s = strip_timestamp(line);
+    let s = re(&OFFSET, r"\+0x[0-9a-f]+/0x[0-9a-f]+").replace_all(s, "");
+    let s = re(&HEX, r"\b0x[0-9a-fA-F]+\b").replace_all(&s, "[ADDR]");
+    let s = re(&KADDR, r"\b[0-9a-f]{16}\b").replace_all(&s, "[ADDR]");
+    let s = re(&PID, r"(?i)\b(pid:?\s*)\d+").replace_all(&s, "${1}[PID]");
+    let s = re(&CPU, r"\b(CPU:?\s*)\d+").replace_all(&s, "${1}[N]");
+    let s = re(&COMM_PID, r"([A-Za-z0-9_.-]+)[:/](\d+)\b").replace_all(&s, "${1}:[PID]");
+    let s = re(
+        &TAINT,
+        r"(Not tainted|Tainted: [A-Z ]+?) \d+\.\d+\.\d+\S* #\d+",
+    )
+    .replace_all(&s, "[TAINT] [VERSION]");
+    let s = re(&SECS, r"\b\d+ seconds\b").replace_all(&s, "[N] seconds");
+    s.trim_end().to_string()
+}
+
+/// Recognises the first line of a splat.
+pub fn classify(line: &str) -> Option<Kind> {
+    let l = line.trim_start();
+    let kind = if l.starts_with("Kernel panic - not syncing") {
+        Kind::Panic
+    } else if l.starts_with("BUG: KASAN:") {
+        Kind::Kasan
+    } else if l.starts_with("BUG: KFENCE:") {
+        Kind::Kfence
+    } else if l.starts_with("UBSAN:") {
+        Kind::Ubsan
+    } else if l.contains("BUG: soft lockup") {
+        Kind::SoftLockup
+    } else if l.starts_with("WARNING: CPU:") {
+        Kind::Warning
+    } else if l.starts_with("WARNING: ") {
+        // Lockdep and RCU-lockdep reports: "WARNING: possible circular locking ...".
+        Kind::Lockdep
+    } else if l.starts_with("rust_kernel: panicked at") || l.contains("] panicked at ") {
+        Kind::RustPanic
+    } else if l.starts_with("BUG: ") || l.starts_with("kernel BUG at") {
+        Kind::Bug
+    } else if l.starts_with("Oops: ") || l.starts_with("general protection fault") {
+        Kind::Oops
+    } else if l.starts_with("INFO: task ") && l.contains("blocked for more than") {
+        Kind::HungTask
+    } else if l.starts_with("rcu: INFO:") && l.contains("stall") {
+        Kind::RcuStall
+    } else if l.starts_with("unreferenced object 0x") {
+        Kind::Kmemleak
+    } else {
+        return None;
+    };
+    Some(kind)
+}
+
+/// Lines that close a report.
+fn is_end(line: &str) -> bool {
+    line.contains("---[ end trace") || line.contains("---[ end Kernel panic")
+}
+
+/// Whether a new start line continues the current report (an Oops after a BUG, the panic
+/// after an Oops) rather than starting another one.
+fn continues(current: Kind, next: Kind) -> bool {
+    matches!(
+        (current, next),
+        (Kind::Bug, Kind::Oops)
+            | (Kind::RustPanic, Kind::Bug)
+            | (Kind::RustPanic, Kind::Oops)
+            | (Kind::Bug, Kind::Panic)
+            | (Kind::Oops, Kind::Panic)
+            | (Kind::Kasan, Kind::Panic)
+            | (Kind::Warning, Kind::Panic)
+    )
+}
+
+/// Marker parsed from a `heaprig: begin|end NAME` line.
+fn marker(line: &str) -> Option<(bool, &str)> {
+    let rest = line.trim_start().strip_prefix("heaprig: ")?;
+    if let Some(n) = rest.strip_prefix("begin ") {
+        Some((true, n.trim()))
+    } else {
+        rest.strip_prefix("end ").map(|n| (false, n.trim()))
+    }
+}
+
+/// Parses a whole console log.
+pub fn parse(log: &str) -> Vec<Splat> {
+    let mut out: Vec<Splat> = Vec::new();
+    let mut test: Option<String> = None;
+    let mut open: Option<Splat> = None;
+    for raw in log.lines() {
+        let line = strip_timestamp(raw);
+        if let Some((begin, name)) = marker(line) {
+            out.extend(open.take());
+            test = begin.then(|| name.to_string());
+            continue;
+        }
+        if let Some(kind) = classify(line) {
+            match &mut open {
+                // A report that ends in a panic keeps the kind of its cause; the panic
+                // shows in its lines.
+                Some(s) if continues(s.kind, kind) => {}
+                _ => {
+                    out.extend(open.take());
+                    open = Some(Splat {
+                        kind,
+                        title: normalise(line),
+                        test: test.clone(),
+                        lines: Vec::new(),
+                    });
+                }
+            }
+        }
+        if let Some(s) = &mut open {
+            if s.lines.len() < MAX_LINES {
+                s.lines.push(normalise(line));
+            }
+            if is_end(line) {
+                out.extend(open.take());
+            }
+        }
+    }
+    out.extend(open);
+    out
+}
+
+/// Whether the log shows the kernel has stopped for good.
+pub fn is_panic_line(line: &str) -> bool {
+    strip_timestamp(line)
+        .trim_start()
+        .starts_with("Kernel panic - not syncing")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> String {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name);
+        std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    }
+
+    #[test]
+    fn normalises_volatile_values() {
+        let l = "[   12.345678] WARNING: CPU: 1 PID: 87 at drivers/misc/lkdtm/bugs.c:118 lkdtm_WARNING+0x1a/0x30";
+        assert_eq!(
+            normalise(l),
+            "WARNING: CPU: [N] PID: [PID] at drivers/misc/lkdtm/bugs.c:118 lkdtm_WARNING"
+        );
+        assert_eq!(
+            normalise("RIP: 0010:foo+0x5/0x10 RSP: ffff88800abcdef0"),
+            "RIP: 0010:foo RSP: [ADDR]"
+        );
+    }
+
+    #[test]
+    fn classifies_start_lines() {
+        let table = [
+            ("WARNING: CPU: 0 PID: 1 at x.c:1 f", Some(Kind::Warning)),
+            (
+                "WARNING: possible circular locking dependency detected",
+                Some(Kind::Lockdep),
+            ),
+            ("BUG: KASAN: slab-out-of-bounds in f", Some(Kind::Kasan)),
+            (
+                "BUG: sleeping function called from invalid context",
+                Some(Kind::Bug),
+            ),
+            (
+                "UBSAN: array-index-out-of-bounds in x.c:3:4",
+                Some(Kind::Ubsan),
+            ),
+            (
+                "INFO: task cat:12 blocked for more than 5 seconds.",
+                Some(Kind::HungTask),
+            ),
+            (
+                "rcu: INFO: rcu_preempt self-detected stall on CPU",
+                Some(Kind::RcuStall),
+            ),
+            (
+                "unreferenced object 0xffff888001234560 (size 64):",
+                Some(Kind::Kmemleak),
+            ),
+            (
+                "Kernel panic - not syncing: Fatal exception",
+                Some(Kind::Panic),
+            ),
+            (
+                "watchdog: BUG: soft lockup - CPU#0 stuck for 22s!",
+                Some(Kind::SoftLockup),
+            ),
+            ("heaprig: begin foo", None),
+            ("virtio_net virtio0: something", None),
+        ];
+        for (line, want) in table {
+            assert_eq!(classify(line), want, "{line}");
+        }
+    }
+
+    #[test]
+    fn attributes_to_the_running_test() {
+        let log = "[ 1.0] heaprig: begin a/system\n[ 1.1] WARNING: CPU: 0 PID: 5 at x.c:1 f+0x1/0x2\n[ 1.2] ---[ end trace 0000000000000000 ]---\n[ 1.3] heaprig: end a/system\n[ 1.4] WARNING: CPU: 0 PID: 5 at y.c:2 g\n";
+        let s = parse(log);
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[0].test.as_deref(), Some("a/system"));
+        assert_eq!(s[0].title, "WARNING: CPU: [N] PID: [PID] at x.c:1 f");
+        assert_eq!(s[1].test, None);
+    }
+
+    /// Real logs from this project's debug kernel, provoked through LKDTM (see
+    /// tests/fixtures/README.md for how each was captured).
+    #[test]
+    fn real_splats_from_the_debug_kernel() {
+        let table = [
+            ("lkdtm-warning.log", Kind::Warning, "lkdtm"),
+            ("lkdtm-bug.log", Kind::Bug, "lkdtm"),
+            ("lkdtm-kasan.log", Kind::Kasan, "KASAN"),
+            ("lkdtm-ubsan.log", Kind::Ubsan, "UBSAN"),
+            ("lkdtm-panic.log", Kind::Panic, "Kernel panic"),
+        ];
+        for (file, kind, needle) in table {
+            let splats = parse(&fixture(file));
+            let s = splats
+                .iter()
+                .find(|s| s.kind == kind)
+                .unwrap_or_else(|| panic!("{file}: no {kind:?} in {splats:#?}"));
+            assert!(
+                s.lines.iter().any(|l| l.contains(needle)),
+                "{file}: {needle} not in {s:#?}"
+            );
+            assert!(
+                !s.lines.iter().any(|l| l.contains("ffff8")),
+                "{file}: unnormalised address in {s:#?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! End-to-end tests of the rig: real kernel, real QEMU, real guest. Slow (a boot is ~20 s
+//! under TCG, a cold kernel build ~6 min), so they are `#[ignore]`d with the reason, which
+//! cargo shows as "ignored" rather than passed; CI runs them with `-- --ignored`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Mutex;
+
+/// One VM at a time: the machine has two cores and the kernel build dir is shared.
+static VM: Mutex<()> = Mutex::new(());
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn xtask(args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("running xtask");
+    eprintln!(
+        "--- xtask {args:?} exited {:?}\n{}\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn results(dir: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(dir.join("results.json")).expect("results.json");
+    serde_json::from_str(&text).expect("valid JSON")
+}
+
+fn test_named<'a>(r: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    r["result"]["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == name)
+        .unwrap_or_else(|| panic!("{name} missing from {r:#}"))
+}
+
+#[test]
+#[ignore = "boots the test kernel (minutes); CI runs it with --ignored"]
+fn suite_boots_and_passes_on_the_system_heap() {
+    let _vm = VM.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let junit = dir.path().join("junit.xml");
+    let out = xtask(&["test", "--accel", "tcg", "--junit", junit.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    let r = results(&root().join("target/heaprig/last-run"));
+    let rt = test_named(&r, "alloc_mmap_sync_roundtrip");
+    assert_eq!(rt["verdict"], "pass");
+    assert!(rt["heaps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|h| h["heap"] == "system"));
+    let x = std::fs::read_to_string(&junit).unwrap();
+    assert!(x.contains("failures=\"0\""), "{x}");
+}
+
+/// Each detector catches a real fault: a failing assertion, a crashing test process, a
+/// hung test, and a kernel WARNING provoked through LKDTM inside a test.
+#[test]
+#[ignore = "boots the test kernel (minutes); CI runs it with --ignored"]
+fn detectors_catch_real_faults() {
+    let _vm = VM.lock().unwrap_or_else(|e| e.into_inner());
+    let out = xtask(&[
+        "test",
+        "--accel",
+        "tcg",
+        "--test-timeout",
+        "5",
+        "--",
+        "rig_selftest_fail",
+        "rig_selftest_crash",
+        "rig_selftest_timeout",
+        "rig_selftest_warning",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "a failing suite must exit 1");
+    let r = results(&root().join("target/heaprig/last-run"));
+    let table = [
+        ("rig_selftest_fail", "deliberate failure"),
+        ("rig_selftest_crash", "SIGSEGV"),
+        ("rig_selftest_timeout", "timed out after 5s"),
+        ("rig_selftest_warning", "kernel WARNING"),
+    ];
+    for (name, reason) in table {
+        let t = test_named(&r, name);
+        assert_eq!(t["verdict"], "fail", "{name}: {t:#}");
+        let reasons = t["reasons"].to_string();
+        assert!(
+            reasons.contains(reason),
+            "{name}: {reason:?} not in {reasons}"
+        );
+    }
+    let w = test_named(&r, "rig_selftest_warning");
+    assert!(
+        w["splats"][0]["title"]
+            .as_str()
+            .is_some_and(|t| t.contains("lkdtm")),
+        "{w:#}"
+    );
+}
+
+#[test]
+#[ignore = "boots the test kernel (minutes); CI runs it with --ignored"]
+fn exec_returns_the_guest_exit_code() {
+    let _vm = VM.lock().unwrap_or_else(|e| e.into_inner());
+    let out = xtask(&[
+        "exec",
+        "--accel",
+        "tcg",
+        "--",
+        "sh",
+        "-c",
+        "ls /dev/dma_heap; exit 7",
+    ]);
+    assert_eq!(out.status.code(), Some(7));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("system"));
+}
+
+#[test]
+#[ignore = "boots the test kernel (minutes); CI runs it with --ignored"]
+fn shell_is_interactive() {
+    let _vm = VM.lock().unwrap_or_else(|e| e.into_inner());
+    let bin = env!("CARGO_BIN_EXE_xtask");
+    let mut cmd = Command::new(bin);
+    cmd.args(["shell", "--accel", "tcg"]).current_dir(root());
+    // One bound for every expect: a boot under TCG takes ~20 s, a cold build is not expected
+    // here because the tests above built the kernel.
+    let mut p = rexpect::session::spawn_command(cmd, Some(240_000)).expect("spawn shell");
+    p.exp_string("virtme-ng").expect("guest shell prompt");
+    // The sum is computed by the guest shell, so the echo of the command cannot match.
+    p.send_line("echo heaprig-$((6*7))").unwrap();
+    p.exp_string("heaprig-42").expect("guest answered");
+    p.send_line("exit").unwrap();
+    p.exp_eof().expect("shell ended and QEMU exited");
+}
