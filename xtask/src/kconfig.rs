@@ -9,20 +9,31 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 /// `Some(value)` for `CONFIG_X=value`, `None` for `# CONFIG_X is not set`.
+///
+/// Order is kept: Kconfig resolves a `choice` by the last member read as `y`, so merged
+/// entries go after the ones they override, as `scripts/kconfig/merge_config.sh` does.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Kconfig {
     pub entries: BTreeMap<String, Option<String>>,
+    order: Vec<String>,
 }
 
 impl Kconfig {
+    fn set(&mut self, key: &str, value: Option<String>) {
+        if self.entries.insert(key.to_string(), value).is_some() {
+            self.order.retain(|k| k != key);
+        }
+        self.order.push(key.to_string());
+    }
+
     pub fn parse(text: &str) -> Result<Kconfig, String> {
-        let mut entries = BTreeMap::new();
+        let mut k = Kconfig::default();
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();
             if let Some(rest) = line.strip_prefix("# ") {
                 if let Some(name) = rest.strip_suffix(" is not set") {
                     if name.starts_with("CONFIG_") {
-                        entries.insert(name.to_string(), None);
+                        k.set(name, None);
                     }
                 }
                 continue;
@@ -30,15 +41,15 @@ impl Kconfig {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let (k, v) = line
+            let (key, v) = line
                 .split_once('=')
                 .ok_or_else(|| format!("line {}: expected CONFIG_X=value, got {line:?}", n + 1))?;
-            if !k.starts_with("CONFIG_") || k.contains(char::is_whitespace) {
-                return Err(format!("line {}: {k:?} is not a CONFIG_ option", n + 1));
+            if !key.starts_with("CONFIG_") || key.contains(char::is_whitespace) {
+                return Err(format!("line {}: {key:?} is not a CONFIG_ option", n + 1));
             }
-            entries.insert(k.to_string(), Some(v.to_string()));
+            k.set(key, Some(v.to_string()));
         }
-        Ok(Kconfig { entries })
+        Ok(k)
     }
 
     pub fn read(path: &Path) -> Result<Kconfig> {
@@ -49,8 +60,8 @@ impl Kconfig {
 
     /// Later fragments override earlier ones, as `merge_config.sh` does.
     pub fn merge_in(&mut self, other: &Kconfig) {
-        for (k, v) in &other.entries {
-            self.entries.insert(k.clone(), v.clone());
+        for k in &other.order {
+            self.set(k, other.entries[k].clone());
         }
     }
 
@@ -72,8 +83,8 @@ impl Kconfig {
 
 impl fmt::Display for Kconfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (k, v) in &self.entries {
-            match v {
+        for k in &self.order {
+            match &self.entries[k] {
                 Some(v) => writeln!(f, "{k}={v}")?,
                 None => writeln!(f, "# {k} is not set")?,
             }
@@ -186,6 +197,12 @@ mod tests {
         assert_eq!(a.entries["CONFIG_C"].as_deref(), Some("\"x y\""));
         let round = Kconfig::parse(&a.to_string()).unwrap();
         assert_eq!(round, a);
+        // Overridden entries move after the rest, so a choice member set later wins.
+        let text = a.to_string();
+        assert!(
+            text.find("CONFIG_C").unwrap() < text.find("CONFIG_B").unwrap(),
+            "{text}"
+        );
     }
 
     #[test]

@@ -194,9 +194,22 @@ impl RunResult {
             && self.problems.is_empty()
     }
 
-    pub fn counts(&self) -> (usize, usize, usize) {
-        let c = |v| self.tests.iter().filter(|t| t.verdict == v).count();
-        (c(Verdict::Pass), c(Verdict::Fail), c(Verdict::Skip))
+    /// (passed, failed, skipped); a test whose snapshot differs counts as failed, and so
+    /// does a selected test that never ran.
+    pub fn counts(&self, snapshot_mismatches: &[String]) -> (usize, usize, usize) {
+        let verdict = |t: &TestResult| {
+            if snapshot_mismatches.contains(&t.name) {
+                Verdict::Fail
+            } else {
+                t.verdict
+            }
+        };
+        let c = |v| self.tests.iter().filter(|t| verdict(t) == v).count();
+        (
+            c(Verdict::Pass),
+            c(Verdict::Fail) + self.not_run.len(),
+            c(Verdict::Skip),
+        )
     }
 }
 
