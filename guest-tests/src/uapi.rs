@@ -66,11 +66,12 @@ pub const DMA_BUF_IOCTL_SYNC: libc::c_ulong = iow::<DmaBufSync>(DMA_BUF_BASE, 0)
 /// `DMA_BUF_SET_NAME_B`: the fixed-size variant, `_IOW(DMA_BUF_BASE, 1, __u64)`.
 pub const DMA_BUF_SET_NAME_B: libc::c_ulong = iow::<u64>(DMA_BUF_BASE, 1);
 
-pub const DMA_BUF_SYNC_READ: u64 = 1 << 0;
-pub const DMA_BUF_SYNC_WRITE: u64 = 2 << 0;
+// The header writes these as (1 << 0), (2 << 0), (0 << 2), (1 << 2).
+pub const DMA_BUF_SYNC_READ: u64 = 1;
+pub const DMA_BUF_SYNC_WRITE: u64 = 2;
 pub const DMA_BUF_SYNC_RW: u64 = DMA_BUF_SYNC_READ | DMA_BUF_SYNC_WRITE;
-pub const DMA_BUF_SYNC_START: u64 = 0 << 2;
-pub const DMA_BUF_SYNC_END: u64 = 1 << 2;
+pub const DMA_BUF_SYNC_START: u64 = 0;
+pub const DMA_BUF_SYNC_END: u64 = 4;
 
 /// Direction of a CPU access bracket, as `DMA_BUF_IOCTL_SYNC` encodes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

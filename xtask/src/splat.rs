@@ -83,13 +83,21 @@ pub fn normalise(line: &str) -> String {
     static COMM_PID: OnceLock<Regex> = OnceLock::new();
     static TAINT: OnceLock<Regex> = OnceLock::new();
     static SECS: OnceLock<Regex> = OnceLock::new();
+    static SRCROOT: OnceLock<Regex> = OnceLock::new();
     let s = strip_timestamp(line);
-    let s = re(&OFFSET, r"\+0x[0-9a-f]+/0x[0-9a-f]+").replace_all(s, "");
+    // Absolute paths (UBSAN prints them) differ per machine and cache dir; keep the part
+    // from the kernel's top-level directory on.
+    let s = re(
+        &SRCROOT,
+        r"/\S*?/(arch|block|crypto|drivers|fs|include|init|io_uring|ipc|kernel|lib|mm|net|rust|security|sound|virt)/",
+    )
+    .replace_all(s, "$1/");
+    let s = re(&OFFSET, r"\+0x[0-9a-f]+/0x[0-9a-f]+").replace_all(&s, "");
     let s = re(&HEX, r"\b0x[0-9a-fA-F]+\b").replace_all(&s, "[ADDR]");
     let s = re(&KADDR, r"\b[0-9a-f]{16}\b").replace_all(&s, "[ADDR]");
     let s = re(&PID, r"(?i)\b(pid:?\s*)\d+").replace_all(&s, "${1}[PID]");
     let s = re(&CPU, r"\b(CPU:?\s*)\d+").replace_all(&s, "${1}[N]");
-    let s = re(&COMM_PID, r"([A-Za-z0-9_.-]+)[:/](\d+)\b").replace_all(&s, "${1}:[PID]");
+    let s = re(&COMM_PID, r"\btask ([^\s:]+):\d+").replace_all(&s, "task ${1}:[PID]");
     let s = re(
         &TAINT,
         r"(Not tainted|Tainted: [A-Z ]+?) \d+\.\d+\.\d+\S* #\d+",
@@ -235,6 +243,10 @@ mod tests {
             normalise("RIP: 0010:foo+0x5/0x10 RSP: ffff88800abcdef0"),
             "RIP: 0010:foo RSP: [ADDR]"
         );
+        assert_eq!(
+            normalise("INFO: task heaprig-guest:93 blocked for more than 5 seconds."),
+            "INFO: task heaprig-guest:[PID] blocked for more than [N] seconds."
+        );
     }
 
     #[test]
@@ -300,7 +312,11 @@ mod tests {
             ("lkdtm-warning.log", Kind::Warning, "lkdtm"),
             ("lkdtm-bug.log", Kind::Bug, "lkdtm"),
             ("lkdtm-kasan.log", Kind::Kasan, "KASAN"),
-            ("lkdtm-ubsan.log", Kind::Ubsan, "UBSAN"),
+            (
+                "lkdtm-ubsan.log",
+                Kind::Ubsan,
+                "UBSAN: array-index-out-of-bounds in drivers/misc/lkdtm/bugs.c",
+            ),
             ("lkdtm-panic.log", Kind::Panic, "Kernel panic"),
         ];
         for (file, kind, needle) in table {
