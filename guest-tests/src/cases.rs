@@ -10,48 +10,82 @@ use crate::uapi::{
     DMA_BUF_SYNC_START, DMA_BUF_SYNC_WRITE, DMA_HEAP_DIR,
 };
 
+mod heap;
+mod importer;
+
+/// Shorthand for table rows.
+const fn case(name: &'static str, body: Body) -> Case {
+    Case {
+        name,
+        selftest: false,
+        body,
+    }
+}
+
+/// A rig self-test: runs only when named, must make the rig report a failure.
+const fn selftest(name: &'static str, body: Body) -> Case {
+    Case {
+        name,
+        selftest: true,
+        body,
+    }
+}
+
 pub const CASES: &[Case] = &[
-    Case {
-        name: "heaps_present",
-        selftest: false,
-        body: Body::Global(heaps_present),
-    },
-    Case {
-        name: "alloc_mmap_sync_roundtrip",
-        selftest: false,
-        body: Body::PerHeap(alloc_mmap_sync_roundtrip),
-    },
-    Case {
-        name: "sync_flag_validation",
-        selftest: false,
-        body: Body::PerHeap(sync_flag_validation),
-    },
-    Case {
-        name: "set_name",
-        selftest: false,
-        body: Body::PerHeap(set_name),
-    },
+    case("heaps_present", Body::Global(heaps_present)),
+    case(
+        "alloc_mmap_sync_roundtrip",
+        Body::PerHeap(alloc_mmap_sync_roundtrip),
+    ),
+    case("sync_flag_validation", Body::PerHeap(sync_flag_validation)),
+    case("set_name", Body::PerHeap(set_name)),
+    case("alloc_sizes", Body::PerHeap(heap::alloc_sizes)),
+    case("zeroing", Body::PerHeap(heap::zeroing)),
+    case("mmap_bounds", Body::PerHeap(heap::mmap_bounds)),
+    case("sync_end_storm", Body::PerHeap(heap::sync_end_storm)),
+    case(
+        "importer_vmap_reads_user_writes",
+        Body::PerHeap(importer::vmap_reads_user_writes),
+    ),
+    case(
+        "importer_vmap_writes_visible",
+        Body::PerHeap(importer::vmap_writes_visible_to_user),
+    ),
+    case("importer_vmap_nested", Body::PerHeap(importer::vmap_nested)),
+    case(
+        "importer_kmap_walk",
+        Body::PerHeap(importer::kmap_walk_matches_vmap),
+    ),
+    case("importer_attach_map", Body::PerHeap(importer::attach_map)),
+    case(
+        "importer_hold_after_close",
+        Body::PerHeap(importer::hold_after_close),
+    ),
+    case(
+        "importer_cpu_access",
+        Body::PerHeap(importer::kernel_cpu_access),
+    ),
+    case(
+        "rust_heap_sync_without_kernel_mapping",
+        Body::OnHeap("rust_system", heap::rust_heap_sync_without_kernel_mapping),
+    ),
+    case(
+        "rust_heap_ion_compat",
+        Body::OnHeap("rust_system", heap::rust_heap_ion_compat),
+    ),
+    case(
+        "rust_heap_huge_alloc",
+        Body::OnHeap("rust_system", heap::rust_heap_huge_alloc),
+    ),
+    case(
+        "rust_heap_stats",
+        Body::OnHeap("rust_system", heap::rust_heap_stats_track_buffers),
+    ),
     // Rig self-tests: each must make the rig report a failure of a specific kind.
-    Case {
-        name: "rig_selftest_fail",
-        selftest: true,
-        body: Body::Global(selftest_fail),
-    },
-    Case {
-        name: "rig_selftest_crash",
-        selftest: true,
-        body: Body::Global(selftest_crash),
-    },
-    Case {
-        name: "rig_selftest_timeout",
-        selftest: true,
-        body: Body::Global(selftest_timeout),
-    },
-    Case {
-        name: "rig_selftest_warning",
-        selftest: true,
-        body: Body::Global(selftest_warning),
-    },
+    selftest("rig_selftest_fail", Body::Global(selftest_fail)),
+    selftest("rig_selftest_crash", Body::Global(selftest_crash)),
+    selftest("rig_selftest_timeout", Body::Global(selftest_timeout)),
+    selftest("rig_selftest_warning", Body::Global(selftest_warning)),
 ];
 
 const KIB: u64 = 1024;

@@ -33,11 +33,13 @@ impl Ctx {
     }
 }
 
-/// How a test case runs: once, or once per heap under /dev/dma_heap.
+/// How a test case runs: once, once per heap under /dev/dma_heap, or on one named heap
+/// (for guarantees only that heap makes; SKIP with the reason when it is absent).
 #[derive(Clone, Copy)]
 pub enum Body {
     Global(fn(&mut Ctx) -> Outcome),
     PerHeap(fn(&mut Ctx, &Heap) -> Outcome),
+    OnHeap(&'static str, fn(&mut Ctx, &Heap) -> Outcome),
 }
 
 /// One entry of the test table.
@@ -85,6 +87,8 @@ pub fn errno_name(err: &std::io::Error) -> String {
         Some(libc::ENODEV) => "ENODEV",
         Some(libc::EBUSY) => "EBUSY",
         Some(libc::EINTR) => "EINTR",
+        Some(libc::ENOENT) => "ENOENT",
+        Some(libc::EOVERFLOW) => "EOVERFLOW",
         Some(n) => return format!("errno {n}"),
         None => return err.to_string(),
     };

@@ -20,6 +20,9 @@ pub struct Out {
 
 impl Out {
     pub fn new(copy: Option<File>) -> Out {
+        // User writes to /dev/kmsg are rate-limited by default (10 lines per 5 s), which
+        // would silently drop test markers and misattribute splats.
+        let _ = std::fs::write("/proc/sys/kernel/printk_devkmsg", "on\n");
         Out {
             copy,
             kmsg: OpenOptions::new().write(true).open("/dev/kmsg").ok(),
@@ -234,6 +237,27 @@ pub fn run(cases: &[&Case], timeout: Duration, out: &mut Out) -> Totals {
                 out.kmsg(&format!("begin {}", case.name));
                 let r = run_in_child(timeout, f);
                 out.kmsg(&format!("end {}", case.name));
+                totals.add(&r.status);
+                report(out, 0, n, case.name, &r);
+            }
+            Body::OnHeap(heap, f) => {
+                let present = heaps.as_ref().is_ok_and(|h| h.iter().any(|n| n == heap));
+                if !present {
+                    totals.skip += 1;
+                    out.line(
+                        0,
+                        &format!("ok {n} {} # SKIP heap {heap} is not present", case.name),
+                    );
+                    continue;
+                }
+                let label = format!("{}/{heap}", case.name);
+                out.kmsg(&format!("begin {label}"));
+                let r = run_in_child(timeout, |ctx| {
+                    let h = Heap::open(heap)
+                        .map_err(|e| Stop::Fail(format!("open {DMA_HEAP_DIR}/{heap}: {e}")))?;
+                    f(ctx, &h)
+                });
+                out.kmsg(&format!("end {label}"));
                 totals.add(&r.status);
                 report(out, 0, n, case.name, &r);
             }

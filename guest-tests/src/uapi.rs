@@ -251,11 +251,138 @@ impl Mapping {
     }
 }
 
+impl Mapping {
+    /// Tries to grow the mapping with mremap (allowed to move); consumes it either way.
+    /// A dma-buf mapping is VM_DONTEXPAND, so the kernel must refuse.
+    pub fn mremap_grow(self, new_len: usize) -> io::Result<()> {
+        // SAFETY: `ptr`/`len` describe our mapping; on success the old range is gone and the
+        // new one is unmapped below, so `self` must not unmap again.
+        let p = unsafe { libc::mremap(self.ptr.cast(), self.len, new_len, libc::MREMAP_MAYMOVE) };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `p` is the new mapping of `new_len` bytes, owned by nobody else.
+        unsafe { libc::munmap(p, new_len) };
+        std::mem::forget(self);
+        Ok(())
+    }
+}
+
 impl Drop for Mapping {
     fn drop(&mut self) {
         // SAFETY: `ptr`/`len` are exactly what mmap returned, and no slice outlives `self`.
         unsafe { libc::munmap(self.ptr.cast(), self.len) };
     }
+}
+
+/// The kernel test importer's user API: the same file the kernel importer includes.
+pub mod importer {
+    /// `_IOWR` under the name and signature `kernel::ioctl` uses, for the shared file.
+    #[allow(non_snake_case)]
+    const fn _IOWR<T>(ty: u32, nr: u32) -> u32 {
+        super::iowr::<T>(ty as u8, nr as u8) as u32
+    }
+
+    include!("../../uapi/dmabuf_test_importer.rs");
+
+    /// FNV-1a 64 of `bytes`, as the importer computes it.
+    pub fn checksum(bytes: &[u8]) -> u64 {
+        bytes.iter().fold(FNV_OFFSET, |h, &b| fnv1a(h, b))
+    }
+}
+
+/// An open `/dev/dmabuf_test_importer`.
+#[derive(Debug)]
+pub struct Importer {
+    file: File,
+}
+
+impl Importer {
+    pub fn open() -> io::Result<Importer> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(importer::IMPORTER_DEV)?;
+        Ok(Importer { file })
+    }
+
+    /// Issues one importer ioctl; `args` is read and written back.
+    pub fn call(&self, req: u32, args: &mut importer::ImporterArgs) -> io::Result<()> {
+        // SAFETY: every importer ioctl takes one `ImporterArgs`, which `args` is, valid and
+        // writable for the call.
+        check(unsafe {
+            libc::ioctl(
+                self.file.as_raw_fd(),
+                req as libc::c_ulong,
+                args as *mut importer::ImporterArgs,
+            )
+        })?;
+        Ok(())
+    }
+
+    /// Runs `req` on `buf` with `op` and returns the filled-in arguments.
+    pub fn on(
+        &self,
+        req: u32,
+        buf: &DmaBuf,
+        op: u32,
+        fill: u8,
+    ) -> io::Result<importer::ImporterArgs> {
+        let mut a = importer::ImporterArgs {
+            fd: buf.raw_fd(),
+            op,
+            fill: fill as u32,
+            count: 1,
+            ..Default::default()
+        };
+        self.call(req, &mut a)?;
+        Ok(a)
+    }
+}
+
+/// A heap's debugfs counters, for heaps that have them (`/sys/kernel/debug/<heap>_heap/stats`,
+/// lines `name: value`). The C heaps have none.
+pub fn heap_stats(heap: &str) -> Option<std::collections::BTreeMap<String, u64>> {
+    let text = std::fs::read_to_string(format!("/sys/kernel/debug/{heap}_heap/stats")).ok()?;
+    Some(
+        text.lines()
+            .filter_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                Some((k.trim().to_string(), v.trim().parse().ok()?))
+            })
+            .collect(),
+    )
+}
+
+/// Sets a heap's `ion_compat` switch; restores the previous value on drop.
+pub struct IonCompat {
+    path: String,
+    old: String,
+}
+
+impl IonCompat {
+    pub fn set(heap: &str, on: bool) -> io::Result<IonCompat> {
+        let path = format!("/sys/kernel/debug/{heap}_heap/ion_compat");
+        let old = std::fs::read_to_string(&path)?;
+        std::fs::write(&path, if on { "1" } else { "0" })?;
+        Ok(IonCompat { path, old })
+    }
+}
+
+impl Drop for IonCompat {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.path, self.old.trim());
+    }
+}
+
+/// Size of the file behind `fd` (a dma-buf's size), from lseek.
+pub fn fd_size(fd: RawFd) -> io::Result<u64> {
+    // SAFETY: lseek on any fd has no memory-safety preconditions.
+    let end = unsafe { libc::lseek(fd, 0, libc::SEEK_END) };
+    if end < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(end as u64)
 }
 
 #[cfg(test)]
@@ -268,5 +395,26 @@ mod tests {
         assert_eq!(DMA_HEAP_IOCTL_ALLOC, 0xc018_4800);
         assert_eq!(DMA_BUF_IOCTL_SYNC, 0x4008_6200);
         assert_eq!(DMA_BUF_SET_NAME_B, 0x4008_6201);
+    }
+
+    #[test]
+    fn importer_numbers_are_distinct_iowr() {
+        use importer::*;
+        let all = [
+            IMPORTER_VMAP,
+            IMPORTER_VMAP_TWICE,
+            IMPORTER_KMAP_WALK,
+            IMPORTER_ATTACH_MAP,
+            IMPORTER_HOLD,
+            IMPORTER_RELEASE,
+            IMPORTER_CPU_ACCESS,
+        ];
+        for (i, a) in all.iter().enumerate() {
+            assert_eq!(a >> 30, 3, "_IOWR direction");
+            assert_eq!((a >> 16) & 0x3fff, 48, "argument size");
+            assert!(all[i + 1..].iter().all(|b| b != a));
+        }
+        assert_eq!(checksum(b""), FNV_OFFSET);
+        assert_eq!(checksum(b"a"), 0xaf63_dc4c_8601_ec8c);
     }
 }

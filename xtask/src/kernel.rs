@@ -64,6 +64,47 @@ fn sha256_hex(data: &[u8]) -> String {
         .collect()
 }
 
+/// heaprig's own kernel sources, kept in the project so they are read, reviewed and edited
+/// like any other code, and copied into the private tree: (project path, tree path).
+pub const OVERLAY: &[(&str, &str)] = &[
+    ("kernel-rust/debugfs.rs", "rust/kernel/debugfs.rs"),
+    ("kernel-rust/dma_buf.rs", "rust/kernel/dma_buf.rs"),
+    ("kernel-rust/dma_heap.rs", "rust/kernel/dma_heap.rs"),
+    ("kernel-rust/miscdevice.rs", "rust/kernel/miscdevice.rs"),
+    (
+        "heap/rust_system_heap.rs",
+        "drivers/dma-buf/heaps/rust_system_heap.rs",
+    ),
+    (
+        "importer/dmabuf_test_importer.rs",
+        "drivers/dma-buf/dmabuf_test_importer.rs",
+    ),
+    (
+        "uapi/dmabuf_test_importer.rs",
+        "drivers/dma-buf/dmabuf_test_importer_uapi.rs",
+    ),
+];
+
+fn overlay_sources(env: &Env) -> Vec<PathBuf> {
+    OVERLAY
+        .iter()
+        .map(|(from, _)| env.root.join(from))
+        .collect()
+}
+
+/// Copies the overlay into `dir`, rewriting only files whose content changed so make's
+/// timestamps stay meaningful.
+fn apply_overlay(env: &Env, dir: &Path) -> Result<()> {
+    for (from, to) in OVERLAY {
+        let data = fs::read(env.root.join(from)).with_context(|| format!("reading {from}"))?;
+        let dst = dir.join(to);
+        if fs::read(&dst).ok().as_deref() != Some(data.as_slice()) {
+            fs::write(&dst, &data).with_context(|| format!("writing {}", dst.display()))?;
+        }
+    }
+    Ok(())
+}
+
 fn patches(env: &Env) -> Result<Vec<PathBuf>> {
     let dir = env.root.join("kernel-patches");
     let mut v = Vec::new();
@@ -86,6 +127,19 @@ fn hash_files(paths: &[PathBuf]) -> Result<String> {
         h.update(fs::read(p).with_context(|| format!("reading {}", p.display()))?);
     }
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Files the patches touch (`+++ b/<path>` lines).
+fn patched_files(env: &Env) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for p in patches(env)? {
+        for line in fs::read_to_string(&p)?.lines() {
+            if let Some(path) = line.strip_prefix("+++ b/") {
+                out.push(path.split('\t').next().unwrap_or(path).to_string());
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn apply_patches(env: &Env, dir: &Path) -> Result<()> {
@@ -154,8 +208,17 @@ fn prepare_debian(env: &Env, patch_hash: &str) -> Result<Source> {
     if fs::read_to_string(&stamp).ok().as_deref() == Some(want.as_str())
         && dir.join("Makefile").is_file()
     {
+        apply_overlay(env, &dir)?;
         return Ok(Source { id, identity, dir });
     }
+    // Files an earlier patch set touched: after re-extraction they carry the tarball's old
+    // mtimes, older than the objects built from the patched versions, so they are touched
+    // below to make make rebuild them.
+    let mut touch: Vec<String> = fs::read_to_string(top.join("heaprig-patched-files"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect();
     if top.exists() {
         println!(
             "source: cached tree at {} is stale or incomplete; extracting again",
@@ -172,9 +235,18 @@ fn prepare_debian(env: &Env, patch_hash: &str) -> Result<Source> {
         .quiet()
         .run()
         .context("extracting the kernel tarball")?;
-    apply_patches(env, &tmp.join("linux-source-6.12"))?;
+    let tree = tmp.join("linux-source-6.12");
+    for f in &touch {
+        if let Ok(file) = fs::File::options().append(true).open(tree.join(f)) {
+            file.set_modified(std::time::SystemTime::now())?;
+        }
+    }
+    apply_patches(env, &tree)?;
+    touch = patched_files(env)?;
+    fs::write(tmp.join("heaprig-patched-files"), touch.join("\n"))?;
     fs::write(tmp.join("heaprig-source.stamp"), &want)?;
     fs::rename(&tmp, &top)?;
+    apply_overlay(env, &dir)?;
     println!("source: ready in {}", fmt_duration(t.elapsed()));
     Ok(Source { id, identity, dir })
 }
@@ -210,22 +282,31 @@ fn prepare_user_tree(env: &Env, tree: &Path, patch_hash: &str) -> Result<Source>
     fs::create_dir_all(&dir)?;
     let from = format!("{}/", tree.display());
     let to = format!("{}/", dir.display());
-    // rsync keeps mtimes, so make rebuilds only what changed in the user's tree.
-    cmd!(sh, "rsync -a --delete --exclude=/.git {from} {to}")
-        .quiet()
-        .run()
-        .with_context(|| {
-            format!(
-                "copying {} into the private tree {}",
-                tree.display(),
-                dir.display()
-            )
-        })?;
+    // rsync keeps mtimes, so make rebuilds only what changed in the user's tree; the overlay
+    // files are ours and must survive --delete.
+    let excludes: Vec<String> = OVERLAY
+        .iter()
+        .map(|(_, to)| format!("--exclude=/{to}"))
+        .collect();
+    cmd!(
+        sh,
+        "rsync -a --delete --exclude=/.git {excludes...} {from} {to}"
+    )
+    .quiet()
+    .run()
+    .with_context(|| {
+        format!(
+            "copying {} into the private tree {}",
+            tree.display(),
+            dir.display()
+        )
+    })?;
     if dir.join(".config").exists() || dir.join("include/config").exists() {
         // The user built in-tree; O= builds need a clean source tree (only our copy is cleaned).
         cmd!(sh, "make -s -C {dir} mrproper").quiet().run()?;
     }
     apply_patches(env, &dir)?;
+    apply_overlay(env, &dir)?;
     Ok(Source {
         id,
         identity: format!("{identity}+patches:{patch_hash}"),
@@ -343,6 +424,7 @@ pub fn cache_key(env: &Env, src: &Source, profile: Profile) -> Result<String> {
     h.update(profile.name());
     h.update(hash_files(&fragments(env, profile))?);
     h.update(hash_files(&patches(env)?)?);
+    h.update(hash_files(&overlay_sources(env))?);
     h.update(toolchain_identity(env));
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }

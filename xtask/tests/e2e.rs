@@ -136,7 +136,8 @@ fn shell_is_interactive() {
     // One bound for every expect: a boot under TCG takes ~20 s, a cold build is not expected
     // here because the tests above built the kernel.
     let mut p = rexpect::session::spawn_command(cmd, Some(240_000)).expect("spawn shell");
-    p.exp_string("virtme-ng").expect("guest shell prompt");
+    // The kernel command line also says "virtme-ng"; only the prompt has "@virtme-ng:".
+    p.exp_string("@virtme-ng:").expect("guest shell prompt");
     // The sum is computed by the guest shell, so the echo of the command cannot match.
     p.send_line("echo heaprig-$((6*7))").unwrap();
     p.exp_string("heaprig-42").expect("guest answered");

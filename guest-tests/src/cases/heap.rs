@@ -1,0 +1,249 @@
+//! Heap behaviour seen from user space: allocation, zeroing, mmap bounds, SYNC brackets,
+//! and (for heaps with counters) what the heap did in the kernel.
+
+use crate::ensure;
+use crate::harness::{verdict, Context, Ctx, Outcome, Stop};
+use crate::uapi::{
+    fd_size, heap_stats, Access, Heap, IonCompat, DMA_BUF_SYNC_END, DMA_BUF_SYNC_RW,
+};
+
+use super::{KIB, MIB};
+
+const PAGE: u64 = 4 * KIB;
+const RDWR_CLOEXEC: u32 = (libc::O_RDWR | libc::O_CLOEXEC) as u32;
+
+/// Allocation sizes and flags every heap must handle the same way. A size the kernel rounds
+/// up records the resulting dma-buf size. Sizes that could exhaust memory are not here: the
+/// C system heap allocates until the OOM killer runs (see `rust_heap_huge_alloc`).
+pub fn alloc_sizes(ctx: &mut Ctx, heap: &Heap) -> Outcome {
+    let table: &[(&str, u64, u32, u64)] = &[
+        ("4 KiB", 4 * KIB, RDWR_CLOEXEC, 0),
+        ("1 MiB", MIB, RDWR_CLOEXEC, 0),
+        ("64 MiB", 64 * MIB, RDWR_CLOEXEC, 0),
+        ("1 byte", 1, RDWR_CLOEXEC, 0),
+        ("4097 bytes", 4097, RDWR_CLOEXEC, 0),
+        ("0 bytes", 0, RDWR_CLOEXEC, 0),
+        ("u64::MAX bytes", u64::MAX, RDWR_CLOEXEC, 0),
+        ("bad fd_flags", 4 * KIB, 0x8000_0000, 0),
+        ("bad heap_flags", 4 * KIB, RDWR_CLOEXEC, 1),
+    ];
+    for (label, len, fd_flags, heap_flags) in table {
+        let r = heap.alloc_raw(*len, *fd_flags, *heap_flags);
+        let v = match &r {
+            Ok(b) => format!("ok, size {}", fd_size(b.raw_fd()).context("lseek")?),
+            Err(_) => verdict(&r),
+        };
+        ctx.fact(format!("alloc {label}"), v);
+    }
+    Ok(())
+}
+
+/// Freed memory must never reach the next user: dirty buffers, free them, allocate again.
+pub fn zeroing(ctx: &mut Ctx, heap: &Heap) -> Outcome {
+    let len = 2 * MIB;
+    for round in 0..4 {
+        let buf = heap.alloc(len).context("alloc 2 MiB")?;
+        let mut map = buf.mmap(0, len as usize).context("mmap")?;
+        buf.sync_start(Access::ReadWrite).context("SYNC START")?;
+        let dirty = map.as_slice().iter().filter(|&&b| b != 0).count();
+        map.as_mut_slice().fill(0xee);
+        buf.sync_end(Access::ReadWrite).context("SYNC END")?;
+        ensure!(
+            dirty == 0,
+            "round {round}: fresh buffer had {dirty} non-zero bytes"
+        );
+    }
+    ctx.fact(
+        "fresh buffers zeroed",
+        "yes (4 rounds of 2 MiB, dirtied before free)",
+    );
+    Ok(())
+}
+
+/// mmap within, across and past the end; the last page; mremap growth.
+pub fn mmap_bounds(ctx: &mut Ctx, heap: &Heap) -> Outcome {
+    let len = 16 * PAGE;
+    let buf = heap.alloc(len).context("alloc 64 KiB")?;
+    {
+        let mut full = buf.mmap(0, len as usize).context("full mmap")?;
+        buf.sync_start(Access::Write).context("SYNC START")?;
+        for (i, b) in full.as_mut_slice().iter_mut().enumerate() {
+            *b = (i / PAGE as usize) as u8 + 1;
+        }
+        buf.sync_end(Access::Write).context("SYNC END")?;
+    }
+    // (label, offset, length): a partial mapping must show the pages at its offset.
+    let table: &[(&str, u64, u64)] = &[
+        ("full", 0, len),
+        ("offset 1 page, 2 pages", PAGE, 2 * PAGE),
+        ("last page", len - PAGE, PAGE),
+        ("past the end", len, PAGE),
+        ("straddling the end", len - PAGE, 2 * PAGE),
+        ("one page too long", 0, len + PAGE),
+        ("huge offset", 1 << 50, PAGE),
+    ];
+    for (label, off, n) in table {
+        let v = match buf.mmap(*off, *n as usize) {
+            Ok(m) => {
+                buf.sync_start(Access::Read).context("SYNC START")?;
+                let first = m.as_slice()[0];
+                let last = m.as_slice()[*n as usize - 1];
+                buf.sync_end(Access::Read).context("SYNC END")?;
+                let want_first = (off / PAGE) as u8 + 1;
+                let want_last = ((off + n - 1) / PAGE) as u8 + 1;
+                ensure!(
+                    first == want_first && last == want_last,
+                    "{label}: pages read {first}..{last}, expected {want_first}..{want_last}"
+                );
+                "ok, content matches".to_string()
+            }
+            Err(e) => crate::harness::errno_name(&e),
+        };
+        ctx.fact(format!("mmap {label}"), v);
+    }
+    let map = buf.mmap(0, PAGE as usize).context("mmap for mremap")?;
+    let grown = map.mremap_grow(2 * PAGE as usize);
+    ctx.fact("mremap growth", verdict(&grown));
+    ensure!(grown.is_err(), "mremap grew a dma-buf mapping past its VMA");
+    Ok(())
+}
+
+/// A storm of END without START, as the 2018 thread's malicious client sent; then a normal
+/// bracket must still work and the data must be intact. Heaps with counters must have
+/// counted every unmatched END.
+pub fn sync_end_storm(ctx: &mut Ctx, heap: &Heap) -> Outcome {
+    const STORM: u64 = 100_000;
+    let buf = heap.alloc(MIB).context("alloc 1 MiB")?;
+    let mut map = buf.mmap(0, MIB as usize).context("mmap")?;
+    buf.sync_start(Access::Write).context("SYNC START")?;
+    map.as_mut_slice().fill(0x42);
+    buf.sync_end(Access::Write).context("SYNC END")?;
+    let before = heap_stats(&heap.name);
+    let mut errors = 0u64;
+    for _ in 0..STORM {
+        if buf.sync_raw(DMA_BUF_SYNC_END | DMA_BUF_SYNC_RW).is_err() {
+            errors += 1;
+        }
+    }
+    let after = heap_stats(&heap.name);
+    ctx.fact("END without START x100000", format!("{errors} errors"));
+    buf.sync_start(Access::Read)
+        .context("SYNC START after the storm")?;
+    let intact = map.as_slice().iter().all(|&b| b == 0x42);
+    buf.sync_end(Access::Read)
+        .context("SYNC END after the storm")?;
+    ensure!(intact, "buffer content changed during the END storm");
+    ctx.fact("bracket after the storm", "ok, content intact");
+    match (before, after) {
+        (Some(b), Some(a)) => {
+            let counted =
+                a["unmatched_end_cpu_access"] as i64 - b["unmatched_end_cpu_access"] as i64;
+            ctx.fact("unmatched ENDs counted", counted);
+            ensure!(
+                counted == STORM as i64,
+                "counted {counted} unmatched ENDs, sent {STORM}"
+            );
+            ensure!(
+                a["current_vmaps"] == b["current_vmaps"],
+                "the storm changed current_vmaps: {} -> {}",
+                b["current_vmaps"],
+                a["current_vmaps"]
+            );
+        }
+        _ => ctx.fact("unmatched ENDs counted", "heap has no counters"),
+    }
+    Ok(())
+}
+
+/// A counter of the heap, as i64 so differences never wrap.
+fn stat(heap: &Heap, key: &str) -> Result<i64, Stop> {
+    heap_stats(&heap.name)
+        .and_then(|s| s.get(key).copied())
+        .map(|v| v as i64)
+        .ok_or_else(|| Stop::Fail(format!("{} has no counter {key}", heap.name)))
+}
+
+/// START/END must not create a kernel mapping (the ION regression), with the switch off.
+pub fn rust_heap_sync_without_kernel_mapping(ctx: &mut Ctx, heap: &Heap) -> Outcome {
+    let _off = IonCompat::set(&heap.name, false).context("ion_compat off")?;
+    let buf = heap.alloc(MIB).context("alloc 1 MiB")?;
+    let created = stat(heap, "kernel_mappings_created")?;
+    let begins = stat(heap, "begin_cpu_access")?;
+    for _ in 0..1000 {
+        buf.sync_start(Access::ReadWrite).context("SYNC START")?;
+        buf.sync_end(Access::ReadWrite).context("SYNC END")?;
+    }
+    let created_after = stat(heap, "kernel_mappings_created")?;
+    ctx.fact(
+        "begin_cpu_access calls",
+        stat(heap, "begin_cpu_access")? - begins,
+    );
+    ctx.fact(
+        "kernel mappings created by 1000 START/END",
+        created_after - created,
+    );
+    ensure!(
+        created_after == created,
+        "START/END created kernel mappings"
+    );
+    Ok(())
+}
+
+/// With `ion_compat` on, START creates a kernel mapping and END drops it, as old ION did.
+pub fn rust_heap_ion_compat(ctx: &mut Ctx, heap: &Heap) -> Outcome {
+    let buf = heap.alloc(MIB).context("alloc 1 MiB")?;
+    let _on = IonCompat::set(&heap.name, true).context("ion_compat on")?;
+    let created = stat(heap, "kernel_mappings_created")?;
+    let current = stat(heap, "current_vmaps")?;
+    buf.sync_start(Access::ReadWrite).context("SYNC START")?;
+    let during = stat(heap, "current_vmaps")? - current;
+    buf.sync_end(Access::ReadWrite).context("SYNC END")?;
+    let after = stat(heap, "current_vmaps")?;
+    let made = stat(heap, "kernel_mappings_created")? - created;
+    ctx.fact("mappings created by one START", made);
+    ctx.fact("live mappings during the bracket", during);
+    ctx.fact("live mappings after END", after - current);
+    ensure!(
+        made == 1 && during == 1 && after == current,
+        "ION mode did not map per START"
+    );
+    // An END storm in ION mode must not unmap anything it did not map.
+    for _ in 0..1000 {
+        buf.sync_end(Access::ReadWrite).context("SYNC END")?;
+    }
+    ensure!(
+        stat(heap, "current_vmaps")? == current,
+        "END storm in ION mode changed current_vmaps"
+    );
+    ctx.fact("END storm in ION mode", "harmless");
+    Ok(())
+}
+
+/// A request larger than RAM fails at once with ENOMEM: no OOM killer, no splat.
+pub fn rust_heap_huge_alloc(ctx: &mut Ctx, heap: &Heap) -> Outcome {
+    let refused = stat(heap, "alloc_refused_too_large")?;
+    for (label, len) in [("1 TiB", 1u64 << 40), ("2^62 bytes", 1u64 << 62)] {
+        ctx.fact(format!("alloc {label}"), verdict(&heap.alloc(len)));
+    }
+    ctx.fact(
+        "refused as too large",
+        stat(heap, "alloc_refused_too_large")? - refused,
+    );
+    Ok(())
+}
+
+/// Live buffer and byte counters follow allocations and frees.
+pub fn rust_heap_stats_track_buffers(ctx: &mut Ctx, heap: &Heap) -> Outcome {
+    let b0 = stat(heap, "live_buffers")?;
+    let y0 = stat(heap, "live_bytes")?;
+    let bufs: Vec<_> = [4 * KIB, MIB, 3 * MIB]
+        .iter()
+        .map(|&n| heap.alloc(n))
+        .collect::<Result<_, _>>()
+        .context("alloc")?;
+    ctx.fact("live buffers with 3 open", stat(heap, "live_buffers")? - b0);
+    ctx.fact("live bytes with 3 open", stat(heap, "live_bytes")? - y0);
+    drop(bufs);
+    ctx.fact("live buffers after close", stat(heap, "live_buffers")? - b0);
+    Ok(())
+}

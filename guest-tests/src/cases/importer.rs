@@ -1,0 +1,210 @@
+//! Kernel-side access through `/dev/dmabuf_test_importer`, for any exporter: vmap, nested
+//! vmap, page-by-page kmap walks, device attachments, and a vmap held past the fd's close.
+
+use crate::ensure;
+use crate::harness::{Context, Ctx, Outcome, Stop};
+use crate::uapi::importer::{
+    checksum, ImporterArgs, IMPORTER_ATTACH_MAP, IMPORTER_CPU_ACCESS, IMPORTER_HOLD,
+    IMPORTER_KMAP_WALK, IMPORTER_RELEASE, IMPORTER_VMAP, IMPORTER_VMAP_TWICE, OP_CHECKSUM, OP_FILL,
+};
+use crate::uapi::{heap_stats, Access, DmaBuf, Heap, Importer};
+
+use super::MIB;
+
+const LEN: u64 = MIB + 8 * 4096;
+
+fn importer() -> Result<Importer, Stop> {
+    Importer::open().map_err(|e| {
+        Stop::Fail(format!(
+            "cannot open the test importer ({e}): the kernel needs CONFIG_DMABUF_TEST_IMPORTER"
+        ))
+    })
+}
+
+/// A buffer filled from user space with a pattern; returns it and the pattern's checksum.
+fn patterned(heap: &Heap, seed: u8) -> Result<(DmaBuf, u64), Stop> {
+    let buf = heap.alloc(LEN).context("alloc")?;
+    let mut map = buf.mmap(0, LEN as usize).context("mmap")?;
+    buf.sync_start(Access::Write).context("SYNC START")?;
+    for (i, b) in map.as_mut_slice().iter_mut().enumerate() {
+        *b = (i as u8).wrapping_mul(7) ^ (i >> 12) as u8 ^ seed;
+    }
+    buf.sync_end(Access::Write).context("SYNC END")?;
+    let sum = checksum(map.as_slice());
+    Ok((buf, sum))
+}
+
+fn current_vmaps(heap: &Heap) -> Option<u64> {
+    heap_stats(&heap.name).map(|s| s["current_vmaps"])
+}
+
+/// What user space wrote is what the kernel reads through vmap.
+pub fn vmap_reads_user_writes(ctx: &mut Ctx, heap: &Heap) -> Outcome {
+    let imp = importer()?;
+    let (buf, sum) = patterned(heap, 0x11)?;
+    let a = imp
+        .on(IMPORTER_VMAP, &buf, OP_CHECKSUM, 0)
+        .context("IMPORTER_VMAP")?;
+    ensure!(
+        a.pages == LEN,
+        "vmap covered {} bytes, buffer has {LEN}",
+        a.pages
+    );
+    ensure!(
+        a.checksum == sum,
+        "vmap checksum {:#x}, user wrote {sum:#x}",
+        a.checksum
+    );
+    ctx.fact("vmap content", "equals what user space wrote");
+    Ok(())
+}
+
+/// Kernel writes through vmap are visible through mmap after SYNC.
+pub fn vmap_writes_visible_to_user(ctx: &mut Ctx, heap: &Heap) -> Outcome {
+    let imp = importer()?;
+    let buf = heap.alloc(LEN).context("alloc")?;
+    let map = buf.mmap(0, LEN as usize).context("mmap")?;
+    imp.on(IMPORTER_VMAP, &buf, OP_FILL, 0xab)
+        .context("IMPORTER_VMAP fill")?;
+    buf.sync_start(Access::Read).context("SYNC START")?;
+    let bad = map.as_slice().iter().filter(|&&b| b != 0xab).count();
+    buf.sync_end(Access::Read).context("SYNC END")?;
+    ensure!(bad == 0, "{bad} bytes do not show the kernel's 0xab");
+    ctx.fact("kernel fill via vmap", "visible through mmap after SYNC");
+    Ok(())
+}
+
+/// Two nested vmaps share one address; unwinding them leaves no mapping behind.
+pub fn vmap_nested(ctx: &mut Ctx, heap: &Heap) -> Outcome {
+    let imp = importer()?;
+    let (buf, sum) = patterned(heap, 0x22)?;
+    let before = current_vmaps(heap);
+    let a = imp
+        .on(IMPORTER_VMAP_TWICE, &buf, OP_CHECKSUM, 0)
+        .context("IMPORTER_VMAP_TWICE")?;
+    ctx.fact("nested vmaps share the address", a.shared == 1);
+    ensure!(
+        a.checksum == sum,
+        "outer mapping unusable after the inner vunmap"
+    );
+    if let (Some(b), Some(after)) = (before, current_vmaps(heap)) {
+        ensure!(
+            b == after,
+            "current_vmaps {b} -> {after} after a balanced pair"
+        );
+        ctx.fact("kernel mappings left", after as i64 - b as i64);
+    }
+    Ok(())
+}
+
+/// The page-by-page kmap walk of a mapped attachment reads what vmap reads.
+pub fn kmap_walk_matches_vmap(ctx: &mut Ctx, heap: &Heap) -> Outcome {
+    let imp = importer()?;
+    let (buf, sum) = patterned(heap, 0x33)?;
+    let walk = imp
+        .on(IMPORTER_KMAP_WALK, &buf, OP_CHECKSUM, 0)
+        .context("IMPORTER_KMAP_WALK")?;
+    let vmap = imp
+        .on(IMPORTER_VMAP, &buf, OP_CHECKSUM, 0)
+        .context("IMPORTER_VMAP")?;
+    ctx.fact("pages walked", walk.pages);
+    ensure!(
+        walk.pages == LEN / 4096,
+        "walked {} pages of {}",
+        walk.pages,
+        LEN / 4096
+    );
+    ensure!(
+        walk.checksum == vmap.checksum && vmap.checksum == sum,
+        "kmap walk {:#x}, vmap {:#x}, user {sum:#x}",
+        walk.checksum,
+        vmap.checksum
+    );
+    ctx.fact("kmap walk checksum", "equals vmap and user checksums");
+    // Kernel writes page by page are visible to user space too.
+    imp.on(IMPORTER_KMAP_WALK, &buf, OP_FILL, 0x5c)
+        .context("kmap walk fill")?;
+    let map = buf.mmap(0, LEN as usize).context("mmap")?;
+    buf.sync_start(Access::Read).context("SYNC START")?;
+    let bad = map.as_slice().iter().filter(|&&b| b != 0x5c).count();
+    buf.sync_end(Access::Read).context("SYNC END")?;
+    ensure!(bad == 0, "{bad} bytes miss the kmap walk's fill");
+    Ok(())
+}
+
+/// One and two device attachments, mapped, synced from the kernel, unmapped, detached.
+pub fn attach_map(ctx: &mut Ctx, heap: &Heap) -> Outcome {
+    let imp = importer()?;
+    let buf = heap.alloc(LEN).context("alloc")?;
+    for count in [1u32, 2] {
+        let mut a = ImporterArgs {
+            fd: buf.raw_fd(),
+            count,
+            ..Default::default()
+        };
+        imp.call(IMPORTER_ATTACH_MAP, &mut a)
+            .context(format!("IMPORTER_ATTACH_MAP with {count}"))?;
+        ctx.fact(format!("{count} attachment(s) mapped, pages"), a.pages);
+    }
+    Ok(())
+}
+
+/// A vmap held by the kernel keeps the buffer alive after user space closed every fd and
+/// mapping, and reads the right data when it is finally released.
+pub fn hold_after_close(ctx: &mut Ctx, heap: &Heap) -> Outcome {
+    let imp = importer()?;
+    let (buf, sum) = patterned(heap, 0x44)?;
+    let live = heap_stats(&heap.name).map(|s| s["live_buffers"]);
+    let held = imp
+        .on(IMPORTER_HOLD, &buf, OP_CHECKSUM, 0)
+        .context("IMPORTER_HOLD")?;
+    drop(buf);
+    let live_while_held = heap_stats(&heap.name).map(|s| s["live_buffers"]);
+    let mut r = ImporterArgs {
+        handle: held.handle,
+        ..Default::default()
+    };
+    imp.call(IMPORTER_RELEASE, &mut r)
+        .context("IMPORTER_RELEASE")?;
+    ensure!(
+        r.checksum == sum,
+        "held vmap read {:#x}, user wrote {sum:#x}",
+        r.checksum
+    );
+    ctx.fact("held vmap after close", "valid, content intact");
+    if let (Some(l0), Some(l1), Some(l2)) = (
+        live,
+        live_while_held,
+        heap_stats(&heap.name).map(|s| s["live_buffers"]),
+    ) {
+        ctx.fact("buffer alive while held", l1 == l0);
+        ctx.fact("buffer freed after release", l2 + 1 == l0);
+    }
+    let mut again = ImporterArgs {
+        handle: held.handle,
+        ..Default::default()
+    };
+    ctx.fact(
+        "second release of the handle",
+        crate::harness::verdict(&imp.call(IMPORTER_RELEASE, &mut again)),
+    );
+    Ok(())
+}
+
+/// Kernel-side begin/end CPU access, including an END without BEGIN.
+pub fn kernel_cpu_access(ctx: &mut Ctx, heap: &Heap) -> Outcome {
+    let imp = importer()?;
+    let buf = heap.alloc(LEN).context("alloc")?;
+    for (label, end) in [("begin", 0), ("end", 1), ("end without begin", 1)] {
+        let mut a = ImporterArgs {
+            fd: buf.raw_fd(),
+            end,
+            ..Default::default()
+        };
+        ctx.fact(
+            format!("kernel {label}"),
+            crate::harness::verdict(&imp.call(IMPORTER_CPU_ACCESS, &mut a)),
+        );
+    }
+    Ok(())
+}

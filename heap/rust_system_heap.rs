@@ -1,0 +1,269 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! `rust_system`: a dma-buf system heap written in Rust, ION's system heap done right.
+//!
+//! - Pages are zeroed before user space can see them; high orders first (8, 4, 0), falling
+//!   back without heavy reclaim, as the C system heap does. A request larger than RAM fails
+//!   with ENOMEM at once, and order-0 pages use `__GFP_RETRY_MAYFAIL`, so an allocation
+//!   fails rather than waking the OOM killer. A fatal signal interrupts a long allocation.
+//! - `begin_cpu_access` never creates a kernel mapping (the 2018 ION regression: every sync
+//!   paid for `alloc_vmap_area`); it syncs the mapped attachments only.
+//! - CPU access brackets are counted per buffer and never go below zero: an END without a
+//!   START is a counted no-op. It cannot be an error because the C system heap accepts it
+//!   and user space relies on SYNC_END succeeding; and it must not touch any mapping, which
+//!   is exactly what made ION's `kmap_cnt` go negative.
+//! - vmap is refcounted under the buffer lock (nested vmaps share one mapping), torn down at
+//!   the last vunmap; see `kernel::dma_buf::PageBuffer`.
+//! - `ion_compat` (debugfs, off by default) makes `begin_cpu_access` take a kernel mapping
+//!   the way old ION did, so benchmarks can show what the lazy design saves.
+//!
+//! Statistics: `/sys/kernel/debug/rust_system_heap/stats`.
+
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use kernel::{
+    bindings, c_str, debugfs,
+    dma_buf::{self, DataDirection, Exported, Exporter, PageBuffer, Pages},
+    dma_heap, fmt,
+    prelude::*,
+    str::CString,
+};
+
+module! {
+    type: RustSystemHeapModule,
+    name: "rust_system_heap",
+    author: "heaprig",
+    description: "dma-buf system heap written in Rust",
+    license: "GPL",
+}
+
+/// Orders tried from largest to smallest, as in drivers/dma-buf/heaps/system_heap.c.
+const ORDERS: [u32; 3] = [8, 4, 0];
+
+/// High orders: no reclaim, no retries, no warnings; fall back to a smaller order instead.
+const HIGH_ORDER_GFP: bindings::gfp_t = ((bindings::GFP_HIGHUSER
+    | bindings::__GFP_ZERO
+    | bindings::__GFP_NOWARN
+    | bindings::__GFP_NORETRY)
+    & !bindings::__GFP_RECLAIM)
+    | bindings::__GFP_COMP;
+
+/// Order 0: may reclaim, but fails instead of invoking the OOM killer.
+const LOW_ORDER_GFP: bindings::gfp_t = bindings::GFP_HIGHUSER
+    | bindings::__GFP_ZERO
+    | bindings::__GFP_NOWARN
+    | bindings::__GFP_RETRY_MAYFAIL;
+
+/// Counters shown in debugfs; tests read them.
+struct Stats {
+    live_buffers: AtomicU64,
+    live_bytes: AtomicU64,
+    current_vmaps: AtomicU64,
+    kernel_mappings_created: AtomicU64,
+    begin_cpu_access: AtomicU64,
+    end_cpu_access: AtomicU64,
+    unmatched_end_cpu_access: AtomicU64,
+    alloc_refused_too_large: AtomicU64,
+    alloc_failed_no_memory: AtomicU64,
+    alloc_interrupted: AtomicU64,
+}
+
+impl Stats {
+    const fn new() -> Self {
+        Self {
+            live_buffers: AtomicU64::new(0),
+            live_bytes: AtomicU64::new(0),
+            current_vmaps: AtomicU64::new(0),
+            kernel_mappings_created: AtomicU64::new(0),
+            begin_cpu_access: AtomicU64::new(0),
+            end_cpu_access: AtomicU64::new(0),
+            unmatched_end_cpu_access: AtomicU64::new(0),
+            alloc_refused_too_large: AtomicU64::new(0),
+            alloc_failed_no_memory: AtomicU64::new(0),
+            alloc_interrupted: AtomicU64::new(0),
+        }
+    }
+}
+
+impl debugfs::File for Stats {
+    fn show(&self, out: &mut KVec<u8>) -> Result {
+        let rows: [(&str, &AtomicU64); 10] = [
+            ("live_buffers", &self.live_buffers),
+            ("live_bytes", &self.live_bytes),
+            ("current_vmaps", &self.current_vmaps),
+            ("kernel_mappings_created", &self.kernel_mappings_created),
+            ("begin_cpu_access", &self.begin_cpu_access),
+            ("end_cpu_access", &self.end_cpu_access),
+            ("unmatched_end_cpu_access", &self.unmatched_end_cpu_access),
+            ("alloc_refused_too_large", &self.alloc_refused_too_large),
+            ("alloc_failed_no_memory", &self.alloc_failed_no_memory),
+            ("alloc_interrupted", &self.alloc_interrupted),
+        ];
+        for (name, v) in rows {
+            let line = CString::try_from_fmt(fmt!("{}: {}\n", name, v.load(Relaxed)))?;
+            out.extend_from_slice(line.as_bytes(), GFP_KERNEL)?;
+        }
+        Ok(())
+    }
+}
+
+/// The `ion_compat` switch: "1" makes `begin_cpu_access` create a kernel mapping.
+struct IonCompat(AtomicBool);
+
+impl debugfs::File for IonCompat {
+    fn show(&self, out: &mut KVec<u8>) -> Result {
+        let v: &[u8] = if self.0.load(Relaxed) { b"1\n" } else { b"0\n" };
+        out.extend_from_slice(v, GFP_KERNEL)?;
+        Ok(())
+    }
+
+    fn store(&self, data: &[u8]) -> Result {
+        match data.first() {
+            Some(b'1') | Some(b'y') | Some(b'Y') => self.0.store(true, Relaxed),
+            Some(b'0') | Some(b'n') | Some(b'N') => self.0.store(false, Relaxed),
+            _ => return Err(EINVAL),
+        }
+        Ok(())
+    }
+}
+
+struct RustSystemHeap {
+    stats: Stats,
+    ion_compat: IonCompat,
+}
+
+static HEAP: RustSystemHeap = RustSystemHeap {
+    stats: Stats::new(),
+    ion_compat: IonCompat(AtomicBool::new(false)),
+};
+
+/// Per-buffer CPU access bookkeeping.
+struct Policy {
+    /// STARTs not yet matched by an END; never below zero.
+    open_brackets: AtomicU64,
+    /// Kernel mapping references taken by `begin_cpu_access` in ION mode, not yet dropped.
+    ion_maps: AtomicU64,
+}
+
+/// Decrements `v` unless it is zero; returns whether it did.
+fn dec_if_positive(v: &AtomicU64) -> bool {
+    v.fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1))
+        .is_ok()
+}
+
+impl Exporter for Policy {
+    fn begin_cpu_access(buf: &PageBuffer<Self>, dir: DataDirection) -> Result {
+        HEAP.stats.begin_cpu_access.fetch_add(1, Relaxed);
+        if HEAP.ion_compat.0.load(Relaxed) {
+            // Old ION: a kernel mapping for every sync, dropped by the matching END.
+            buf.vmap()?;
+            buf.data().ion_maps.fetch_add(1, Relaxed);
+        }
+        buf.data().open_brackets.fetch_add(1, Relaxed);
+        // No kernel mapping is created here. An existing one would need
+        // invalidate_kernel_vmap_range(), which is a no-op on x86.
+        buf.sync_attachments(dir, true);
+        Ok(())
+    }
+
+    fn end_cpu_access(buf: &PageBuffer<Self>, dir: DataDirection) -> Result {
+        HEAP.stats.end_cpu_access.fetch_add(1, Relaxed);
+        if !dec_if_positive(&buf.data().open_brackets) {
+            HEAP.stats.unmatched_end_cpu_access.fetch_add(1, Relaxed);
+            return Ok(());
+        }
+        if dec_if_positive(&buf.data().ion_maps) {
+            buf.vunmap();
+        }
+        buf.sync_attachments(dir, false);
+        Ok(())
+    }
+
+    fn vmapped(_buf: &PageBuffer<Self>, created: bool) {
+        if created {
+            HEAP.stats.kernel_mappings_created.fetch_add(1, Relaxed);
+            HEAP.stats.current_vmaps.fetch_add(1, Relaxed);
+        }
+    }
+
+    fn vunmapped(_buf: &PageBuffer<Self>, destroyed: bool) {
+        if destroyed {
+            dec_if_positive(&HEAP.stats.current_vmaps);
+        }
+    }
+
+    fn released(buf: &PageBuffer<Self>) {
+        // ION-mode references a client never ended are ours to drop.
+        while dec_if_positive(&buf.data().ion_maps) {
+            buf.vunmap();
+        }
+        if buf.vmap_count() > 0 {
+            dec_if_positive(&HEAP.stats.current_vmaps);
+        }
+        HEAP.stats.live_buffers.fetch_sub(1, Relaxed);
+        HEAP.stats.live_bytes.fetch_sub(buf.len() as u64, Relaxed);
+    }
+}
+
+/// The largest chunk that fits in `remaining` bytes and is no larger than `max_order`.
+fn alloc_largest(remaining: usize, max_order: u32) -> Option<Pages> {
+    for order in ORDERS {
+        if order > max_order || remaining < (bindings::PAGE_SIZE << order) {
+            continue;
+        }
+        let gfp = if order > 0 {
+            HIGH_ORDER_GFP
+        } else {
+            LOW_ORDER_GFP
+        };
+        if let Some(p) = Pages::alloc(gfp, order) {
+            return Some(p);
+        }
+    }
+    None
+}
+
+impl dma_heap::Heap for RustSystemHeap {
+    fn allocate(&'static self, len: usize, fd_flags: u32, _heap_flags: u64) -> Result<Exported> {
+        if len >> bindings::PAGE_SHIFT > dma_buf::totalram_pages() {
+            self.stats.alloc_refused_too_large.fetch_add(1, Relaxed);
+            return Err(ENOMEM);
+        }
+        let mut chunks = KVec::new();
+        let mut remaining = len;
+        let mut max_order = ORDERS[0];
+        while remaining > 0 {
+            if dma_buf::fatal_signal_pending() {
+                self.stats.alloc_interrupted.fetch_add(1, Relaxed);
+                return Err(EINTR);
+            }
+            let Some(c) = alloc_largest(remaining, max_order) else {
+                self.stats.alloc_failed_no_memory.fetch_add(1, Relaxed);
+                return Err(ENOMEM);
+            };
+            remaining -= c.size();
+            max_order = c.order();
+            chunks.push(c, GFP_KERNEL)?;
+        }
+        let policy = Policy {
+            open_brackets: AtomicU64::new(0),
+            ion_maps: AtomicU64::new(0),
+        };
+        let exported = dma_buf::export(c_str!("rust_system"), chunks, len, fd_flags, policy)?;
+        self.stats.live_buffers.fetch_add(1, Relaxed);
+        self.stats.live_bytes.fetch_add(len as u64, Relaxed);
+        Ok(exported)
+    }
+}
+
+struct RustSystemHeapModule;
+
+impl kernel::Module for RustSystemHeapModule {
+    fn init(_module: &'static ThisModule) -> Result<Self> {
+        let dir = debugfs::Dir::new(c_str!("rust_system_heap"))?;
+        dir.file(c_str!("stats"), 0o444, &HEAP.stats)?;
+        dir.file(c_str!("ion_compat"), 0o644, &HEAP.ion_compat)?;
+        dma_heap::register(c_str!("rust_system"), &HEAP)?;
+        pr_info!("registered /dev/dma_heap/rust_system\n");
+        Ok(Self)
+    }
+}

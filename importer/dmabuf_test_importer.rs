@@ -1,0 +1,198 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! `/dev/dmabuf_test_importer`: a kernel-side dma-buf importer for tests.
+//!
+//! User space cannot call `dma_buf_vmap`, walk a buffer page by page or attach it to a
+//! device; this misc device does it on request, for a dma-buf fd from any exporter. The
+//! ioctls and their argument block are defined once, in `dmabuf_test_importer_uapi.rs`.
+
+use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use kernel::{
+    c_str,
+    dma_buf::{Bytes, DataDirection, DmaBufRef, Vmapped},
+    miscdevice::{MiscDevice, Registration},
+    new_mutex,
+    prelude::*,
+    sync::Mutex,
+    types::{AsBytes, FromBytes},
+    uaccess::UserSlice,
+};
+
+// Shared with user space, which uses items the kernel side does not.
+#[allow(dead_code, unreachable_pub)]
+mod uapi {
+    use kernel::ioctl::_IOWR;
+    include!("dmabuf_test_importer_uapi.rs");
+}
+use uapi::*;
+
+module! {
+    type: ImporterModule,
+    name: "dmabuf_test_importer",
+    author: "heaprig",
+    description: "dma-buf test importer",
+    license: "GPL",
+}
+
+/// A vmap kept alive across calls (and past the close of its fd), by handle.
+struct Hold {
+    handle: u64,
+    map: Vmapped,
+}
+
+#[pin_data]
+struct Importer {
+    #[pin]
+    holds: Mutex<KVec<Hold>>,
+    next_handle: AtomicU64,
+}
+
+/// Checksums (FNV-1a 64, as user space computes it) and optionally fills `b`.
+fn checksum_and_fill(b: &Bytes<'_>, h: u64, args: &ImporterArgs) -> u64 {
+    let mut h = h;
+    b.for_each(|x| h = fnv1a(h, x));
+    if args.op == OP_FILL {
+        b.fill(args.fill as u8);
+    }
+    h
+}
+
+impl Importer {
+    fn vmap(&self, args: &mut ImporterArgs) -> Result {
+        let m = DmaBufRef::from_fd(args.fd)?.vmap()?;
+        args.checksum = checksum_and_fill(&m.bytes(), FNV_OFFSET, args);
+        args.pages = m.bytes().len() as u64;
+        Ok(())
+    }
+
+    fn vmap_twice(&self, args: &mut ImporterArgs) -> Result {
+        let a = DmaBufRef::from_fd(args.fd)?.vmap()?;
+        let b = DmaBufRef::from_fd(args.fd)?.vmap()?;
+        args.shared = u32::from(a.bytes().addr() == b.bytes().addr());
+        // Unwind in reverse order: the inner vunmap must leave the outer mapping usable.
+        drop(b);
+        args.checksum = checksum_and_fill(&a.bytes(), FNV_OFFSET, args);
+        Ok(())
+    }
+
+    fn kmap_walk(&self, dev: &kernel::device::Device, args: &mut ImporterArgs) -> Result {
+        let buf = DmaBufRef::from_fd(args.fd)?;
+        let att = buf.attach(dev)?;
+        let map = att.map(DataDirection::Bidirectional)?;
+        let mut h = FNV_OFFSET;
+        args.pages = map.walk_pages(|b| h = checksum_and_fill(b, h, args)) as u64;
+        args.checksum = h;
+        Ok(())
+    }
+
+    fn attach_map(&self, dev: &kernel::device::Device, args: &mut ImporterArgs) -> Result {
+        if !(1..=2).contains(&args.count) {
+            return Err(EINVAL);
+        }
+        let buf = DmaBufRef::from_fd(args.fd)?;
+        let a1 = buf.attach(dev)?;
+        let a2 = if args.count == 2 {
+            Some(buf.attach(dev)?)
+        } else {
+            None
+        };
+        // Both stay attached; each is mapped in turn, because two live mappings of the same
+        // pages for one device overlap, which DMA-API debug rightly reports.
+        let mut pages = 0;
+        for att in Iterator::chain(core::iter::once(&a1), a2.as_ref()) {
+            let m = att.map(DataDirection::Bidirectional)?;
+            buf.begin_cpu_access(DataDirection::Bidirectional)?;
+            buf.end_cpu_access(DataDirection::Bidirectional)?;
+            pages += m.walk_pages(|_| ()) as u64;
+        }
+        args.pages = pages;
+        Ok(())
+    }
+
+    fn hold(&self, args: &mut ImporterArgs) -> Result {
+        let map = DmaBufRef::from_fd(args.fd)?.vmap()?;
+        let handle = self.next_handle.fetch_add(1, Relaxed);
+        self.holds.lock().push(Hold { handle, map }, GFP_KERNEL)?;
+        args.handle = handle;
+        Ok(())
+    }
+
+    fn release(&self, args: &mut ImporterArgs) -> Result {
+        let mut holds = self.holds.lock();
+        let i = holds
+            .iter()
+            .position(|h| h.handle == args.handle)
+            .ok_or(ENOENT)?;
+        args.checksum = checksum_and_fill(&holds[i].map.bytes(), FNV_OFFSET, args);
+        args.pages = holds[i].map.bytes().len() as u64;
+        // Swap the entry to the end and shrink by rebuilding, since 6.12's KVec has no pop.
+        let last = holds.len() - 1;
+        holds.swap(i, last);
+        let mut keep = KVec::with_capacity(last, GFP_KERNEL)?;
+        let mut it = core::mem::take(&mut *holds).into_iter();
+        for _ in 0..last {
+            if let Some(h) = it.next() {
+                keep.push(h, GFP_KERNEL)?;
+            }
+        }
+        *holds = keep;
+        // Dropping the rest of the iterator (the released hold) vunmaps and puts the buffer.
+        drop(it);
+        Ok(())
+    }
+
+    fn cpu_access(&self, args: &mut ImporterArgs) -> Result {
+        let buf = DmaBufRef::from_fd(args.fd)?;
+        if args.end == 0 {
+            buf.begin_cpu_access(DataDirection::Bidirectional)
+        } else {
+            buf.end_cpu_access(DataDirection::Bidirectional)
+        }
+    }
+}
+
+// SAFETY: `ImporterArgs` is `repr(C)` and made only of integers, so every bit pattern is a
+// valid value.
+unsafe impl FromBytes for ImporterArgs {}
+// SAFETY: `ImporterArgs` is `repr(C)` integers laid out without padding (4 x u32, 3 x u64,
+// 2 x u32: 48 bytes, checked below), so all its bytes are initialised.
+unsafe impl AsBytes for ImporterArgs {}
+kernel::static_assert!(core::mem::size_of::<ImporterArgs>() == 48);
+
+impl MiscDevice for Importer {
+    fn ioctl(reg: &Registration<Self>, cmd: u32, arg: usize) -> Result<isize> {
+        let size = core::mem::size_of::<ImporterArgs>();
+        let (mut r, mut w) = UserSlice::new(arg, size).reader_writer();
+        let mut args: ImporterArgs = r.read()?;
+        let imp = reg.data();
+        match cmd {
+            IMPORTER_VMAP => imp.vmap(&mut args)?,
+            IMPORTER_VMAP_TWICE => imp.vmap_twice(&mut args)?,
+            IMPORTER_KMAP_WALK => imp.kmap_walk(reg.device(), &mut args)?,
+            IMPORTER_ATTACH_MAP => imp.attach_map(reg.device(), &mut args)?,
+            IMPORTER_HOLD => imp.hold(&mut args)?,
+            IMPORTER_RELEASE => imp.release(&mut args)?,
+            IMPORTER_CPU_ACCESS => imp.cpu_access(&mut args)?,
+            _ => return Err(ENOTTY),
+        }
+        w.write(&args)?;
+        Ok(0)
+    }
+}
+
+struct ImporterModule;
+
+impl kernel::Module for ImporterModule {
+    fn init(_module: &'static ThisModule) -> Result<Self> {
+        let reg = Registration::register(
+            c_str!("dmabuf_test_importer"),
+            try_pin_init!(Importer {
+                holds <- new_mutex!(KVec::new(), "Importer::holds"),
+                next_handle: AtomicU64::new(1),
+            }),
+        )?;
+        reg.set_dma_params()?;
+        pr_info!("registered /dev/dmabuf_test_importer\n");
+        Ok(Self)
+    }
+}

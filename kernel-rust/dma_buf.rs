@@ -1,0 +1,991 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! DMA-BUF exporter abstractions for page-backed buffers.
+//!
+//! C headers: [`include/linux/dma-buf.h`](srctree/include/linux/dma-buf.h),
+//! [`include/linux/scatterlist.h`](srctree/include/linux/scatterlist.h),
+//! [`include/linux/dma-mapping.h`](srctree/include/linux/dma-mapping.h).
+//!
+//! A [`PageBuffer`] owns its pages and implements the parts of `struct dma_buf_ops` every
+//! page-backed exporter needs in the same way: attach (each attachment gets its own copy of
+//! the scatter-gather table), map/unmap for a device, a refcounted kernel mapping (vmap), and
+//! release. The exporter's policy (CPU access brackets, mmap) comes from an [`Exporter`]
+//! implementation, which never handles a raw pointer.
+//!
+//! Locking, as the dma-buf core calls the ops in 6.12: `vmap`, `vunmap` and `map_dma_buf` run
+//! with the reservation lock held, `attach`, `detach`, `begin_cpu_access`, `end_cpu_access`
+//! and `mmap` without it. The buffer's own mutex therefore nests inside the reservation lock
+//! and is never held while taking it.
+
+use crate::{
+    bindings,
+    error::{code::*, from_result, to_result, Result},
+    prelude::*,
+    str::CStr,
+    sync::Mutex,
+};
+use core::{ffi::c_void, marker::PhantomData, ptr::NonNull};
+
+/// Direction of a DMA transfer or CPU access (`enum dma_data_direction`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataDirection {
+    /// Both ways.
+    Bidirectional,
+    /// From memory to the device (the CPU wrote).
+    ToDevice,
+    /// From the device to memory (the CPU will read).
+    FromDevice,
+}
+
+impl DataDirection {
+    fn from_raw(dir: bindings::dma_data_direction) -> Result<Self> {
+        match dir {
+            bindings::dma_data_direction_DMA_BIDIRECTIONAL => Ok(Self::Bidirectional),
+            bindings::dma_data_direction_DMA_TO_DEVICE => Ok(Self::ToDevice),
+            bindings::dma_data_direction_DMA_FROM_DEVICE => Ok(Self::FromDevice),
+            _ => Err(EINVAL),
+        }
+    }
+
+    /// The C value.
+    pub fn as_raw(self) -> bindings::dma_data_direction {
+        match self {
+            Self::Bidirectional => bindings::dma_data_direction_DMA_BIDIRECTIONAL,
+            Self::ToDevice => bindings::dma_data_direction_DMA_TO_DEVICE,
+            Self::FromDevice => bindings::dma_data_direction_DMA_FROM_DEVICE,
+        }
+    }
+}
+
+/// `2^order` physically contiguous pages from the buddy allocator, freed on drop.
+///
+/// # Invariants
+///
+/// `page` is the first page of an allocation of order `order` that this object owns.
+pub struct Pages {
+    page: NonNull<bindings::page>,
+    order: u32,
+}
+
+// SAFETY: the pages are plain memory owned by this object; any thread may free them.
+unsafe impl Send for Pages {}
+// SAFETY: shared references only read `page` and `order`.
+unsafe impl Sync for Pages {}
+
+impl Pages {
+    /// Allocates `2^order` pages with the raw GFP flags `gfp`; `None` when none are free.
+    pub fn alloc(gfp: bindings::gfp_t, order: u32) -> Option<Self> {
+        // SAFETY: `alloc_pages` may be called with any flags and order; it returns NULL on
+        // failure.
+        let page = unsafe { bindings::alloc_pages(gfp, order) };
+        // INVARIANT: a non-NULL result is an allocation of order `order` we now own.
+        NonNull::new(page).map(|page| Self { page, order })
+    }
+
+    /// The allocation order.
+    pub fn order(&self) -> u32 {
+        self.order
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> usize {
+        bindings::PAGE_SIZE << self.order
+    }
+
+    /// Number of base pages.
+    pub fn count(&self) -> usize {
+        1 << self.order
+    }
+
+    /// The `i`-th base page of the allocation, `i < count()`.
+    fn nth(&self, i: usize) -> *mut bindings::page {
+        // x86_64 uses SPARSEMEM_VMEMMAP, where the `struct page`s of one buddy allocation are
+        // contiguous, so `nth_page()` is plain pointer arithmetic.
+        self.page.as_ptr().wrapping_add(i)
+    }
+
+    /// The page frame number of the first page.
+    fn pfn(&self) -> usize {
+        // SAFETY: `page` is a valid page by the type invariant.
+        unsafe { bindings::page_to_pfn(self.page.as_ptr()) as usize }
+    }
+}
+
+impl Drop for Pages {
+    fn drop(&mut self) {
+        // SAFETY: by the type invariant we own an allocation of this order.
+        unsafe { bindings::__free_pages(self.page.as_ptr(), self.order) };
+    }
+}
+
+/// A `struct sg_table` describing a list of [`Pages`], freed on drop.
+///
+/// # Invariants
+///
+/// `table` was initialised by `sg_alloc_table` (or is zeroed, which `sg_free_table` accepts)
+/// and its entries point at pages that outlive it.
+struct SgTable {
+    table: bindings::sg_table,
+}
+
+impl SgTable {
+    /// # Safety
+    ///
+    /// The pages in `chunks` must outlive the returned table.
+    unsafe fn new(chunks: &[Pages]) -> Result<KBox<Self>> {
+        // SAFETY: an all-zero `sg_table` is its documented empty state.
+        let mut t = KBox::new(
+            SgTable {
+                table: unsafe { core::mem::zeroed() },
+            },
+            GFP_KERNEL,
+        )?;
+        let n = u32::try_from(chunks.len()).map_err(|_| EINVAL)?;
+        // SAFETY: `t.table` is a valid, empty table.
+        to_result(unsafe { bindings::sg_alloc_table(&mut t.table, n, bindings::GFP_KERNEL) })?;
+        let mut sg = t.table.sgl;
+        for c in chunks {
+            let len = u32::try_from(c.size()).map_err(|_| EINVAL)?;
+            // SAFETY: `sg_alloc_table` gave `n` chained entries and we visit each once; the
+            // page outlives the table by this function's contract.
+            unsafe {
+                bindings::sg_set_page(sg, c.page.as_ptr(), len, 0);
+                sg = bindings::sg_next(sg);
+            }
+        }
+        Ok(t)
+    }
+
+    fn as_raw(&mut self) -> *mut bindings::sg_table {
+        &mut self.table
+    }
+}
+
+impl Drop for SgTable {
+    fn drop(&mut self) {
+        // SAFETY: the table was set up by `sg_alloc_table` or is zeroed (type invariant).
+        unsafe { bindings::sg_free_table(&mut self.table) };
+    }
+}
+
+/// One device's view of a buffer.
+///
+/// # Invariants
+///
+/// `dev` is the attachment's device, valid from attach until detach.
+struct AttachmentRec {
+    dev: *mut bindings::device,
+    table: KBox<SgTable>,
+    mapped: Option<DataDirection>,
+}
+
+/// Mutable state of a [`PageBuffer`], under its mutex.
+struct State {
+    /// Attachment records; each also sits in its `dma_buf_attachment::priv`.
+    attachments: KVec<*mut AttachmentRec>,
+    vmap_count: usize,
+    vaddr: Option<NonNull<c_void>>,
+}
+
+/// A mapped kernel address of the whole buffer, as `vmap` made it.
+#[derive(Clone, Copy, Debug)]
+pub struct KernelMapping {
+    /// The address, valid while the mapping's reference is held.
+    pub addr: NonNull<c_void>,
+    /// Whether this call created the mapping (rather than reusing the one in place).
+    pub created: bool,
+}
+
+/// Policy an exporter adds to a [`PageBuffer`]. Every `dma_buf_ops` member is always
+/// provided (the generic ones by [`PageBuffer`]), so this is a plain trait, not a vtable.
+pub trait Exporter: Sized + Send + Sync + 'static {
+    /// `DMA_BUF_IOCTL_SYNC` start, or `dma_buf_begin_cpu_access` from a kernel importer.
+    fn begin_cpu_access(buf: &PageBuffer<Self>, dir: DataDirection) -> Result;
+    /// The matching end.
+    fn end_cpu_access(buf: &PageBuffer<Self>, dir: DataDirection) -> Result;
+    /// Called after a kernel mapping reference was taken; `created` if it made the mapping.
+    fn vmapped(_buf: &PageBuffer<Self>, _created: bool) {}
+    /// Called after a reference was dropped; `destroyed` if it was the last one.
+    fn vunmapped(_buf: &PageBuffer<Self>, _destroyed: bool) {}
+    /// Called when the buffer is released, before its pages are freed.
+    fn released(_buf: &PageBuffer<Self>) {}
+}
+
+/// A page-backed buffer exported as a dma-buf.
+pub struct PageBuffer<T: Exporter> {
+    chunks: KVec<Pages>,
+    len: usize,
+    state: Pin<KBox<Mutex<State>>>,
+    data: T,
+}
+
+impl<T: Exporter> PageBuffer<T> {
+    /// The exporter's own data.
+    pub fn data(&self) -> &T {
+        &self.data
+    }
+
+    /// Size in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the buffer has no pages (never true for an exported buffer).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Syncs every mapped attachment for CPU access (`for_cpu`) or back for the device.
+    pub fn sync_attachments(&self, dir: DataDirection, for_cpu: bool) {
+        let state = self.state.lock();
+        for &a in state.attachments.iter() {
+            // SAFETY: records in the list are live until detach removes them, which needs the
+            // lock we hold.
+            let rec = unsafe { &mut *a };
+            if rec.mapped.is_some() {
+                let t = rec.table.as_raw();
+                // SAFETY: `rec.dev` is valid while attached; the table was mapped for it.
+                unsafe {
+                    if for_cpu {
+                        bindings::dma_sync_sgtable_for_cpu(rec.dev, t, dir.as_raw());
+                    } else {
+                        bindings::dma_sync_sgtable_for_device(rec.dev, t, dir.as_raw());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Number of mapped attachments.
+    pub fn mapped_attachments(&self) -> usize {
+        let state = self.state.lock();
+        state
+            .attachments
+            .iter()
+            // SAFETY: as in `sync_attachments`, records are live while listed under the lock.
+            .filter(|&&a| unsafe { (*a).mapped.is_some() })
+            .count()
+    }
+
+    /// Takes a reference on the kernel mapping of the whole buffer, creating it if none
+    /// exists. Nested calls share one mapping; [`PageBuffer::vunmap`] drops the reference.
+    pub fn vmap(&self) -> Result<KernelMapping> {
+        let m = self.vmap_locked()?;
+        T::vmapped(self, m.created);
+        Ok(m)
+    }
+
+    fn vmap_locked(&self) -> Result<KernelMapping> {
+        let mut state = self.state.lock();
+        if let Some(addr) = state.vaddr {
+            state.vmap_count += 1;
+            return Ok(KernelMapping {
+                addr,
+                created: false,
+            });
+        }
+        let total: usize = self.chunks.iter().map(Pages::count).sum();
+        let mut pages = KVVec::with_capacity(total, GFP_KERNEL)?;
+        for c in self.chunks.iter() {
+            for i in 0..c.count() {
+                pages.push(c.nth(i), GFP_KERNEL)?;
+            }
+        }
+        let n = u32::try_from(total).map_err(|_| ENOMEM)?;
+        // SAFETY: `pages` holds `n` valid pages owned by this buffer, which outlive the
+        // mapping: it is torn down at the last vunmap or at release.
+        let addr = unsafe { bindings::vmap_kernel(pages.as_mut_ptr(), n) };
+        let addr = NonNull::new(addr).ok_or(ENOMEM)?;
+        state.vaddr = Some(addr);
+        state.vmap_count = 1;
+        Ok(KernelMapping {
+            addr,
+            created: true,
+        })
+    }
+
+    /// Drops one reference taken by [`PageBuffer::vmap`]; the last one unmaps. An unbalanced
+    /// call is refused with a warning instead of unmapping a mapping someone still uses.
+    pub fn vunmap(&self) {
+        let mut state = self.state.lock();
+        let destroyed = match state.vmap_count {
+            0 => {
+                pr_warn!("dma-buf: vunmap without a matching vmap ignored\n");
+                return;
+            }
+            1 => {
+                state.vmap_count = 0;
+                if let Some(addr) = state.vaddr.take() {
+                    // SAFETY: `addr` came from `vmap` and this was its last reference.
+                    unsafe { bindings::vunmap(addr.as_ptr()) };
+                }
+                true
+            }
+            _ => {
+                state.vmap_count -= 1;
+                false
+            }
+        };
+        drop(state);
+        T::vunmapped(self, destroyed);
+    }
+
+    /// Current number of kernel mapping references.
+    pub fn vmap_count(&self) -> usize {
+        self.state.lock().vmap_count
+    }
+
+    /// Maps the pages covering the VMA, from its `vm_pgoff`, contiguous runs in one call each.
+    ///
+    /// Bounds are checked against the buffer size, `vm_pgoff` included, without overflow; the
+    /// mapping is made `VM_DONTEXPAND` so mremap cannot grow it past the buffer.
+    pub fn mmap(&self, vma: &mut Vma) -> Result {
+        let pages = vma.pages();
+        let buf_pages = self.len >> bindings::PAGE_SHIFT;
+        let end = vma.pgoff().checked_add(pages).ok_or(EINVAL)?;
+        if pages == 0 || end > buf_pages {
+            return Err(EINVAL);
+        }
+        vma.set_flags((bindings::VM_DONTEXPAND | bindings::VM_DONTDUMP) as bindings::vm_flags_t);
+        let mut skip = vma.pgoff();
+        let mut addr = vma.start();
+        let vm_end = vma.end();
+        for c in self.chunks.iter() {
+            if addr >= vm_end {
+                break;
+            }
+            if skip >= c.count() {
+                skip -= c.count();
+                continue;
+            }
+            let len = ((c.count() - skip) << bindings::PAGE_SHIFT).min(vm_end - addr);
+            vma.remap_pfn_range(addr, c.pfn() + skip, len)?;
+            addr += len;
+            skip = 0;
+        }
+        Ok(())
+    }
+
+    fn attach(&self, dev: *mut bindings::device) -> Result<*mut AttachmentRec> {
+        // SAFETY: the chunks live as long as this buffer, and C detaches every attachment
+        // before it releases the buffer, so they outlive the table.
+        let table = unsafe { SgTable::new(&self.chunks)? };
+        let rec = KBox::into_raw(KBox::new(
+            AttachmentRec {
+                dev,
+                table,
+                mapped: None,
+            },
+            GFP_KERNEL,
+        )?);
+        let mut state = self.state.lock();
+        if let Err(e) = state.attachments.push(rec, GFP_KERNEL) {
+            drop(state);
+            // SAFETY: `rec` came from `KBox::into_raw` above and was never shared.
+            drop(unsafe { KBox::from_raw(rec) });
+            return Err(e.into());
+        }
+        Ok(rec)
+    }
+
+    fn detach(&self, rec: *mut AttachmentRec) {
+        let mut state = self.state.lock();
+        let list = &mut state.attachments;
+        if let Some(i) = list.iter().position(|&a| a == rec) {
+            let last = list.len() - 1;
+            list.swap(i, last);
+            // SAFETY: shrinking by one drops nothing (raw pointers) and keeps the rest valid.
+            unsafe { list.set_len(last) };
+        }
+        drop(state);
+        // SAFETY: `rec` was created by `attach` via `KBox::into_raw` and is no longer listed.
+        drop(unsafe { KBox::from_raw(rec) });
+    }
+}
+
+impl<T: Exporter> Drop for PageBuffer<T> {
+    fn drop(&mut self) {
+        T::released(self);
+        let mut state = self.state.lock();
+        if state.vmap_count != 0 {
+            pr_warn!(
+                "dma-buf: buffer released with {} kernel mapping reference(s)\n",
+                state.vmap_count
+            );
+            if let Some(addr) = state.vaddr.take() {
+                // SAFETY: `addr` came from `vmap`; nobody can use it after release.
+                unsafe { bindings::vunmap(addr.as_ptr()) };
+            }
+            state.vmap_count = 0;
+        }
+    }
+}
+
+/// A `struct vm_area_struct` being set up by an mmap call.
+///
+/// # Invariants
+///
+/// `vma` is valid for the duration of the mmap callback this object lives in.
+pub struct Vma {
+    vma: *mut bindings::vm_area_struct,
+}
+
+impl Vma {
+    fn start(&self) -> usize {
+        // SAFETY: valid by the type invariant.
+        unsafe { (*self.vma).__bindgen_anon_1.__bindgen_anon_1.vm_start as usize }
+    }
+
+    fn end(&self) -> usize {
+        // SAFETY: valid by the type invariant.
+        unsafe { (*self.vma).__bindgen_anon_1.__bindgen_anon_1.vm_end as usize }
+    }
+
+    /// Length in pages.
+    pub fn pages(&self) -> usize {
+        (self.end() - self.start()) >> bindings::PAGE_SHIFT
+    }
+
+    /// Offset into the buffer, in pages.
+    pub fn pgoff(&self) -> usize {
+        // SAFETY: valid by the type invariant.
+        unsafe { (*self.vma).vm_pgoff as usize }
+    }
+
+    fn set_flags(&mut self, flags: bindings::vm_flags_t) {
+        // SAFETY: valid by the type invariant; mmap callbacks may set VMA flags.
+        unsafe { bindings::vm_flags_set(self.vma, flags) };
+    }
+
+    fn remap_pfn_range(&mut self, addr: usize, pfn: usize, len: usize) -> Result {
+        // SAFETY: valid by the type invariant; `addr..addr+len` lies inside the VMA and the
+        // caller maps pages of a live buffer, which the VMA's file reference keeps alive.
+        to_result(unsafe {
+            bindings::remap_pfn_range(
+                self.vma,
+                addr as _,
+                pfn as _,
+                len as _,
+                (*self.vma).vm_page_prot,
+            )
+        })
+    }
+}
+
+/// A newly exported dma-buf, to be handed back to the dma-buf heap core.
+pub struct Exported(pub(crate) NonNull<bindings::dma_buf>);
+
+/// Exports `chunks` (covering `len` bytes) with policy `data` as a dma-buf named `name`.
+pub fn export<T: Exporter>(
+    name: &'static CStr,
+    chunks: KVec<Pages>,
+    len: usize,
+    fd_flags: u32,
+    data: T,
+) -> Result<Exported> {
+    let state = KBox::pin_init(
+        crate::new_mutex!(
+            State {
+                attachments: KVec::new(),
+                vmap_count: 0,
+                vaddr: None,
+            },
+            "PageBuffer::state"
+        ),
+        GFP_KERNEL,
+    )?;
+    let buf = KBox::new(
+        PageBuffer {
+            chunks,
+            len,
+            state,
+            data,
+        },
+        GFP_KERNEL,
+    )?;
+    let raw = KBox::into_raw(buf);
+    // SAFETY: an all-zero `dma_buf_export_info` is valid; the fields that matter are set below
+    // (this is what DEFINE_DMA_BUF_EXPORT_INFO does, with no owning module when built in).
+    let mut info: bindings::dma_buf_export_info = unsafe { core::mem::zeroed() };
+    info.exp_name = name.as_char_ptr();
+    info.ops = OpsTable::<T>::build();
+    info.size = len;
+    info.flags = fd_flags as _;
+    info.priv_ = raw.cast();
+    // SAFETY: `info` is fully initialised and `priv_` points to a live `PageBuffer<T>`.
+    let dmabuf = unsafe { bindings::dma_buf_export(&info) };
+    match crate::error::from_err_ptr(dmabuf) {
+        Ok(p) => Ok(Exported(NonNull::new(p).ok_or(ENOMEM)?)),
+        Err(e) => {
+            // SAFETY: the core does not call `release` when export fails, so we still own it.
+            drop(unsafe { KBox::from_raw(raw) });
+            Err(e)
+        }
+    }
+}
+
+struct OpsTable<T: Exporter>(PhantomData<T>);
+
+impl<T: Exporter> OpsTable<T> {
+    const OPS: bindings::dma_buf_ops = bindings::dma_buf_ops {
+        cache_sgt_mapping: false,
+        attach: Some(Self::attach),
+        detach: Some(Self::detach),
+        pin: None,
+        unpin: None,
+        map_dma_buf: Some(Self::map_dma_buf),
+        unmap_dma_buf: Some(Self::unmap_dma_buf),
+        release: Some(Self::release),
+        begin_cpu_access: Some(Self::begin_cpu_access),
+        end_cpu_access: Some(Self::end_cpu_access),
+        mmap: Some(Self::mmap),
+        vmap: Some(Self::vmap),
+        vunmap: Some(Self::vunmap),
+    };
+
+    const fn build() -> &'static bindings::dma_buf_ops {
+        &Self::OPS
+    }
+
+    /// # Safety
+    ///
+    /// `dmabuf` must be a dma-buf exported by [`export`] with this `T` and not yet released.
+    unsafe fn buffer<'a>(dmabuf: *mut bindings::dma_buf) -> &'a PageBuffer<T> {
+        // SAFETY: per the function's contract `priv_` is our `PageBuffer<T>`.
+        unsafe { &*(*dmabuf).priv_.cast::<PageBuffer<T>>() }
+    }
+
+    /// # Safety
+    ///
+    /// Called by the dma-buf core with a live buffer of ours and a new attachment.
+    unsafe extern "C" fn attach(
+        dmabuf: *mut bindings::dma_buf,
+        att: *mut bindings::dma_buf_attachment,
+    ) -> crate::ffi::c_int {
+        from_result(|| {
+            // SAFETY: the core passes our buffer and a valid attachment.
+            let buf = unsafe { Self::buffer(dmabuf) };
+            // SAFETY: `att` is valid for the duration of the call.
+            let rec = buf.attach(unsafe { (*att).dev })?;
+            // SAFETY: `att` is valid; `priv_` is ours to use until detach.
+            unsafe { (*att).priv_ = rec.cast() };
+            Ok(0)
+        })
+    }
+
+    /// # Safety
+    ///
+    /// Called by the dma-buf core with an attachment made by [`Self::attach`].
+    unsafe extern "C" fn detach(
+        dmabuf: *mut bindings::dma_buf,
+        att: *mut bindings::dma_buf_attachment,
+    ) {
+        // SAFETY: the core passes our buffer and the attachment `attach` set up.
+        unsafe { Self::buffer(dmabuf).detach((*att).priv_.cast()) };
+    }
+
+    /// # Safety
+    ///
+    /// Called by the dma-buf core, with the reservation lock held, for one of our attachments.
+    unsafe extern "C" fn map_dma_buf(
+        att: *mut bindings::dma_buf_attachment,
+        dir: bindings::dma_data_direction,
+    ) -> *mut bindings::sg_table {
+        // SAFETY: `att` is valid and its `dmabuf` is ours.
+        let buf = unsafe { Self::buffer((*att).dmabuf) };
+        let r = (|| -> Result<*mut bindings::sg_table> {
+            let dir = DataDirection::from_raw(dir)?;
+            let _state = buf.state.lock();
+            // SAFETY: `priv_` is the record `attach` made; the lock serialises its updates.
+            let rec = unsafe { &mut *(*att).priv_.cast::<AttachmentRec>() };
+            if rec.mapped.is_some() {
+                return Err(EBUSY);
+            }
+            let t = rec.table.as_raw();
+            // SAFETY: `rec.dev` is the attached device and `t` a valid table of our pages.
+            to_result(unsafe { bindings::dma_map_sgtable(rec.dev, t, dir.as_raw(), 0) })?;
+            rec.mapped = Some(dir);
+            Ok(t)
+        })();
+        r.unwrap_or_else(|e| e.to_ptr())
+    }
+
+    /// # Safety
+    ///
+    /// Called by the dma-buf core for a table [`Self::map_dma_buf`] returned.
+    unsafe extern "C" fn unmap_dma_buf(
+        att: *mut bindings::dma_buf_attachment,
+        table: *mut bindings::sg_table,
+        dir: bindings::dma_data_direction,
+    ) {
+        // SAFETY: `att` is valid and its `dmabuf` is ours.
+        let buf = unsafe { Self::buffer((*att).dmabuf) };
+        let _state = buf.state.lock();
+        // SAFETY: `priv_` is the record `attach` made; the lock serialises its updates.
+        let rec = unsafe { &mut *(*att).priv_.cast::<AttachmentRec>() };
+        if rec.mapped.take().is_some() {
+            // SAFETY: the table was mapped for this device by `map_dma_buf`.
+            unsafe { bindings::dma_unmap_sgtable(rec.dev, table, dir, 0) };
+        }
+    }
+
+    /// # Safety
+    ///
+    /// Called once by the dma-buf core when the last reference is gone.
+    unsafe extern "C" fn release(dmabuf: *mut bindings::dma_buf) {
+        // SAFETY: `priv_` came from `KBox::into_raw` in `export`; this is the last use.
+        drop(unsafe { KBox::from_raw((*dmabuf).priv_.cast::<PageBuffer<T>>()) });
+    }
+
+    /// # Safety
+    ///
+    /// Called by the dma-buf core with a live buffer of ours.
+    unsafe extern "C" fn begin_cpu_access(
+        dmabuf: *mut bindings::dma_buf,
+        dir: bindings::dma_data_direction,
+    ) -> crate::ffi::c_int {
+        from_result(|| {
+            // SAFETY: the core passes our live buffer.
+            let buf = unsafe { Self::buffer(dmabuf) };
+            T::begin_cpu_access(buf, DataDirection::from_raw(dir)?)?;
+            Ok(0)
+        })
+    }
+
+    /// # Safety
+    ///
+    /// Called by the dma-buf core with a live buffer of ours.
+    unsafe extern "C" fn end_cpu_access(
+        dmabuf: *mut bindings::dma_buf,
+        dir: bindings::dma_data_direction,
+    ) -> crate::ffi::c_int {
+        from_result(|| {
+            // SAFETY: the core passes our live buffer.
+            let buf = unsafe { Self::buffer(dmabuf) };
+            T::end_cpu_access(buf, DataDirection::from_raw(dir)?)?;
+            Ok(0)
+        })
+    }
+
+    /// # Safety
+    ///
+    /// Called by the dma-buf core with a live buffer of ours and a VMA being set up.
+    unsafe extern "C" fn mmap(
+        dmabuf: *mut bindings::dma_buf,
+        vma: *mut bindings::vm_area_struct,
+    ) -> crate::ffi::c_int {
+        from_result(|| {
+            // SAFETY: the core passes our live buffer.
+            let buf = unsafe { Self::buffer(dmabuf) };
+            // INVARIANT: `vma` is valid for this callback, which `Vma` does not outlive.
+            buf.mmap(&mut Vma { vma })?;
+            Ok(0)
+        })
+    }
+
+    /// # Safety
+    ///
+    /// Called by the dma-buf core, reservation lock held, with a live buffer and a map.
+    unsafe extern "C" fn vmap(
+        dmabuf: *mut bindings::dma_buf,
+        map: *mut bindings::iosys_map,
+    ) -> crate::ffi::c_int {
+        from_result(|| {
+            // SAFETY: the core passes our live buffer.
+            let buf = unsafe { Self::buffer(dmabuf) };
+            let m = buf.vmap()?;
+            // SAFETY: `map` is valid; this is `iosys_map_set_vaddr`.
+            unsafe {
+                (*map).__bindgen_anon_1.vaddr = m.addr.as_ptr();
+                (*map).is_iomem = false;
+            }
+            Ok(0)
+        })
+    }
+
+    /// # Safety
+    ///
+    /// Called by the dma-buf core, reservation lock held, for a map `vmap` filled.
+    unsafe extern "C" fn vunmap(dmabuf: *mut bindings::dma_buf, map: *mut bindings::iosys_map) {
+        // SAFETY: the core passes our live buffer.
+        unsafe { Self::buffer(dmabuf) }.vunmap();
+        // SAFETY: `map` is valid; this is `iosys_map_clear`.
+        unsafe {
+            (*map).__bindgen_anon_1.vaddr = core::ptr::null_mut();
+            (*map).is_iomem = false;
+        }
+    }
+}
+
+/// Whether the current task has a fatal signal pending (a long allocation should stop).
+pub fn fatal_signal_pending() -> bool {
+    // SAFETY: `get_current` returns the running task, valid for this call.
+    unsafe { bindings::fatal_signal_pending(bindings::get_current()) }
+}
+
+/// Total RAM in pages.
+pub fn totalram_pages() -> usize {
+    // SAFETY: reads a global counter.
+    unsafe { bindings::totalram_pages() as usize }
+}
+
+/// A range of kernel-mapped bytes of a dma-buf, accessed with volatile reads and writes
+/// (user space may write the same memory at any time, so no Rust reference is formed).
+///
+/// # Invariants
+///
+/// `ptr..ptr+len` is mapped and stays mapped for `'a`.
+pub struct Bytes<'a> {
+    ptr: *mut u8,
+    len: usize,
+    _p: PhantomData<&'a ()>,
+}
+
+impl Bytes<'_> {
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the range is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Start address, for comparing mappings (never dereferenced by callers).
+    pub fn addr(&self) -> usize {
+        self.ptr as usize
+    }
+
+    /// Calls `f` on every byte, in order.
+    pub fn for_each(&self, mut f: impl FnMut(u8)) {
+        for i in 0..self.len {
+            // SAFETY: `i < len`, and the range is mapped (type invariant).
+            f(unsafe { core::ptr::read_volatile(self.ptr.add(i)) });
+        }
+    }
+
+    /// Writes `b` to every byte.
+    pub fn fill(&self, b: u8) {
+        for i in 0..self.len {
+            // SAFETY: `i < len`, and the range is mapped writable (type invariant).
+            unsafe { core::ptr::write_volatile(self.ptr.add(i), b) };
+        }
+    }
+}
+
+/// A reference to a dma-buf from any exporter (importer side), dropped with `dma_buf_put`.
+///
+/// # Invariants
+///
+/// `buf` holds a reference taken by `dma_buf_get`.
+pub struct DmaBufRef {
+    buf: NonNull<bindings::dma_buf>,
+}
+
+// SAFETY: a dma-buf reference may be used and dropped from any thread.
+unsafe impl Send for DmaBufRef {}
+// SAFETY: the dma-buf functions used through `&self` do their own locking.
+unsafe impl Sync for DmaBufRef {}
+
+impl DmaBufRef {
+    /// Takes a reference on the dma-buf behind file descriptor `fd` of the current task.
+    pub fn from_fd(fd: i32) -> Result<Self> {
+        // SAFETY: `dma_buf_get` validates the fd and returns a reference or an error pointer.
+        let p = crate::error::from_err_ptr(unsafe { bindings::dma_buf_get(fd) })?;
+        // INVARIANT: we own the reference `dma_buf_get` took.
+        Ok(Self {
+            buf: NonNull::new(p).ok_or(EINVAL)?,
+        })
+    }
+
+    fn as_ptr(&self) -> *mut bindings::dma_buf {
+        self.buf.as_ptr()
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> usize {
+        // SAFETY: the buffer is alive while we hold a reference.
+        unsafe { (*self.as_ptr()).size }
+    }
+
+    /// `dma_buf_begin_cpu_access`.
+    pub fn begin_cpu_access(&self, dir: DataDirection) -> Result {
+        // SAFETY: the buffer is alive while we hold a reference.
+        to_result(unsafe { bindings::dma_buf_begin_cpu_access(self.as_ptr(), dir.as_raw()) })
+    }
+
+    /// `dma_buf_end_cpu_access`.
+    pub fn end_cpu_access(&self, dir: DataDirection) -> Result {
+        // SAFETY: the buffer is alive while we hold a reference.
+        to_result(unsafe { bindings::dma_buf_end_cpu_access(self.as_ptr(), dir.as_raw()) })
+    }
+
+    /// `dma_buf_vmap_unlocked`; the mapping keeps this reference until it is dropped.
+    pub fn vmap(self) -> Result<Vmapped> {
+        // SAFETY: an all-zero `iosys_map` is the cleared state.
+        let mut map: bindings::iosys_map = unsafe { core::mem::zeroed() };
+        // SAFETY: the buffer is alive and `map` is valid for writes.
+        to_result(unsafe { bindings::dma_buf_vmap_unlocked(self.as_ptr(), &mut map) })?;
+        if map.is_iomem {
+            // SAFETY: `map` was filled by the successful vmap above.
+            unsafe { bindings::dma_buf_vunmap_unlocked(self.as_ptr(), &mut map) };
+            return Err(EINVAL);
+        }
+        // INVARIANT: `map` holds a system-memory mapping of the whole buffer.
+        Ok(Vmapped { buf: self, map })
+    }
+
+    /// `dma_buf_attach` for `dev`.
+    pub fn attach(&self, dev: &crate::device::Device) -> Result<Attachment<'_>> {
+        // SAFETY: the buffer is alive and `dev` is a valid device.
+        let a = unsafe { bindings::dma_buf_attach(self.as_ptr(), dev.as_raw()) };
+        let a = crate::error::from_err_ptr(a)?;
+        Ok(Attachment {
+            buf: self,
+            att: NonNull::new(a).ok_or(EINVAL)?,
+        })
+    }
+}
+
+impl Drop for DmaBufRef {
+    fn drop(&mut self) {
+        // SAFETY: we own one reference (type invariant).
+        unsafe { bindings::dma_buf_put(self.as_ptr()) };
+    }
+}
+
+/// A kernel mapping of a whole dma-buf taken with `dma_buf_vmap_unlocked`; it owns a
+/// reference to the buffer, so it stays valid after user space closed its fd.
+///
+/// # Invariants
+///
+/// `map` is a live system-memory vmap of `buf`.
+pub struct Vmapped {
+    buf: DmaBufRef,
+    map: bindings::iosys_map,
+}
+
+// SAFETY: a vmap of a dma-buf is plain kernel memory; it and the buffer reference may be
+// used and released from any thread.
+unsafe impl Send for Vmapped {}
+// SAFETY: shared access only reads the mapping's address and length.
+unsafe impl Sync for Vmapped {}
+
+impl Vmapped {
+    /// The mapped bytes.
+    pub fn bytes(&self) -> Bytes<'_> {
+        // INVARIANT: the vmap covers the whole buffer and lives as long as `self`.
+        Bytes {
+            // SAFETY: `vaddr` is the active union member since `is_iomem` is false.
+            ptr: unsafe { self.map.__bindgen_anon_1.vaddr }.cast(),
+            len: self.buf.size(),
+            _p: PhantomData,
+        }
+    }
+}
+
+impl Drop for Vmapped {
+    fn drop(&mut self) {
+        // SAFETY: `map` came from the vmap of `buf` (type invariant).
+        unsafe { bindings::dma_buf_vunmap_unlocked(self.buf.as_ptr(), &mut self.map) };
+    }
+}
+
+/// An importer's attachment, detached on drop.
+///
+/// # Invariants
+///
+/// `att` was returned by `dma_buf_attach` for `buf`.
+pub struct Attachment<'a> {
+    buf: &'a DmaBufRef,
+    att: NonNull<bindings::dma_buf_attachment>,
+}
+
+impl Attachment<'_> {
+    /// `dma_buf_map_attachment_unlocked`.
+    pub fn map(&self, dir: DataDirection) -> Result<Mapping<'_>> {
+        // SAFETY: `att` is a live attachment (type invariant).
+        let t =
+            unsafe { bindings::dma_buf_map_attachment_unlocked(self.att.as_ptr(), dir.as_raw()) };
+        let t = crate::error::from_err_ptr(t)?;
+        Ok(Mapping {
+            att: self,
+            table: NonNull::new(t).ok_or(EINVAL)?,
+            dir,
+        })
+    }
+}
+
+impl Drop for Attachment<'_> {
+    fn drop(&mut self) {
+        // SAFETY: `att` came from `dma_buf_attach` on this buffer and is detached once.
+        unsafe { bindings::dma_buf_detach(self.buf.as_ptr(), self.att.as_ptr()) };
+    }
+}
+
+/// A mapped attachment, unmapped on drop.
+pub struct Mapping<'a> {
+    att: &'a Attachment<'a>,
+    table: NonNull<bindings::sg_table>,
+    dir: DataDirection,
+}
+
+impl Mapping<'_> {
+    /// Walks every page of the mapped table with `kmap_local_page`, one page at a time (the
+    /// access pattern `dma_buf_kmap` used to provide). Returns the number of pages.
+    ///
+    /// Needs `CONFIG_DMABUF_DEBUG=n`: the debug option scrambles the page pointers of mapped
+    /// tables precisely to stop importers from doing this.
+    pub fn walk_pages(&self, mut f: impl FnMut(&Bytes<'_>)) -> usize {
+        let mut pages = 0;
+        // SAFETY: the table is mapped and valid until `self` is dropped.
+        let (mut sg, n) = unsafe {
+            (
+                (*self.table.as_ptr()).sgl,
+                (*self.table.as_ptr()).orig_nents,
+            )
+        };
+        for _ in 0..n {
+            // SAFETY: `sg` is one of the table's `n` entries.
+            let (page, len, off) = unsafe { (bindings::sg_page(sg), (*sg).length, (*sg).offset) };
+            let end = (off + len) as usize;
+            let mut pos = off as usize;
+            while pos < end {
+                let idx = pos >> bindings::PAGE_SHIFT;
+                let in_page = pos & (bindings::PAGE_SIZE - 1);
+                let chunk = (bindings::PAGE_SIZE - in_page).min(end - pos);
+                // SAFETY: `page + idx` is a page of this entry (contiguous memmap on x86_64);
+                // the local mapping is undone before the next one.
+                unsafe {
+                    let va = bindings::kmap_local_page(page.add(idx)).cast::<u8>();
+                    // INVARIANT: the page stays mapped until kunmap_local below.
+                    f(&Bytes {
+                        ptr: va.add(in_page),
+                        len: chunk,
+                        _p: PhantomData,
+                    });
+                    bindings::kunmap_local(va.cast());
+                }
+                pos += chunk;
+                pages += 1;
+            }
+            // SAFETY: advancing within the table's `n` entries.
+            sg = unsafe { bindings::sg_next(sg) };
+        }
+        pages
+    }
+}
+
+impl Drop for Mapping<'_> {
+    fn drop(&mut self) {
+        // SAFETY: `table` came from mapping this attachment with `dir`.
+        unsafe {
+            bindings::dma_buf_unmap_attachment_unlocked(
+                self.att.att.as_ptr(),
+                self.table.as_ptr(),
+                self.dir.as_raw(),
+            )
+        };
+    }
+}

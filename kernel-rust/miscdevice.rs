@@ -1,0 +1,132 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Minimal misc device support for built-in drivers.
+//!
+//! C header: [`include/linux/miscdevice.h`](srctree/include/linux/miscdevice.h).
+//!
+//! 6.12 has no Rust misc device abstraction (6.13 added one); this follows its shape: the C
+//! `struct miscdevice` in an [`Opaque`], a trait for the driver, and `extern "C"` trampolines.
+//! A registration is for a built-in driver and is never removed.
+
+use crate::{
+    bindings,
+    device::Device,
+    error::{to_result, Error, Result},
+    init::PinInit,
+    prelude::*,
+    str::CStr,
+    types::Opaque,
+};
+use core::marker::PhantomData;
+
+/// A misc device driver.
+pub trait MiscDevice: Sized + Sync + Send + 'static {
+    /// Handles `ioctl(cmd, arg)` on any open file of the device.
+    fn ioctl(reg: &Registration<Self>, cmd: u32, arg: usize) -> Result<isize>;
+}
+
+/// A registered misc device and its driver data.
+///
+/// # Invariants
+///
+/// `misc` is registered with `misc_register` and stays registered forever; `data` is pinned.
+#[pin_data]
+#[repr(C)]
+pub struct Registration<T: MiscDevice> {
+    misc: Opaque<bindings::miscdevice>,
+    dma_parms: Opaque<bindings::device_dma_parameters>,
+    #[pin]
+    data: T,
+}
+
+// SAFETY: the C struct is only touched by the misc core under its own lock after
+// registration, and `T` is `Sync`.
+unsafe impl<T: MiscDevice> Sync for Registration<T> {}
+// SAFETY: as above; the registration is never moved or freed after registering.
+unsafe impl<T: MiscDevice> Send for Registration<T> {}
+
+impl<T: MiscDevice> Registration<T> {
+    /// Registers `/dev/<name>` (mode 0600) served by the data `init` creates.
+    pub fn register(
+        name: &'static CStr,
+        init: impl PinInit<T, Error>,
+    ) -> Result<&'static Registration<T>> {
+        let reg = KBox::pin_init(
+            try_pin_init!(Registration {
+                // SAFETY: an all-zero `miscdevice` is valid; the fields used are set below.
+                misc: Opaque::new(bindings::miscdevice {
+                    minor: bindings::MISC_DYNAMIC_MINOR as _,
+                    name: name.as_char_ptr(),
+                    fops: &FopsTable::<T>::FOPS,
+                    mode: 0o600,
+                    ..unsafe { core::mem::MaybeUninit::zeroed().assume_init() }
+                }),
+                // SAFETY: all-zero DMA parameters are valid; `set_dma_params` fills them in.
+                dma_parms: Opaque::new(unsafe { core::mem::zeroed() }),
+                data <- init,
+            }),
+            GFP_KERNEL,
+        )?;
+        // SAFETY: the registration is leaked below and never moved again, so pinning holds.
+        let reg: &'static Registration<T> = KBox::leak(unsafe { Pin::into_inner_unchecked(reg) });
+        // SAFETY: `misc` is a valid, pinned `miscdevice` that lives forever.
+        to_result(unsafe { bindings::misc_register(reg.misc.get()) })?;
+        // INVARIANT: registered above, never deregistered.
+        Ok(reg)
+    }
+
+    /// The driver data.
+    pub fn data(&self) -> &T {
+        &self.data
+    }
+
+    /// The device misc_register created (for DMA mapping).
+    pub fn device(&self) -> &Device {
+        // SAFETY: `this_device` is set by `misc_register` and lives while registered, which
+        // is forever (type invariant).
+        unsafe { Device::as_ref((*self.misc.get()).this_device) }
+    }
+
+    /// Lets the device do 64-bit DMA with segments of any size. A misc device has no bus to
+    /// say so, and without it mapping fails (no mask) or DMA-API debug warns about segments
+    /// longer than the 64 KiB default.
+    pub fn set_dma_params(&self) -> Result {
+        // SAFETY: `this_device` is valid (see `device`); `dma_parms` is pinned and lives as
+        // long as the device, forever.
+        unsafe {
+            let dev = (*self.misc.get()).this_device;
+            let parms = self.dma_parms.get();
+            (*parms).max_segment_size = u32::MAX;
+            (*parms).segment_boundary_mask = !0;
+            (*dev).dma_parms = parms;
+            to_result(bindings::dma_coerce_mask_and_coherent(dev, u64::MAX))
+        }
+    }
+}
+
+struct FopsTable<T: MiscDevice>(PhantomData<T>);
+
+impl<T: MiscDevice> FopsTable<T> {
+    const FOPS: bindings::file_operations = bindings::file_operations {
+        unlocked_ioctl: Some(Self::ioctl),
+        // SAFETY: all other members may be NULL; misc_open sets `private_data`.
+        ..unsafe { core::mem::MaybeUninit::zeroed().assume_init() }
+    };
+
+    /// # Safety
+    ///
+    /// Called by the VFS for a file opened through a [`Registration<T>`].
+    unsafe extern "C" fn ioctl(
+        file: *mut bindings::file,
+        cmd: crate::ffi::c_uint,
+        arg: crate::ffi::c_ulong,
+    ) -> crate::ffi::c_long {
+        // SAFETY: misc_open stored the `miscdevice` pointer, which is the first field of a
+        // `#[repr(C)]` `Registration<T>`.
+        let reg = unsafe { &*(*file).private_data.cast::<Registration<T>>() };
+        match T::ioctl(reg, cmd, arg as usize) {
+            Ok(v) => v as crate::ffi::c_long,
+            Err(e) => e.to_errno() as crate::ffi::c_long,
+        }
+    }
+}

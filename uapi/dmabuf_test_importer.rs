@@ -1,0 +1,63 @@
+// SPDX-License-Identifier: GPL-2.0
+
+// The test importer's user API, written once: the kernel importer
+// (drivers/dma-buf/dmabuf_test_importer.rs) and the guest tests both `include!` this file.
+// The including module provides `_IOWR::<T>(ty, nr) -> u32` (kernel::ioctl's, or the guest's
+// copy of the same encoding).
+
+/// Device node of the importer.
+pub const IMPORTER_DEV: &str = "/dev/dmabuf_test_importer";
+
+/// One argument block for every importer ioctl; each says which fields it reads and writes.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug)]
+pub struct ImporterArgs {
+    /// In: a dma-buf fd from any exporter.
+    pub fd: i32,
+    /// In: [`OP_CHECKSUM`] or [`OP_FILL`].
+    pub op: u32,
+    /// In: the byte [`OP_FILL`] writes.
+    pub fill: u32,
+    /// In: how many attachments `ATTACH_MAP` makes (1 or 2).
+    pub count: u32,
+    /// In/out: a held vmap's handle (`HOLD` returns it, `RELEASE` takes it).
+    pub handle: u64,
+    /// Out: FNV-1a 64 of the bytes read (before a fill).
+    pub checksum: u64,
+    /// Out: pages walked, or bytes mapped.
+    pub pages: u64,
+    /// Out: 1 when two nested vmaps returned the same address.
+    pub shared: u32,
+    /// In: for `CPU_ACCESS`, 0 = begin, 1 = end.
+    pub end: u32,
+}
+
+/// Operation on the bytes the importer reaches.
+pub const OP_CHECKSUM: u32 = 0;
+/// Fill every byte with `fill` (the checksum is still of the bytes before the fill).
+pub const OP_FILL: u32 = 1;
+
+const MAGIC: u32 = b'h' as u32;
+
+/// `dma_buf_vmap_unlocked`, checksum or fill, `dma_buf_vunmap_unlocked`.
+pub const IMPORTER_VMAP: u32 = _IOWR::<ImporterArgs>(MAGIC, 1);
+/// vmap twice, report `shared`, unwind both.
+pub const IMPORTER_VMAP_TWICE: u32 = _IOWR::<ImporterArgs>(MAGIC, 2);
+/// Attach, map, walk every page of the mapped table with `kmap_local_page`, unmap, detach.
+pub const IMPORTER_KMAP_WALK: u32 = _IOWR::<ImporterArgs>(MAGIC, 3);
+/// Attach `count` times, map each, begin/end CPU access, unmap, detach.
+pub const IMPORTER_ATTACH_MAP: u32 = _IOWR::<ImporterArgs>(MAGIC, 4);
+/// Take a dma-buf reference and a vmap, and keep both after the call; returns `handle`.
+pub const IMPORTER_HOLD: u32 = _IOWR::<ImporterArgs>(MAGIC, 5);
+/// Checksum a held vmap, then drop the vmap and the reference.
+pub const IMPORTER_RELEASE: u32 = _IOWR::<ImporterArgs>(MAGIC, 6);
+/// `dma_buf_begin_cpu_access` (end = 0) or `dma_buf_end_cpu_access` (end = 1), bidirectional.
+pub const IMPORTER_CPU_ACCESS: u32 = _IOWR::<ImporterArgs>(MAGIC, 7);
+
+/// FNV-1a 64 offset basis: the checksum of no bytes.
+pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// One FNV-1a 64 step; both sides checksum with this.
+pub const fn fnv1a(h: u64, byte: u8) -> u64 {
+    (h ^ byte as u64).wrapping_mul(0x0000_0100_0000_01b3)
+}
