@@ -248,10 +248,11 @@ impl dma_heap::Heap for RustSystemHeap {
             open_brackets: AtomicU64::new(0),
             ion_maps: AtomicU64::new(0),
         };
-        let exported = dma_buf::export(c_str!("rust_system"), chunks, len, fd_flags, policy)?;
+        // Counted before export: if export fails, dropping the buffer runs `released`, which
+        // takes the count back.
         self.stats.live_buffers.fetch_add(1, Relaxed);
         self.stats.live_bytes.fetch_add(len as u64, Relaxed);
-        Ok(exported)
+        dma_buf::export(c_str!("rust_system"), chunks, len, fd_flags, policy)
     }
 }
 

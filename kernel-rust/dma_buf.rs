@@ -207,7 +207,8 @@ pub trait Exporter: Sized + Send + Sync + 'static {
     fn vmapped(_buf: &PageBuffer<Self>, _created: bool) {}
     /// Called after a reference was dropped; `destroyed` if it was the last one.
     fn vunmapped(_buf: &PageBuffer<Self>, _destroyed: bool) {}
-    /// Called when the buffer is released, before its pages are freed.
+    /// Called when the buffer is released, before its pages are freed; also when
+    /// [`export`] fails after building the buffer.
     fn released(_buf: &PageBuffer<Self>) {}
 }
 

@@ -216,6 +216,25 @@ impl Totals {
     }
 }
 
+/// Runs a per-heap body in a child, between kernel-log markers naming test and heap.
+fn run_on_heap(
+    out: &mut Out,
+    name: &str,
+    heap: &str,
+    f: fn(&mut Ctx, &Heap) -> Result<(), Stop>,
+    timeout: Duration,
+) -> ChildResult {
+    let label = format!("{name}/{heap}");
+    out.kmsg(&format!("begin {label}"));
+    let r = run_in_child(timeout, |ctx| {
+        let h =
+            Heap::open(heap).map_err(|e| Stop::Fail(format!("open {DMA_HEAP_DIR}/{heap}: {e}")))?;
+        f(ctx, &h)
+    });
+    out.kmsg(&format!("end {label}"));
+    r
+}
+
 /// Runs the selected cases and prints KTAP; returns the totals of leaf results.
 pub fn run(cases: &[&Case], timeout: Duration, out: &mut Out) -> Totals {
     let mut totals = Totals::default();
@@ -250,14 +269,7 @@ pub fn run(cases: &[&Case], timeout: Duration, out: &mut Out) -> Totals {
                     );
                     continue;
                 }
-                let label = format!("{}/{heap}", case.name);
-                out.kmsg(&format!("begin {label}"));
-                let r = run_in_child(timeout, |ctx| {
-                    let h = Heap::open(heap)
-                        .map_err(|e| Stop::Fail(format!("open {DMA_HEAP_DIR}/{heap}: {e}")))?;
-                    f(ctx, &h)
-                });
-                out.kmsg(&format!("end {label}"));
+                let r = run_on_heap(out, case.name, heap, f, timeout);
                 totals.add(&r.status);
                 report(out, 0, n, case.name, &r);
             }
@@ -291,15 +303,8 @@ pub fn run(cases: &[&Case], timeout: Duration, out: &mut Out) -> Totals {
                 let mut all_skip = true;
                 let started = Instant::now();
                 for (j, heap) in names.iter().enumerate() {
-                    let label = format!("{}/{heap}", case.name);
-                    out.line(1, &format!("# heaprig-begin: {label}"));
-                    out.kmsg(&format!("begin {label}"));
-                    let r = run_in_child(timeout, |ctx| {
-                        let h = Heap::open(heap)
-                            .map_err(|e| Stop::Fail(format!("open {DMA_HEAP_DIR}/{heap}: {e}")))?;
-                        f(ctx, &h)
-                    });
-                    out.kmsg(&format!("end {label}"));
+                    out.line(1, &format!("# heaprig-begin: {}/{heap}", case.name));
+                    let r = run_on_heap(out, case.name, heap, f, timeout);
                     totals.add(&r.status);
                     any_fail |= matches!(r.status, Status::Fail(_));
                     all_skip &= matches!(r.status, Status::Skip(_));

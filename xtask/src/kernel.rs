@@ -403,15 +403,8 @@ pub fn configure(
 }
 
 fn toolchain_identity(env: &Env) -> String {
-    let sh = &env.sh;
     let v = |tool: &str| {
-        cmd!(sh, "{tool} --version")
-            .quiet()
-            .ignore_stderr()
-            .read()
-            .ok()
-            .and_then(|o| o.lines().next().map(str::to_string))
-            .unwrap_or_else(|| format!("{tool}: not found"))
+        crate::setup::tool_version(&env.sh, tool).unwrap_or_else(|| format!("{tool}: not found"))
     };
     [v(KERNEL_RUSTC), v("bindgen"), v("clang"), v("ld.lld")].join("\n")
 }

@@ -20,6 +20,15 @@ use clap::Parser;
 
 use flags::{Cmd, Xtask};
 
+/// A captured log from `xtask/tests/fixtures/`, for the parser tests.
+#[cfg(test)]
+fn fixture(name: &str) -> String {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
 fn main() -> ExitCode {
     let flags = Xtask::parse();
     let result = env::Env::new().and_then(|env| match flags.cmd {

@@ -220,10 +220,7 @@ mod tests {
     use crate::{ktap, splat};
 
     fn run() -> RunResult {
-        let text = std::fs::read_to_string(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/guest-pass.ktap"),
-        )
-        .unwrap();
+        let text = crate::fixture("guest-pass.ktap");
         let k = ktap::parse(&text);
         let log = "[ 1.0] heaprig: begin set_name/system\n[ 1.1] BUG: KASAN: use-after-free in f <x>\n[ 1.3] heaprig: end set_name/system\n";
         let names: Vec<String> = k.tests.iter().map(|t| t.name.clone()).collect();

@@ -266,12 +266,7 @@ mod tests {
     use super::*;
     use crate::{ktap, splat};
 
-    fn fixture(name: &str) -> String {
-        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures")
-            .join(name);
-        std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-    }
+    use crate::fixture;
 
     fn names(k: &Ktap) -> Vec<String> {
         k.tests.iter().map(|t| t.name.clone()).collect()

@@ -28,6 +28,8 @@ const DEB: &[(&str, &str)] = &[
     ("lld", "linker for LLVM=1"),
     ("llvm", "llvm-ar/nm/objcopy for LLVM=1"),
     ("libclang-dev", "libclang for bindgen"),
+    ("make", "kernel build"),
+    ("patch", "applies kernel-patches/ to the private tree"),
     ("flex", "kconfig"),
     ("bison", "kconfig"),
     ("bc", "kernel build"),
@@ -70,7 +72,8 @@ fn deb_version(sh: &Shell, pkg: &str) -> Option<String> {
     status.ends_with(" installed").then(|| version.to_string())
 }
 
-fn tool_version(sh: &Shell, tool: &str) -> Option<String> {
+/// First line of `tool --version`, if the tool runs.
+pub fn tool_version(sh: &Shell, tool: &str) -> Option<String> {
     cmd!(sh, "{tool} --version")
         .quiet()
         .ignore_stderr()

@@ -225,12 +225,7 @@ pub fn is_panic_line(line: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn fixture(name: &str) -> String {
-        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures")
-            .join(name);
-        std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-    }
+    use crate::fixture;
 
     #[test]
     fn normalises_volatile_values() {

@@ -34,6 +34,15 @@ fn patterned(heap: &Heap, seed: u8) -> Result<(DmaBuf, u64), Stop> {
     Ok((buf, sum))
 }
 
+/// Bytes of `buf` that do not read `byte` through a fresh mapping, under SYNC READ.
+fn count_not(buf: &DmaBuf, byte: u8) -> Result<usize, Stop> {
+    let map = buf.mmap(0, LEN as usize).context("mmap")?;
+    buf.sync_start(Access::Read).context("SYNC START")?;
+    let bad = map.as_slice().iter().filter(|&&b| b != byte).count();
+    buf.sync_end(Access::Read).context("SYNC END")?;
+    Ok(bad)
+}
+
 fn current_vmaps(heap: &Heap) -> Option<u64> {
     heap_stats(&heap.name).map(|s| s["current_vmaps"])
 }
@@ -63,12 +72,9 @@ pub fn vmap_reads_user_writes(ctx: &mut Ctx, heap: &Heap) -> Outcome {
 pub fn vmap_writes_visible_to_user(ctx: &mut Ctx, heap: &Heap) -> Outcome {
     let imp = importer()?;
     let buf = heap.alloc(LEN).context("alloc")?;
-    let map = buf.mmap(0, LEN as usize).context("mmap")?;
     imp.on(IMPORTER_VMAP, &buf, OP_FILL, 0xab)
         .context("IMPORTER_VMAP fill")?;
-    buf.sync_start(Access::Read).context("SYNC START")?;
-    let bad = map.as_slice().iter().filter(|&&b| b != 0xab).count();
-    buf.sync_end(Access::Read).context("SYNC END")?;
+    let bad = count_not(&buf, 0xab)?;
     ensure!(bad == 0, "{bad} bytes do not show the kernel's 0xab");
     ctx.fact("kernel fill via vmap", "visible through mmap after SYNC");
     Ok(())
@@ -124,10 +130,7 @@ pub fn kmap_walk_matches_vmap(ctx: &mut Ctx, heap: &Heap) -> Outcome {
     // Kernel writes page by page are visible to user space too.
     imp.on(IMPORTER_KMAP_WALK, &buf, OP_FILL, 0x5c)
         .context("kmap walk fill")?;
-    let map = buf.mmap(0, LEN as usize).context("mmap")?;
-    buf.sync_start(Access::Read).context("SYNC START")?;
-    let bad = map.as_slice().iter().filter(|&&b| b != 0x5c).count();
-    buf.sync_end(Access::Read).context("SYNC END")?;
+    let bad = count_not(&buf, 0x5c)?;
     ensure!(bad == 0, "{bad} bytes miss the kmap walk's fill");
     Ok(())
 }
