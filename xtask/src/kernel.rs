@@ -454,6 +454,10 @@ pub fn build(env: &Env, src: &Source, profile: Profile) -> Result<Built> {
             build_dir.display()
         );
     }
+    // A corrupt image can be newer than everything it is made from; make would keep it.
+    if bzimage.exists() && !is_bzimage(&bzimage) {
+        fs::remove_file(&bzimage)?;
+    }
     // Remove the key first: an interrupted build must never look complete.
     let _ = fs::remove_file(&key_file);
     fs::write(&log, "")?;
@@ -636,6 +640,51 @@ mod tests {
         fs::write(&p, &b).unwrap();
         assert!(is_bzimage(&p));
         assert!(!is_bzimage(&dir.path().join("missing")));
+    }
+
+    /// A user tree the patches do not fit: the failing patch is named, with patch's output,
+    /// and the user's tree is left exactly as it was.
+    #[test]
+    fn a_patch_that_does_not_apply_is_named_and_the_users_tree_is_untouched() {
+        let tmp = tempfile::tempdir().unwrap();
+        let tree = tmp.path().join("linux");
+        fs::create_dir_all(tree.join("arch/x86")).unwrap();
+        fs::write(tree.join("Makefile"), "VERSION = 6\nPATCHLEVEL = 12\n").unwrap();
+        fs::write(tree.join("Kconfig"), "mainmenu \"x\"\n").unwrap();
+        fs::write(tree.join("arch/x86/Kconfig"), "config X86\n\tdef_bool y\n").unwrap();
+        let before: Vec<_> = walk(&tree);
+        let env = Env {
+            sh: xshell::Shell::new().unwrap(),
+            root: Path::new(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .unwrap()
+                .to_path_buf(),
+            cache: tmp.path().join("cache"),
+        };
+        let err = match prepare_source(&env, Some(&tree)) {
+            Ok(_) => panic!("patches applied to an empty tree"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(
+            err.contains("kernel patch") && err.contains("does not apply"),
+            "{err}"
+        );
+        assert!(err.contains("0001-"), "{err}");
+        assert_eq!(walk(&tree), before, "the user's tree changed");
+    }
+
+    fn walk(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+        let mut out = Vec::new();
+        for e in fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push((p.clone(), fs::read(&p).unwrap()));
+            }
+        }
+        out.sort();
+        out
     }
 
     #[test]

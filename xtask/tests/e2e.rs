@@ -144,3 +144,69 @@ fn shell_is_interactive() {
     p.send_line("exit").unwrap();
     p.exp_eof().expect("shell ended and QEMU exited");
 }
+
+/// A guest panic and a guest hang each end the run with exit 2 and a paragraph that says so,
+/// QEMU is reaped, and the console tail is shown.
+#[test]
+#[ignore = "boots the test kernel (minutes); CI runs it with --ignored"]
+fn guest_panic_and_hang_are_bounded() {
+    let _vm = VM.lock().unwrap_or_else(|e| e.into_inner());
+    let table: &[(&[&str], &str)] = &[
+        (
+            &[
+                "sh",
+                "-c",
+                "echo PANIC > /sys/kernel/debug/provoke-crash/DIRECT",
+            ],
+            "the guest kernel panicked",
+        ),
+        (&["sleep", "600"], "passed its 60s limit"),
+    ];
+    for (cmd, says) in table {
+        let mut args = vec!["exec", "--accel", "tcg", "--run-timeout", "60", "--"];
+        args.extend_from_slice(cmd);
+        let t = std::time::Instant::now();
+        let out = xtask(&args);
+        assert_eq!(out.status.code(), Some(2), "{cmd:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{cmd:?}: {says:?} not in {err}");
+        assert!(
+            t.elapsed().as_secs() < 120,
+            "{cmd:?} took {:?}",
+            t.elapsed()
+        );
+        assert!(
+            !String::from_utf8_lossy(
+                &Command::new("pgrep")
+                    .arg("-f")
+                    .arg("qemu-system")
+                    .output()
+                    .unwrap()
+                    .stdout
+            )
+            .contains(char::is_numeric),
+            "QEMU left running after {cmd:?}"
+        );
+    }
+}
+
+/// A cached build whose bzImage is corrupt is detected and relinked, not booted.
+#[test]
+#[ignore = "boots the test kernel (minutes); CI runs it with --ignored"]
+fn corrupt_cached_image_is_rebuilt() {
+    let _vm = VM.lock().unwrap_or_else(|e| e.into_inner());
+    let out = xtask(&["build"]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let image = text
+        .lines()
+        .find_map(|l| l.strip_prefix("kernel: "))
+        .expect("build prints the kernel path")
+        .to_string();
+    std::fs::write(&image, b"not a kernel").unwrap();
+    let out = xtask(&["build"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("has no valid bzImage; rebuilding"));
+    let bytes = std::fs::read(&image).unwrap();
+    assert_eq!(&bytes[0x202..0x206], b"HdrS", "rebuilt image is a bzImage");
+}
