@@ -9,9 +9,9 @@
 //! - `begin_cpu_access` never creates a kernel mapping (the 2018 ION regression: every sync
 //!   paid for `alloc_vmap_area`); it syncs the mapped attachments only.
 //! - CPU access brackets are counted per buffer and never go below zero: an END without a
-//!   START is a counted no-op. It cannot be an error because the C system heap accepts it
-//!   and user space relies on SYNC_END succeeding; and it must not touch any mapping, which
-//!   is exactly what made ION's `kmap_cnt` go negative.
+//!   START is counted and touches no mapping (what made ION's `kmap_cnt` go negative); it
+//!   still syncs mapped attachments for the device and succeeds, as the C system heap does,
+//!   because the bracket count is per buffer, not per file, and user space relies on it.
 //! - vmap is refcounted under the buffer lock (nested vmaps share one mapping), torn down at
 //!   the last vunmap; see `kernel::dma_buf::PageBuffer`.
 //! - `ion_compat` (debugfs, off by default) makes `begin_cpu_access` take a kernel mapping
@@ -140,8 +140,6 @@ static HEAP: RustSystemHeap = RustSystemHeap {
 struct Policy {
     /// STARTs not yet matched by an END; never below zero.
     open_brackets: AtomicU64,
-    /// Kernel mapping references taken by `begin_cpu_access` in ION mode, not yet dropped.
-    ion_maps: AtomicU64,
 }
 
 /// Decrements `v` unless it is zero; returns whether it did.
@@ -154,9 +152,9 @@ impl Exporter for Policy {
     fn begin_cpu_access(buf: &PageBuffer<Self>, dir: DataDirection) -> Result {
         HEAP.stats.begin_cpu_access.fetch_add(1, Relaxed);
         if HEAP.ion_compat.0.load(Relaxed) {
-            // Old ION: a kernel mapping for every sync, dropped by the matching END.
-            buf.vmap()?;
-            buf.data().ion_maps.fetch_add(1, Relaxed);
+            // Old ION: a kernel mapping for every sync, dropped by the matching END. The
+            // reference is the exporter's, so no END can drop one an importer holds.
+            buf.map_kernel()?;
         }
         buf.data().open_brackets.fetch_add(1, Relaxed);
         // No kernel mapping is created here. An existing one would need
@@ -167,13 +165,13 @@ impl Exporter for Policy {
 
     fn end_cpu_access(buf: &PageBuffer<Self>, dir: DataDirection) -> Result {
         HEAP.stats.end_cpu_access.fetch_add(1, Relaxed);
-        if !dec_if_positive(&buf.data().open_brackets) {
+        if dec_if_positive(&buf.data().open_brackets) {
+            // Drops this bracket's ION-mode mapping, if it took one; false otherwise.
+            buf.unmap_kernel();
+        } else {
             HEAP.stats.unmatched_end_cpu_access.fetch_add(1, Relaxed);
-            return Ok(());
         }
-        if dec_if_positive(&buf.data().ion_maps) {
-            buf.vunmap();
-        }
+        // Like the C heap, always hand the memory back to mapped devices.
         buf.sync_attachments(dir, false);
         Ok(())
     }
@@ -192,10 +190,8 @@ impl Exporter for Policy {
     }
 
     fn released(buf: &PageBuffer<Self>) {
-        // ION-mode references a client never ended are ours to drop.
-        while dec_if_positive(&buf.data().ion_maps) {
-            buf.vunmap();
-        }
+        // The abstraction has dropped ION-mode references already; this is a core reference
+        // left behind, which it warns about.
         if buf.vmap_count() > 0 {
             dec_if_positive(&HEAP.stats.current_vmaps);
         }
@@ -228,7 +224,9 @@ impl dma_heap::Heap for RustSystemHeap {
             self.stats.alloc_refused_too_large.fetch_add(1, Relaxed);
             return Err(ENOMEM);
         }
-        let mut chunks = KVec::new();
+        // kvmalloc-backed: a fragmented 1 GiB buffer needs 2^18 order-0 chunks, more than
+        // kmalloc can hold in one array.
+        let mut chunks = KVVec::new();
         let mut remaining = len;
         let mut max_order = ORDERS[0];
         while remaining > 0 {
@@ -246,13 +244,13 @@ impl dma_heap::Heap for RustSystemHeap {
         }
         let policy = Policy {
             open_brackets: AtomicU64::new(0),
-            ion_maps: AtomicU64::new(0),
         };
-        // Counted before export: if export fails, dropping the buffer runs `released`, which
-        // takes the count back.
+        let exported = dma_buf::export(c_str!("rust_system"), chunks, len, fd_flags, policy)?;
+        // Counted after export: `released` runs only for exported buffers, and not before
+        // the core has installed the fd, which happens after this returns.
         self.stats.live_buffers.fetch_add(1, Relaxed);
         self.stats.live_bytes.fetch_add(len as u64, Relaxed);
-        dma_buf::export(c_str!("rust_system"), chunks, len, fd_flags, policy)
+        Ok(exported)
     }
 }
 
@@ -260,9 +258,17 @@ struct RustSystemHeapModule;
 
 impl kernel::Module for RustSystemHeapModule {
     fn init(_module: &'static ThisModule) -> Result<Self> {
-        let dir = debugfs::Dir::new(c_str!("rust_system_heap"))?;
-        dir.file(c_str!("stats"), 0o444, &HEAP.stats)?;
-        dir.file(c_str!("ion_compat"), 0o644, &HEAP.ion_compat)?;
+        // debugfs is optional equipment: the heap works without it.
+        let files = debugfs::Dir::new(c_str!("rust_system_heap")).and_then(|dir| {
+            dir.file(c_str!("stats"), 0o444, &HEAP.stats)?;
+            dir.file(c_str!("ion_compat"), 0o644, &HEAP.ion_compat)
+        });
+        if let Err(e) = files {
+            pr_warn!(
+                "no debugfs files ({:?}); stats and ion_compat unavailable\n",
+                e
+            );
+        }
         dma_heap::register(c_str!("rust_system"), &HEAP)?;
         pr_info!("registered /dev/dma_heap/rust_system\n");
         Ok(Self)

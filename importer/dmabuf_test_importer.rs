@@ -47,8 +47,22 @@ struct Importer {
     next_handle: AtomicU64,
 }
 
+/// Most vmaps one importer keeps at a time (each pins a buffer).
+const MAX_HOLDS: usize = 4096;
+
+/// Rejects argument blocks with an unknown operation or a fill that is not a byte.
+fn validate(args: &ImporterArgs) -> Result {
+    if !matches!(args.op, OP_CHECKSUM | OP_FILL | OP_NONE) || args.fill > 0xff {
+        return Err(EINVAL);
+    }
+    Ok(())
+}
+
 /// Checksums (FNV-1a 64, as user space computes it) and optionally fills `b`.
 fn checksum_and_fill(b: &Bytes<'_>, h: u64, args: &ImporterArgs) -> u64 {
+    if args.op == OP_NONE {
+        return h;
+    }
     let mut h = h;
     b.for_each(|x| h = fnv1a(h, x));
     if args.op == OP_FILL {
@@ -77,10 +91,10 @@ impl Importer {
 
     fn kmap_walk(&self, dev: &kernel::device::Device, args: &mut ImporterArgs) -> Result {
         let buf = DmaBufRef::from_fd(args.fd)?;
-        let att = buf.attach(dev)?;
+        let mut att = buf.attach(dev)?;
         let map = att.map(DataDirection::Bidirectional)?;
         let mut h = FNV_OFFSET;
-        args.pages = map.walk_pages(|b| h = checksum_and_fill(b, h, args)) as u64;
+        args.pages = map.walk_pages(|b| h = checksum_and_fill(b, h, args))? as u64;
         args.checksum = h;
         Ok(())
     }
@@ -90,20 +104,18 @@ impl Importer {
             return Err(EINVAL);
         }
         let buf = DmaBufRef::from_fd(args.fd)?;
-        let a1 = buf.attach(dev)?;
-        let a2 = if args.count == 2 {
-            Some(buf.attach(dev)?)
-        } else {
-            None
-        };
-        // Both stay attached; each is mapped in turn, because two live mappings of the same
+        let mut atts = KVec::new();
+        for _ in 0..args.count {
+            atts.push(buf.attach(dev)?, GFP_KERNEL)?;
+        }
+        // All stay attached; each is mapped in turn, because two live mappings of the same
         // pages for one device overlap, which DMA-API debug rightly reports.
         let mut pages = 0;
-        for att in Iterator::chain(core::iter::once(&a1), a2.as_ref()) {
+        for att in atts.iter_mut() {
             let m = att.map(DataDirection::Bidirectional)?;
             buf.begin_cpu_access(DataDirection::Bidirectional)?;
             buf.end_cpu_access(DataDirection::Bidirectional)?;
-            pages += m.walk_pages(|_| ()) as u64;
+            pages += m.walk_pages(|_| ())? as u64;
         }
         args.pages = pages;
         Ok(())
@@ -112,7 +124,11 @@ impl Importer {
     fn hold(&self, args: &mut ImporterArgs) -> Result {
         let map = DmaBufRef::from_fd(args.fd)?.vmap()?;
         let handle = self.next_handle.fetch_add(1, Relaxed);
-        self.holds.lock().push(Hold { handle, map }, GFP_KERNEL)?;
+        let mut holds = self.holds.lock();
+        if holds.len() >= MAX_HOLDS {
+            return Err(ENOSPC);
+        }
+        holds.push(Hold { handle, map }, GFP_KERNEL)?;
         args.handle = handle;
         Ok(())
     }
@@ -164,6 +180,7 @@ impl MiscDevice for Importer {
         let size = core::mem::size_of::<ImporterArgs>();
         let (mut r, mut w) = UserSlice::new(arg, size).reader_writer();
         let mut args: ImporterArgs = r.read()?;
+        validate(&args)?;
         let imp = reg.data();
         match cmd {
             IMPORTER_VMAP => imp.vmap(&mut args)?,

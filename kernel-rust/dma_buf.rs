@@ -8,14 +8,17 @@
 //!
 //! A [`PageBuffer`] owns its pages and implements the parts of `struct dma_buf_ops` every
 //! page-backed exporter needs in the same way: attach (each attachment gets its own copy of
-//! the scatter-gather table), map/unmap for a device, a refcounted kernel mapping (vmap), and
-//! release. The exporter's policy (CPU access brackets, mmap) comes from an [`Exporter`]
+//! the scatter-gather table), map/unmap for a device, a refcounted kernel mapping (vmap),
+//! mmap, and release. The exporter's policy (CPU access brackets) comes from an [`Exporter`]
 //! implementation, which never handles a raw pointer.
 //!
-//! Locking, as the dma-buf core calls the ops in 6.12: `vmap`, `vunmap` and `map_dma_buf` run
-//! with the reservation lock held, `attach`, `detach`, `begin_cpu_access`, `end_cpu_access`
-//! and `mmap` without it. The buffer's own mutex therefore nests inside the reservation lock
-//! and is never held while taking it.
+//! Locking, as the dma-buf core calls the ops in 6.12: `vmap`, `vunmap`, `map_dma_buf` and
+//! `unmap_dma_buf` run with the reservation lock held, `attach`, `detach`,
+//! `begin_cpu_access`, `end_cpu_access` and `mmap` without it. The buffer's own mutex
+//! therefore nests inside the reservation lock and is never held while taking it.
+//!
+//! Architecture note: kernel-mapping cache maintenance (`invalidate_kernel_vmap_range`,
+//! `flush_kernel_vmap_range`) is a no-op on x86, the only architecture this is built for.
 
 use crate::{
     bindings,
@@ -134,12 +137,8 @@ impl SgTable {
     /// The pages in `chunks` must outlive the returned table.
     unsafe fn new(chunks: &[Pages]) -> Result<KBox<Self>> {
         // SAFETY: an all-zero `sg_table` is its documented empty state.
-        let mut t = KBox::new(
-            SgTable {
-                table: unsafe { core::mem::zeroed() },
-            },
-            GFP_KERNEL,
-        )?;
+        let empty: bindings::sg_table = unsafe { core::mem::zeroed() };
+        let mut t = KBox::new(SgTable { table: empty }, GFP_KERNEL)?;
         let n = u32::try_from(chunks.len()).map_err(|_| EINVAL)?;
         // SAFETY: `t.table` is a valid, empty table.
         to_result(unsafe { bindings::sg_alloc_table(&mut t.table, n, bindings::GFP_KERNEL) })?;
@@ -183,9 +182,17 @@ struct AttachmentRec {
 struct State {
     /// Attachment records; each also sits in its `dma_buf_attachment::priv`.
     attachments: KVec<*mut AttachmentRec>,
+    /// All references on the kernel mapping: the core's (at most one, see `dma_buf_vmap`)
+    /// plus the exporter's own.
     vmap_count: usize,
+    /// The exporter's share of `vmap_count`, so it can never drop a reference the core holds.
+    exporter_refs: usize,
     vaddr: Option<NonNull<c_void>>,
 }
+
+// SAFETY: the attachment records are owned by their attachments and only touched under the
+// buffer mutex; `vaddr` is a kernel address, valid from any thread while mapped.
+unsafe impl Send for State {}
 
 /// A mapped kernel address of the whole buffer, as `vmap` made it.
 #[derive(Clone, Copy, Debug)]
@@ -207,15 +214,17 @@ pub trait Exporter: Sized + Send + Sync + 'static {
     fn vmapped(_buf: &PageBuffer<Self>, _created: bool) {}
     /// Called after a reference was dropped; `destroyed` if it was the last one.
     fn vunmapped(_buf: &PageBuffer<Self>, _destroyed: bool) {}
-    /// Called when the buffer is released, before its pages are freed; also when
-    /// [`export`] fails after building the buffer.
+    /// Called when an exported buffer is released, before its pages are freed (never for a
+    /// buffer whose export failed).
     fn released(_buf: &PageBuffer<Self>) {}
 }
 
 /// A page-backed buffer exported as a dma-buf.
 pub struct PageBuffer<T: Exporter> {
-    chunks: KVec<Pages>,
+    chunks: KVVec<Pages>,
     len: usize,
+    /// Set once `dma_buf_export` succeeded: only then does [`Exporter::released`] run.
+    exported: core::sync::atomic::AtomicBool,
     state: Pin<KBox<Mutex<State>>>,
     data: T,
 }
@@ -268,18 +277,30 @@ impl<T: Exporter> PageBuffer<T> {
             .count()
     }
 
-    /// Takes a reference on the kernel mapping of the whole buffer, creating it if none
-    /// exists. Nested calls share one mapping; [`PageBuffer::vunmap`] drops the reference.
-    pub fn vmap(&self) -> Result<KernelMapping> {
-        let m = self.vmap_locked()?;
+    /// Takes a kernel-mapping reference owned by the exporter (ION mode maps on every
+    /// START), creating the mapping if none exists; nested references share it. Dropped with
+    /// [`PageBuffer::unmap_kernel`], or at release.
+    pub fn map_kernel(&self) -> Result<KernelMapping> {
+        self.vmap_ref(true)
+    }
+
+    /// Drops one exporter-owned reference; `false` when the exporter holds none, so no
+    /// sequence of calls can drop a reference the dma-buf core (an importer) still uses.
+    pub fn unmap_kernel(&self) -> bool {
+        self.vunmap_ref(true)
+    }
+
+    fn vmap_ref(&self, exporter: bool) -> Result<KernelMapping> {
+        let m = self.vmap_locked(exporter)?;
         T::vmapped(self, m.created);
         Ok(m)
     }
 
-    fn vmap_locked(&self) -> Result<KernelMapping> {
+    fn vmap_locked(&self, exporter: bool) -> Result<KernelMapping> {
         let mut state = self.state.lock();
         if let Some(addr) = state.vaddr {
             state.vmap_count += 1;
+            state.exporter_refs += usize::from(exporter);
             return Ok(KernelMapping {
                 addr,
                 created: false,
@@ -299,36 +320,37 @@ impl<T: Exporter> PageBuffer<T> {
         let addr = NonNull::new(addr).ok_or(ENOMEM)?;
         state.vaddr = Some(addr);
         state.vmap_count = 1;
+        state.exporter_refs = usize::from(exporter);
         Ok(KernelMapping {
             addr,
             created: true,
         })
     }
 
-    /// Drops one reference taken by [`PageBuffer::vmap`]; the last one unmaps. An unbalanced
-    /// call is refused with a warning instead of unmapping a mapping someone still uses.
-    pub fn vunmap(&self) {
+    /// Drops one reference; the last one unmaps. An unbalanced call is refused (with a
+    /// warning for the core's) instead of unmapping a mapping someone still uses.
+    fn vunmap_ref(&self, exporter: bool) -> bool {
         let mut state = self.state.lock();
-        let destroyed = match state.vmap_count {
-            0 => {
-                pr_warn!("dma-buf: vunmap without a matching vmap ignored\n");
-                return;
+        if exporter {
+            if state.exporter_refs == 0 {
+                return false;
             }
-            1 => {
-                state.vmap_count = 0;
-                if let Some(addr) = state.vaddr.take() {
-                    // SAFETY: `addr` came from `vmap` and this was its last reference.
-                    unsafe { bindings::vunmap(addr.as_ptr()) };
-                }
-                true
+            state.exporter_refs -= 1;
+        } else if state.vmap_count <= state.exporter_refs {
+            pr_warn!("dma-buf: vunmap without a matching vmap ignored\n");
+            return false;
+        }
+        let destroyed = state.vmap_count == 1;
+        state.vmap_count -= 1;
+        if destroyed {
+            if let Some(addr) = state.vaddr.take() {
+                // SAFETY: `addr` came from `vmap` and this was its last reference.
+                unsafe { bindings::vunmap(addr.as_ptr()) };
             }
-            _ => {
-                state.vmap_count -= 1;
-                false
-            }
-        };
+        }
         drop(state);
         T::vunmapped(self, destroyed);
+        true
     }
 
     /// Current number of kernel mapping references.
@@ -406,7 +428,11 @@ impl<T: Exporter> PageBuffer<T> {
 
 impl<T: Exporter> Drop for PageBuffer<T> {
     fn drop(&mut self) {
-        T::released(self);
+        // References the exporter never dropped (an ION-mode START without END) are ours.
+        while self.vunmap_ref(true) {}
+        if self.exported.load(core::sync::atomic::Ordering::Acquire) {
+            T::released(self);
+        }
         let mut state = self.state.lock();
         if state.vmap_count != 0 {
             pr_warn!(
@@ -477,18 +503,25 @@ impl Vma {
 pub struct Exported(pub(crate) NonNull<bindings::dma_buf>);
 
 /// Exports `chunks` (covering `len` bytes) with policy `data` as a dma-buf named `name`.
+///
+/// `len` must equal the chunks' total size (and not be zero), or this fails with `EINVAL`:
+/// importers read `len` bytes of every mapping.
 pub fn export<T: Exporter>(
     name: &'static CStr,
-    chunks: KVec<Pages>,
+    chunks: KVVec<Pages>,
     len: usize,
     fd_flags: u32,
     data: T,
 ) -> Result<Exported> {
+    if len == 0 || chunks.iter().map(Pages::size).sum::<usize>() != len {
+        return Err(EINVAL);
+    }
     let state = KBox::pin_init(
         crate::new_mutex!(
             State {
                 attachments: KVec::new(),
                 vmap_count: 0,
+                exporter_refs: 0,
                 vaddr: None,
             },
             "PageBuffer::state"
@@ -499,6 +532,7 @@ pub fn export<T: Exporter>(
         PageBuffer {
             chunks,
             len,
+            exported: core::sync::atomic::AtomicBool::new(false),
             state,
             data,
         },
@@ -516,7 +550,16 @@ pub fn export<T: Exporter>(
     // SAFETY: `info` is fully initialised and `priv_` points to a live `PageBuffer<T>`.
     let dmabuf = unsafe { bindings::dma_buf_export(&info) };
     match crate::error::from_err_ptr(dmabuf) {
-        Ok(p) => Ok(Exported(NonNull::new(p).ok_or(ENOMEM)?)),
+        Ok(p) => {
+            // SAFETY: the buffer is live: the core holds it and nothing can release it before
+            // the caller installs the fd.
+            unsafe {
+                (*raw)
+                    .exported
+                    .store(true, core::sync::atomic::Ordering::Release)
+            };
+            Ok(Exported(NonNull::new(p).ok_or(ENOMEM)?))
+        }
         Err(e) => {
             // SAFETY: the core does not call `release` when export fails, so we still own it.
             drop(unsafe { KBox::from_raw(raw) });
@@ -694,7 +737,7 @@ impl<T: Exporter> OpsTable<T> {
         from_result(|| {
             // SAFETY: the core passes our live buffer.
             let buf = unsafe { Self::buffer(dmabuf) };
-            let m = buf.vmap()?;
+            let m = buf.vmap_ref(false)?;
             // SAFETY: `map` is valid; this is `iosys_map_set_vaddr`.
             unsafe {
                 (*map).__bindgen_anon_1.vaddr = m.addr.as_ptr();
@@ -709,7 +752,7 @@ impl<T: Exporter> OpsTable<T> {
     /// Called by the dma-buf core, reservation lock held, for a map `vmap` filled.
     unsafe extern "C" fn vunmap(dmabuf: *mut bindings::dma_buf, map: *mut bindings::iosys_map) {
         // SAFETY: the core passes our live buffer.
-        unsafe { Self::buffer(dmabuf) }.vunmap();
+        unsafe { Self::buffer(dmabuf) }.vunmap_ref(false);
         // SAFETY: `map` is valid; this is `iosys_map_clear`.
         unsafe {
             (*map).__bindgen_anon_1.vaddr = core::ptr::null_mut();
@@ -838,7 +881,7 @@ impl DmaBufRef {
     }
 
     /// `dma_buf_attach` for `dev`.
-    pub fn attach(&self, dev: &crate::device::Device) -> Result<Attachment<'_>> {
+    pub fn attach<'a>(&'a self, dev: &'a crate::device::Device) -> Result<Attachment<'a>> {
         // SAFETY: the buffer is alive and `dev` is a valid device.
         let a = unsafe { bindings::dma_buf_attach(self.as_ptr(), dev.as_raw()) };
         let a = crate::error::from_err_ptr(a)?;
@@ -904,8 +947,8 @@ pub struct Attachment<'a> {
 }
 
 impl Attachment<'_> {
-    /// `dma_buf_map_attachment_unlocked`.
-    pub fn map(&self, dir: DataDirection) -> Result<Mapping<'_>> {
+    /// `dma_buf_map_attachment_unlocked`; `&mut` so one attachment has one mapping at a time.
+    pub fn map(&mut self, dir: DataDirection) -> Result<Mapping<'_>> {
         // SAFETY: `att` is a live attachment (type invariant).
         let t =
             unsafe { bindings::dma_buf_map_attachment_unlocked(self.att.as_ptr(), dir.as_raw()) };
@@ -938,7 +981,7 @@ impl Mapping<'_> {
     ///
     /// Needs `CONFIG_DMABUF_DEBUG=n`: the debug option scrambles the page pointers of mapped
     /// tables precisely to stop importers from doing this.
-    pub fn walk_pages(&self, mut f: impl FnMut(&Bytes<'_>)) -> usize {
+    pub fn walk_pages(&self, mut f: impl FnMut(&Bytes<'_>)) -> Result<usize> {
         let mut pages = 0;
         // SAFETY: the table is mapped and valid until `self` is dropped.
         let (mut sg, n) = unsafe {
@@ -950,31 +993,36 @@ impl Mapping<'_> {
         for _ in 0..n {
             // SAFETY: `sg` is one of the table's `n` entries.
             let (page, len, off) = unsafe { (bindings::sg_page(sg), (*sg).length, (*sg).offset) };
-            let end = (off + len) as usize;
+            if page.is_null() {
+                // Exporters of memory without `struct page` (device memory) have nothing to
+                // kmap.
+                return Err(EINVAL);
+            }
+            let end = off as usize + len as usize;
             let mut pos = off as usize;
             while pos < end {
                 let idx = pos >> bindings::PAGE_SHIFT;
                 let in_page = pos & (bindings::PAGE_SIZE - 1);
                 let chunk = (bindings::PAGE_SIZE - in_page).min(end - pos);
-                // SAFETY: `page + idx` is a page of this entry (contiguous memmap on x86_64);
-                // the local mapping is undone before the next one.
-                unsafe {
-                    let va = bindings::kmap_local_page(page.add(idx)).cast::<u8>();
-                    // INVARIANT: the page stays mapped until kunmap_local below.
-                    f(&Bytes {
-                        ptr: va.add(in_page),
-                        len: chunk,
-                        _p: PhantomData,
-                    });
-                    bindings::kunmap_local(va.cast());
-                }
+                // SAFETY: `page + idx` is a page of this entry (contiguous memmap on x86_64).
+                let va = unsafe { bindings::kmap_local_page(page.add(idx)) }.cast::<u8>();
+                // INVARIANT: the page stays mapped until `kunmap_local` below.
+                let bytes = Bytes {
+                    // SAFETY: `in_page < PAGE_SIZE`, inside the local mapping.
+                    ptr: unsafe { va.add(in_page) },
+                    len: chunk,
+                    _p: PhantomData,
+                };
+                f(&bytes);
+                // SAFETY: `va` is the most recent local mapping of this task.
+                unsafe { bindings::kunmap_local(va.cast()) };
                 pos += chunk;
                 pages += 1;
             }
             // SAFETY: advancing within the table's `n` entries.
             sg = unsafe { bindings::sg_next(sg) };
         }
-        pages
+        Ok(pages)
     }
 }
 

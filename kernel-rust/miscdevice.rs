@@ -51,18 +51,18 @@ impl<T: MiscDevice> Registration<T> {
         name: &'static CStr,
         init: impl PinInit<T, Error>,
     ) -> Result<&'static Registration<T>> {
+        // SAFETY: an all-zero `miscdevice` is valid; the fields used are set below.
+        let mut misc: bindings::miscdevice = unsafe { core::mem::zeroed() };
+        misc.minor = bindings::MISC_DYNAMIC_MINOR as _;
+        misc.name = name.as_char_ptr();
+        misc.fops = &FopsTable::<T>::FOPS;
+        misc.mode = 0o600;
+        // SAFETY: all-zero DMA parameters are valid; `set_dma_params` fills them in.
+        let parms: bindings::device_dma_parameters = unsafe { core::mem::zeroed() };
         let reg = KBox::pin_init(
             try_pin_init!(Registration {
-                // SAFETY: an all-zero `miscdevice` is valid; the fields used are set below.
-                misc: Opaque::new(bindings::miscdevice {
-                    minor: bindings::MISC_DYNAMIC_MINOR as _,
-                    name: name.as_char_ptr(),
-                    fops: &FopsTable::<T>::FOPS,
-                    mode: 0o600,
-                    ..unsafe { core::mem::MaybeUninit::zeroed().assume_init() }
-                }),
-                // SAFETY: all-zero DMA parameters are valid; `set_dma_params` fills them in.
-                dma_parms: Opaque::new(unsafe { core::mem::zeroed() }),
+                misc: Opaque::new(misc),
+                dma_parms: Opaque::new(parms),
                 data <- init,
             }),
             GFP_KERNEL,

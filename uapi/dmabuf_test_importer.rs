@@ -36,6 +36,8 @@ pub struct ImporterArgs {
 pub const OP_CHECKSUM: u32 = 0;
 /// Fill every byte with `fill` (the checksum is still of the bytes before the fill).
 pub const OP_FILL: u32 = 1;
+/// Touch nothing: only map and unmap (for timing the mapping itself).
+pub const OP_NONE: u32 = 2;
 
 const MAGIC: u32 = b'h' as u32;
 

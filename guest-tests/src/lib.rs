@@ -4,6 +4,7 @@
 //! (facts, failures, skips); `cases` is the table of tests; `runner` runs them in child
 //! processes with timeouts and prints KTAP v1.
 
+pub mod bench;
 pub mod cases;
 pub mod harness;
 pub mod runner;

@@ -8,11 +8,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use guest_tests::bench;
 use guest_tests::cases::CASES;
 use guest_tests::runner::{run, Out};
 use guest_tests::select::select;
 
-const USAGE: &str = "usage: heaprig-guest list [PATTERN...]\n       heaprig-guest run [--timeout SECS] [--results DIR] [PATTERN...]";
+const USAGE: &str = "usage: heaprig-guest list [PATTERN...]\n       heaprig-guest run [--timeout SECS] [--results DIR] [PATTERN...]\n       heaprig-guest bench [--quick] [--out FILE]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -22,6 +23,21 @@ fn main() -> ExitCode {
                 println!("{}", c.name);
             }
             ExitCode::SUCCESS
+        }
+        Some("bench") => {
+            let quick = args.iter().any(|a| a == "--quick");
+            let out = args.iter().position(|a| a == "--out").and_then(|i| args.get(i + 1));
+            let r = match out {
+                Some(path) => File::create(path).and_then(|mut f| bench::run(quick, &mut f)),
+                None => bench::run(quick, &mut std::io::stdout()),
+            };
+            match r {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("heaprig-guest bench: {e}");
+                    ExitCode::from(1)
+                }
+            }
         }
         Some("run") => match parse_run(&args[1..]) {
             Ok((timeout, results, patterns)) => {

@@ -16,7 +16,7 @@ use crate::vm::{self, Ending, Event, Limits};
 
 pub fn exec(env: &Env, a: ExecArgs) -> Result<ExitCode> {
     let mut times = Times::default();
-    let p = prepare(env, &a.vm, &mut times)?;
+    let p = prepare(env, &a.vm, a.vm.kernel.profile(), &mut times)?;
     let spec = spec(env, &a.vm, &p, None);
     let command: Vec<String> = a.command.iter().map(|s| vm::sh_quote(s)).collect();
     let limits = Limits {
@@ -65,7 +65,7 @@ pub fn exec(env: &Env, a: ExecArgs) -> Result<ExitCode> {
 
 pub fn shell(env: &Env, v: VmArgs) -> Result<ExitCode> {
     let mut times = Times::default();
-    let p = prepare(env, &v, &mut times)?;
+    let p = prepare(env, &v, v.kernel.profile(), &mut times)?;
     let code = vm::interactive(&spec(env, &v, &p, None))?;
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
 }

@@ -37,13 +37,41 @@ pub enum Cmd {
     Shell(VmArgs),
     /// Re-parse and report a saved run (no kernel needed), by default the last one.
     Parse(ParseArgs),
+    /// Microbenchmarks of every heap in one boot of the perf kernel (never a pass/fail test).
+    Bench(BenchArgs),
+}
+
+impl KernelArgs {
+    /// The chosen profile, or `default` when none was given.
+    pub fn profile_or(&self, default: Profile) -> Profile {
+        self.profile.unwrap_or(default)
+    }
+
+    /// The chosen profile for everything but `bench`.
+    pub fn profile(&self) -> Profile {
+        self.profile_or(Profile::Debug)
+    }
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub vm: VmArgs,
+    /// Few iterations and a 32 MiB mmap instead of 256 MiB: keeps the benchmarks working in
+    /// CI; the numbers are not worth comparing.
+    #[arg(long)]
+    pub quick: bool,
+    /// Limit for the whole run (boot included).
+    #[arg(long, default_value_t = 1800, value_name = "SECS", value_parser = clap::value_parser!(u64).range(30..=86400))]
+    pub run_timeout: u64,
 }
 
 #[derive(Args, Clone)]
 pub struct KernelArgs {
-    /// Kernel profile: debug (detectors on) or perf (no debugging).
-    #[arg(long, value_enum, default_value = "debug")]
-    pub profile: Profile,
+    /// Kernel profile: debug (detectors on) or perf (no debugging). Default: debug, and
+    /// perf for `bench`.
+    #[arg(long, value_enum)]
+    pub profile: Option<Profile>,
     /// A Linux tree to test instead of Debian's 6.12 source; never written to.
     #[arg(long, value_name = "DIR")]
     pub kernel_src: Option<PathBuf>,

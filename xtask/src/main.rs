@@ -1,6 +1,7 @@
 //! heaprig's orchestrator. This file only parses flags and dispatches; each task lives in
 //! its own module.
 
+mod bench;
 mod env;
 mod exec;
 mod flags;
@@ -42,7 +43,7 @@ fn main() -> ExitCode {
         }),
         Cmd::Build(k) => {
             let mut times = test::Times::default();
-            test::build_kernel(&env, &k, &mut times).map(|(b, _)| {
+            test::build_kernel(&env, &k, k.profile(), &mut times).map(|(b, _)| {
                 println!("kernel: {}", b.bzimage.display());
                 println!(
                     "build dir: {} (log: {})",
@@ -57,6 +58,7 @@ fn main() -> ExitCode {
         Cmd::Exec(a) => exec::exec(&env, a),
         Cmd::Shell(v) => exec::shell(&env, v),
         Cmd::Parse(a) => test::parse(&env, a),
+        Cmd::Bench(a) => bench::run(&env, a),
     });
     match result {
         Ok(code) => code,

@@ -44,7 +44,12 @@ pub struct Prepared {
     pub identity: String,
 }
 
-pub fn build_kernel(env: &Env, k: &KernelArgs, times: &mut Times) -> Result<(Built, String)> {
+pub fn build_kernel(
+    env: &Env,
+    k: &KernelArgs,
+    profile: kernel::Profile,
+    times: &mut Times,
+) -> Result<(Built, String)> {
     let t = Instant::now();
     setup::ensure(env, true)?;
     times.add("setup", t.elapsed());
@@ -52,7 +57,7 @@ pub fn build_kernel(env: &Env, k: &KernelArgs, times: &mut Times) -> Result<(Bui
     let src = kernel::prepare_source(env, k.kernel_src.as_deref())?;
     times.add("source", t.elapsed());
     let t = Instant::now();
-    let built = kernel::build(env, &src, k.profile)?;
+    let built = kernel::build(env, &src, profile)?;
     let stage = if built.rebuilt {
         "build"
     } else {
@@ -62,8 +67,13 @@ pub fn build_kernel(env: &Env, k: &KernelArgs, times: &mut Times) -> Result<(Bui
     Ok((built, src.identity))
 }
 
-pub fn prepare(env: &Env, v: &VmArgs, times: &mut Times) -> Result<Prepared> {
-    let (built, identity) = build_kernel(env, &v.kernel, times)?;
+pub fn prepare(
+    env: &Env,
+    v: &VmArgs,
+    profile: kernel::Profile,
+    times: &mut Times,
+) -> Result<Prepared> {
+    let (built, identity) = build_kernel(env, &v.kernel, profile, times)?;
     let t = Instant::now();
     let (accel, accel_why) = vm::resolve_accel(v.accel, &built.bzimage, &env.cache, &env.root)?;
     times.add("accel", t.elapsed());
@@ -189,7 +199,7 @@ pub fn run(env: &Env, a: TestArgs) -> Result<ExitCode> {
     let guest = build_guest(env)?;
     let selected = select(env, &guest, &a.patterns)?;
     times.add("guest build", t.elapsed());
-    let p = prepare(env, &a.vm, &mut times)?;
+    let p = prepare(env, &a.vm, a.vm.kernel.profile(), &mut times)?;
 
     let run_dir = env.run_dir();
     let _ = fs::remove_dir_all(&run_dir);
@@ -214,7 +224,7 @@ pub fn run(env: &Env, a: TestArgs) -> Result<ExitCode> {
     println!(
         "run: {} test(s) on the {} kernel under {:?}",
         selected.len(),
-        a.vm.kernel.profile.name(),
+        a.vm.kernel.profile().name(),
         p.accel
     );
     let spec = spec(env, &a.vm, &p, Some(run_dir.clone()));
@@ -248,7 +258,7 @@ pub fn run(env: &Env, a: TestArgs) -> Result<ExitCode> {
     times.add("total", total.elapsed());
 
     let info = RunInfo {
-        profile: a.vm.kernel.profile.name(),
+        profile: a.vm.kernel.profile().name(),
         kernel: &p.identity,
         accel: p.accel,
         accel_why: &p.accel_why,

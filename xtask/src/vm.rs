@@ -172,8 +172,46 @@ impl Running {
     fn wait(&mut self) -> Result<ExitStatus> {
         let st = self.child.wait().context("waiting for vng")?;
         self.reaped = true;
+        self.reap_group();
         Ok(st)
     }
+
+    /// Waits (bounded) for everything else in vng's process group: QEMU is vng's child, so
+    /// once vng is gone it is ours to reap only because we are a child subreaper.
+    fn reap_group(&self) {
+        let pgid = self.child.id() as libc::pid_t;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut killed = false;
+        loop {
+            let mut st = 0;
+            // SAFETY: `st` is a valid out-pointer; -pgid waits for that group only.
+            let r = unsafe { libc::waitpid(-pgid, &mut st, libc::WNOHANG) };
+            if r > 0 {
+                continue;
+            }
+            if r < 0 {
+                return; // ECHILD: nothing of the group is left.
+            }
+            if std::time::Instant::now() >= deadline {
+                eprintln!("heaprig: QEMU did not exit within 10s of vng; it was killed");
+                return;
+            }
+            if !killed {
+                // Whatever outlived vng (QEMU after a panic or a timeout) must go too.
+                // SAFETY: kill has no memory-safety preconditions; the group is ours.
+                unsafe { libc::kill(-pgid, libc::SIGKILL) };
+                killed = true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Makes this process the reaper of its orphaned descendants, so QEMU (vng's child) can be
+/// waited for even after vng is killed.
+fn become_subreaper() {
+    // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer flag and touches no memory of ours.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
 }
 
 impl Drop for Running {
@@ -181,6 +219,7 @@ impl Drop for Running {
         if !self.reaped {
             self.kill();
             let _ = self.child.wait();
+            self.reap_group();
         }
     }
 }
@@ -225,6 +264,7 @@ pub fn run(
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<Session> {
     let start = Instant::now();
+    become_subreaper();
     // std::process rather than xshell: the output is streamed and the wait is bounded.
     let mut cmd = Command::new("vng");
     cmd.args(vng_args(spec, Some(exec)))

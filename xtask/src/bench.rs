@@ -1,0 +1,305 @@
+//! `cargo xtask bench`: boots the perf kernel once and runs `heaprig-guest bench` on every
+//! heap variant; reports median, p99 and min per operation and size, the ratio of our heap
+//! to the C system heap, and of ION mode to ours. Writes JSON and an SVG chart. Nothing here
+//! passes or fails on a number.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::env::Env;
+use crate::flags::BenchArgs;
+use crate::kernel::Profile;
+use crate::results::describe_ending;
+use crate::test::{build_guest, prepare, spec, Times};
+use crate::vm::{self, Ending, Event, Limits};
+
+const OURS: &str = "rust_system";
+const C_HEAP: &str = "system";
+const ION: &str = "rust_system+ion_compat";
+
+#[derive(Deserialize)]
+struct Line {
+    variant: String,
+    op: String,
+    size: u64,
+    nanos: Vec<u64>,
+}
+
+#[derive(Serialize, Clone, Copy, Debug, PartialEq)]
+pub struct Summary {
+    pub median_ns: u64,
+    pub p99_ns: u64,
+    pub min_ns: u64,
+    pub samples: usize,
+}
+
+/// Median, p99 (nearest rank) and min of a sample list.
+pub fn summarise(nanos: &[u64]) -> Option<Summary> {
+    if nanos.is_empty() {
+        return None;
+    }
+    let mut v = nanos.to_vec();
+    v.sort_unstable();
+    let rank = |q: f64| v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+    Some(Summary {
+        median_ns: rank(0.5),
+        p99_ns: rank(0.99),
+        min_ns: v[0],
+        samples: v.len(),
+    })
+}
+
+#[derive(Serialize)]
+pub struct Row {
+    pub op: String,
+    pub size: u64,
+    pub by_variant: BTreeMap<String, Summary>,
+    /// median(ours) / median(C system heap).
+    pub ours_over_c: Option<f64>,
+    /// median(ours with ion_compat) / median(ours).
+    pub ion_over_ours: Option<f64>,
+}
+
+fn ratio(rows: &BTreeMap<String, Summary>, a: &str, b: &str) -> Option<f64> {
+    let (x, y) = (rows.get(a)?, rows.get(b)?);
+    (y.median_ns > 0).then(|| x.median_ns as f64 / y.median_ns as f64)
+}
+
+/// Groups the guest's lines into rows, in the order the guest measured them.
+pub fn rows(text: &str) -> Result<Vec<Row>> {
+    let mut order: Vec<(String, u64)> = Vec::new();
+    let mut by: BTreeMap<(String, u64), BTreeMap<String, Summary>> = BTreeMap::new();
+    let mut done = false;
+    for l in text.lines().filter(|l| l.starts_with('{')) {
+        if l.contains("\"done\"") {
+            done = true;
+            continue;
+        }
+        let line: Line = serde_json::from_str(l).with_context(|| format!("bad bench line: {l}"))?;
+        let key = (line.op.clone(), line.size);
+        if !order.contains(&key) {
+            order.push(key.clone());
+        }
+        if let Some(s) = summarise(&line.nanos) {
+            by.entry(key).or_default().insert(line.variant, s);
+        }
+    }
+    if !done {
+        bail!("the guest benchmark did not finish (no closing line)");
+    }
+    Ok(order
+        .into_iter()
+        .map(|(op, size)| {
+            let by_variant = by.remove(&(op.clone(), size)).unwrap_or_default();
+            Row {
+                ours_over_c: ratio(&by_variant, OURS, C_HEAP),
+                ion_over_ours: ratio(&by_variant, ION, OURS),
+                op,
+                size,
+                by_variant,
+            }
+        })
+        .collect())
+}
+
+fn size_label(n: u64) -> String {
+    if n >= 1 << 20 {
+        format!("{} MiB", n >> 20)
+    } else {
+        format!("{} KiB", n >> 10)
+    }
+}
+
+fn dur(ns: u64) -> String {
+    if ns >= 1_000_000 {
+        format!("{:.2} ms", ns as f64 / 1e6)
+    } else {
+        format!("{:.1} us", ns as f64 / 1e3)
+    }
+}
+
+/// The terminal (and README) table: medians, with p99/min for our heap, and the ratios.
+pub fn table(rows: &[Row]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "| operation | size | {OURS} median (p99, min) | {C_HEAP} median | {ION} median | ours / C | ION / ours |"
+    );
+    let _ = writeln!(out, "| --- | --- | --- | --- | --- | --- | --- |");
+    for r in rows {
+        let med = |v: &str| r.by_variant.get(v).map_or("-".into(), |s| dur(s.median_ns));
+        let ours = r.by_variant.get(OURS).map_or("-".into(), |s| {
+            format!("{} ({}, {})", dur(s.median_ns), dur(s.p99_ns), dur(s.min_ns))
+        });
+        let ratio = |x: Option<f64>| x.map_or("-".into(), |x| format!("{x:.2}"));
+        let _ = writeln!(
+            out,
+            "| {} | {} | {ours} | {} | {} | {} | {} |",
+            r.op,
+            size_label(r.size),
+            med(C_HEAP),
+            med(ION),
+            ratio(r.ours_over_c),
+            ratio(r.ion_over_ours)
+        );
+    }
+    out
+}
+
+/// A horizontal bar chart, log scale, one group per operation and size.
+pub fn svg(rows: &[Row], title: &str) -> String {
+    let variants = [(OURS, "#d9534f"), (C_HEAP, "#5b7fbd"), (ION, "#e8a33d")];
+    let bar_h = 10.0;
+    let group_h = bar_h * 3.0 + 12.0;
+    let left = 230.0;
+    let width = 760.0;
+    let height = 60.0 + group_h * rows.len() as f64;
+    let all: Vec<u64> = rows
+        .iter()
+        .flat_map(|r| r.by_variant.values().map(|s| s.median_ns.max(1)))
+        .collect();
+    let lo = (*all.iter().min().unwrap_or(&1) as f64).log10().floor();
+    let hi = (*all.iter().max().unwrap_or(&10) as f64).log10().ceil().max(lo + 1.0);
+    let x = |ns: u64| left + (((ns.max(1) as f64).log10() - lo) / (hi - lo)) * (width - left - 90.0);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"10\" y=\"18\" font-size=\"13\">{title}</text>\n"
+    );
+    for (i, (name, color)) in variants.iter().enumerate() {
+        let lx = left + i as f64 * 170.0;
+        let _ = writeln!(
+            s,
+            "<rect x=\"{lx}\" y=\"28\" width=\"10\" height=\"10\" fill=\"{color}\"/><text x=\"{}\" y=\"37\">{name}</text>",
+            lx + 14.0
+        );
+    }
+    for (gi, r) in rows.iter().enumerate() {
+        let y0 = 50.0 + gi as f64 * group_h;
+        let _ = writeln!(
+            s,
+            "<text x=\"10\" y=\"{}\">{} {}</text>",
+            y0 + bar_h * 2.0,
+            r.op,
+            size_label(r.size)
+        );
+        for (vi, (name, color)) in variants.iter().enumerate() {
+            if let Some(sm) = r.by_variant.get(*name) {
+                let y = y0 + vi as f64 * bar_h;
+                let w = x(sm.median_ns) - left;
+                let _ = writeln!(
+                    s,
+                    "<rect x=\"{left}\" y=\"{y}\" width=\"{w:.1}\" height=\"{}\" fill=\"{color}\"/><text x=\"{:.1}\" y=\"{}\" font-size=\"9\">{}</text>",
+                    bar_h - 1.0,
+                    left + w + 4.0,
+                    y + bar_h - 2.0,
+                    dur(sm.median_ns)
+                );
+            }
+        }
+    }
+    let _ = writeln!(
+        s,
+        "<text x=\"{left}\" y=\"{}\" font-size=\"9\">median per operation, log scale</text>\n</svg>",
+        height - 6.0
+    );
+    s
+}
+
+pub fn run(env: &Env, a: BenchArgs) -> Result<ExitCode> {
+    let mut times = Times::default();
+    let guest = build_guest(env)?;
+    let profile = a.vm.kernel.profile_or(Profile::Perf);
+    let p = prepare(env, &a.vm, profile, &mut times)?;
+    let dir = env.root.join("target/heaprig/bench");
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir)?;
+    let lines = dir.join("guest.jsonl");
+    let mut cmd = vec![
+        guest.display().to_string(),
+        "bench".into(),
+        "--out".into(),
+        lines.display().to_string(),
+    ];
+    if a.quick {
+        cmd.push("--quick".into());
+    }
+    let limits = Limits {
+        boot: Duration::from_secs(a.vm.boot_timeout),
+        test: None,
+        run: Duration::from_secs(a.run_timeout),
+    };
+    println!(
+        "bench: {} kernel under {:?}{}",
+        profile.name(),
+        p.accel,
+        if a.quick { ", --quick" } else { "" }
+    );
+    let session = vm::run(&spec(env, &a.vm, &p, Some(dir.clone())), &cmd.join(" "), limits, &mut |ev| {
+        if let Event::Guest(l) = ev {
+            println!("  {l}");
+        }
+    })?;
+    fs::write(dir.join("console.log"), session.console.join("\n") + "\n")?;
+    if session.ending != (Ending::Exited { code: 0 }) {
+        bail!(
+            "the guest benchmark did not complete: {}; console in {}",
+            describe_ending(&session.ending),
+            dir.join("console.log").display()
+        );
+    }
+    let text = fs::read_to_string(&lines).with_context(|| format!("reading {}", lines.display()))?;
+    let rows = rows(&text)?;
+    let date = xshell::cmd!(env.sh, "date -u +%Y-%m-%d").quiet().read().unwrap_or_default();
+    let machine = format!(
+        "{} cores, {:?}, {} kernel, {} guest CPUs, {}{}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        p.accel,
+        profile.name(),
+        a.vm.cpus,
+        a.vm.memory,
+        if a.quick { ", quick" } else { "" }
+    );
+    let json = serde_json::json!({
+        "date": date, "machine": machine, "accel": p.accel, "quick": a.quick, "rows": &rows,
+    });
+    fs::write(dir.join("bench.json"), serde_json::to_string_pretty(&json)?)?;
+    let title = format!("heaprig bench {date}: {machine}");
+    fs::write(dir.join("bench.svg"), svg(&rows, &title))?;
+    println!("\n{title}\n\n{}", table(&rows));
+    println!("written: {}/bench.json, bench.svg", dir.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_statistics() {
+        let s = summarise(&[5, 1, 3, 2, 4]).unwrap();
+        assert_eq!((s.median_ns, s.p99_ns, s.min_ns, s.samples), (3, 5, 1, 5));
+        let many: Vec<u64> = (1..=100).collect();
+        assert_eq!(summarise(&many).unwrap().p99_ns, 99);
+        assert!(summarise(&[]).is_none());
+    }
+
+    #[test]
+    fn rows_ratios_and_outputs() {
+        let text = "{\"variant\":\"rust_system\",\"op\":\"alloc+close\",\"size\":4096,\"nanos\":[10,20,30]}\n\
+                    {\"variant\":\"system\",\"op\":\"alloc+close\",\"size\":4096,\"nanos\":[40]}\n\
+                    {\"variant\":\"rust_system+ion_compat\",\"op\":\"alloc+close\",\"size\":4096,\"nanos\":[20]}\n\
+                    {\"done\":true,\"seconds\":1.0}\n";
+        let r = rows(text).unwrap();
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].ours_over_c, Some(0.5));
+        assert_eq!(r[0].ion_over_ours, Some(1.0));
+        assert!(table(&r).contains("| alloc+close | 4 KiB |"));
+        assert!(svg(&r, "t").starts_with("<svg"));
+        assert!(rows("{\"variant\":\"x\",\"op\":\"y\",\"size\":1,\"nanos\":[1]}\n").is_err());
+    }
+}
