@@ -53,8 +53,18 @@ fn run_variant(variant: &str, heap: &Heap, quick: bool, out: &mut Vec<Series>) -
         })
     };
     // alloc + close: many iterations for small sizes, as Linaro's dmabuf_heap_bench does.
-    for (size, n) in [(4 * KIB, 2000), (64 * KIB, 1000), (MIB, 200), (8 * MIB, 40), (32 * MIB, 12)] {
-        push("alloc+close", size, time(|| heap.alloc(size).map(drop), iters(n, quick))?);
+    for (size, n) in [
+        (4 * KIB, 2000),
+        (64 * KIB, 1000),
+        (MIB, 200),
+        (8 * MIB, 40),
+        (32 * MIB, 12),
+    ] {
+        push(
+            "alloc+close",
+            size,
+            time(|| heap.alloc(size).map(drop), iters(n, quick))?,
+        );
     }
     // DMA_BUF_IOCTL_SYNC START+END (no attachment mapped).
     for size in [4 * KIB, MIB, 32 * MIB] {
@@ -96,7 +106,10 @@ fn run_variant(variant: &str, heap: &Heap, quick: bool, out: &mut Vec<Series>) -
             push(
                 "vmap+vunmap",
                 size,
-                time(|| imp.on(IMPORTER_VMAP, &buf, OP_NONE, 0).map(drop), iters(200, quick))?,
+                time(
+                    || imp.on(IMPORTER_VMAP, &buf, OP_NONE, 0).map(drop),
+                    iters(200, quick),
+                )?,
             );
         }
         let size = 16 * MIB;
@@ -109,8 +122,16 @@ fn run_variant(variant: &str, heap: &Heap, quick: bool, out: &mut Vec<Series>) -
             };
             imp.call(req, &mut a)
         };
-        push("kernel read: kmap walk", size, time(|| walk(IMPORTER_KMAP_WALK), iters(10, quick))?);
-        push("kernel read: vmap", size, time(|| walk(IMPORTER_VMAP), iters(10, quick))?);
+        push(
+            "kernel read: kmap walk",
+            size,
+            time(|| walk(IMPORTER_KMAP_WALK), iters(10, quick))?,
+        );
+        push(
+            "kernel read: vmap",
+            size,
+            time(|| walk(IMPORTER_VMAP), iters(10, quick))?,
+        );
     }
     Ok(())
 }

@@ -26,7 +26,10 @@ fn main() -> ExitCode {
         }
         Some("bench") => {
             let quick = args.iter().any(|a| a == "--quick");
-            let out = args.iter().position(|a| a == "--out").and_then(|i| args.get(i + 1));
+            let out = args
+                .iter()
+                .position(|a| a == "--out")
+                .and_then(|i| args.get(i + 1));
             let r = match out {
                 Some(path) => File::create(path).and_then(|mut f| bench::run(quick, &mut f)),
                 None => bench::run(quick, &mut std::io::stdout()),

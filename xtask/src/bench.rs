@@ -135,7 +135,12 @@ pub fn table(rows: &[Row]) -> String {
     for r in rows {
         let med = |v: &str| r.by_variant.get(v).map_or("-".into(), |s| dur(s.median_ns));
         let ours = r.by_variant.get(OURS).map_or("-".into(), |s| {
-            format!("{} ({}, {})", dur(s.median_ns), dur(s.p99_ns), dur(s.min_ns))
+            format!(
+                "{} ({}, {})",
+                dur(s.median_ns),
+                dur(s.p99_ns),
+                dur(s.min_ns)
+            )
         });
         let ratio = |x: Option<f64>| x.map_or("-".into(), |x| format!("{x:.2}"));
         let _ = writeln!(
@@ -165,8 +170,12 @@ pub fn svg(rows: &[Row], title: &str) -> String {
         .flat_map(|r| r.by_variant.values().map(|s| s.median_ns.max(1)))
         .collect();
     let lo = (*all.iter().min().unwrap_or(&1) as f64).log10().floor();
-    let hi = (*all.iter().max().unwrap_or(&10) as f64).log10().ceil().max(lo + 1.0);
-    let x = |ns: u64| left + (((ns.max(1) as f64).log10() - lo) / (hi - lo)) * (width - left - 90.0);
+    let hi = (*all.iter().max().unwrap_or(&10) as f64)
+        .log10()
+        .ceil()
+        .max(lo + 1.0);
+    let x =
+        |ns: u64| left + (((ns.max(1) as f64).log10() - lo) / (hi - lo)) * (width - left - 90.0);
     let mut s = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"10\" y=\"18\" font-size=\"13\">{title}</text>\n"
     );
@@ -239,11 +248,16 @@ pub fn run(env: &Env, a: BenchArgs) -> Result<ExitCode> {
         p.accel,
         if a.quick { ", --quick" } else { "" }
     );
-    let session = vm::run(&spec(env, &a.vm, &p, Some(dir.clone())), &cmd.join(" "), limits, &mut |ev| {
-        if let Event::Guest(l) = ev {
-            println!("  {l}");
-        }
-    })?;
+    let session = vm::run(
+        &spec(env, &a.vm, &p, Some(dir.clone())),
+        &cmd.join(" "),
+        limits,
+        &mut |ev| {
+            if let Event::Guest(l) = ev {
+                println!("  {l}");
+            }
+        },
+    )?;
     fs::write(dir.join("console.log"), session.console.join("\n") + "\n")?;
     if session.ending != (Ending::Exited { code: 0 }) {
         bail!(
@@ -252,9 +266,13 @@ pub fn run(env: &Env, a: BenchArgs) -> Result<ExitCode> {
             dir.join("console.log").display()
         );
     }
-    let text = fs::read_to_string(&lines).with_context(|| format!("reading {}", lines.display()))?;
+    let text =
+        fs::read_to_string(&lines).with_context(|| format!("reading {}", lines.display()))?;
     let rows = rows(&text)?;
-    let date = xshell::cmd!(env.sh, "date -u +%Y-%m-%d").quiet().read().unwrap_or_default();
+    let date = xshell::cmd!(env.sh, "date -u +%Y-%m-%d")
+        .quiet()
+        .read()
+        .unwrap_or_default();
     let machine = format!(
         "{} cores, {:?}, {} kernel, {} guest CPUs, {}{}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
