@@ -225,6 +225,9 @@ pub struct PageBuffer<T: Exporter> {
     len: usize,
     /// Set once `dma_buf_export` succeeded: only then does [`Exporter::released`] run.
     exported: core::sync::atomic::AtomicBool,
+    /// Mapped attachments, kept under the mutex; read without it so a CPU-access bracket on a
+    /// buffer no device has mapped (the common case) takes no lock.
+    mapped: core::sync::atomic::AtomicUsize,
     state: Pin<KBox<Mutex<State>>>,
     data: T,
 }
@@ -247,6 +250,10 @@ impl<T: Exporter> PageBuffer<T> {
 
     /// Syncs every mapped attachment for CPU access (`for_cpu`) or back for the device.
     pub fn sync_attachments(&self, dir: DataDirection, for_cpu: bool) {
+        // A device mapping that races with this bracket is synced by `dma_map_sgtable` itself.
+        if self.mapped.load(core::sync::atomic::Ordering::Acquire) == 0 {
+            return;
+        }
         let state = self.state.lock();
         for &a in state.attachments.iter() {
             // SAFETY: records in the list are live until detach removes them, which needs the
@@ -264,17 +271,6 @@ impl<T: Exporter> PageBuffer<T> {
                 }
             }
         }
-    }
-
-    /// Number of mapped attachments.
-    pub fn mapped_attachments(&self) -> usize {
-        let state = self.state.lock();
-        state
-            .attachments
-            .iter()
-            // SAFETY: as in `sync_attachments`, records are live while listed under the lock.
-            .filter(|&&a| unsafe { (*a).mapped.is_some() })
-            .count()
     }
 
     /// Takes a kernel-mapping reference owned by the exporter (ION mode maps on every
@@ -533,6 +529,7 @@ pub fn export<T: Exporter>(
             chunks,
             len,
             exported: core::sync::atomic::AtomicBool::new(false),
+            mapped: core::sync::atomic::AtomicUsize::new(0),
             state,
             data,
         },
@@ -649,6 +646,8 @@ impl<T: Exporter> OpsTable<T> {
             // SAFETY: `rec.dev` is the attached device and `t` a valid table of our pages.
             to_result(unsafe { bindings::dma_map_sgtable(rec.dev, t, dir.as_raw(), 0) })?;
             rec.mapped = Some(dir);
+            buf.mapped
+                .fetch_add(1, core::sync::atomic::Ordering::Release);
             Ok(t)
         })();
         r.unwrap_or_else(|e| e.to_ptr())
@@ -668,6 +667,8 @@ impl<T: Exporter> OpsTable<T> {
         // SAFETY: `priv_` is the record `attach` made; the lock serialises its updates.
         let rec = unsafe { &mut *(*att).priv_.cast::<AttachmentRec>() };
         if rec.mapped.take().is_some() {
+            buf.mapped
+                .fetch_sub(1, core::sync::atomic::Ordering::Release);
             // SAFETY: the table was mapped for this device by `map_dma_buf`.
             unsafe { bindings::dma_unmap_sgtable(rec.dev, table, dir, 0) };
         }

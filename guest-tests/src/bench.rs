@@ -52,6 +52,9 @@ fn run_variant(variant: &str, heap: &Heap, quick: bool, out: &mut Vec<Series>) -
             nanos,
         })
     };
+    // Warm-up, so the variant measured first does not pay for cold caches and page
+    // allocator state the others inherit.
+    time(|| heap.alloc(64 * KIB).map(drop), iters(500, quick))?;
     // alloc + close: many iterations for small sizes, as Linaro's dmabuf_heap_bench does.
     for (size, n) in [
         (4 * KIB, 2000),
