@@ -25,9 +25,8 @@ const fn case(name: &'static str, body: Body) -> Case {
 /// A rig self-test: runs only when named, must make the rig report a failure.
 const fn selftest(name: &'static str, body: Body) -> Case {
     Case {
-        name,
         selftest: true,
-        body,
+        ..case(name, body)
     }
 }
 
