@@ -9,7 +9,7 @@
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use kernel::{
     c_str,
-    dma_buf::{Bytes, DataDirection, DmaBufRef, Vmapped},
+    dma_buf::{Bytes, DataDirection, DmaBufRef, MappedAttachment, Vmapped},
     miscdevice::{MiscDevice, Registration},
     new_mutex,
     prelude::*,
@@ -35,9 +35,16 @@ module! {
 }
 
 /// A vmap kept alive across calls (and past the close of its fd), by handle.
+/// What a handle keeps alive: a vmap, or an attachment mapped for the importer's device.
+enum Held {
+    Vmap(Vmapped),
+    /// Kept for its `Drop` (unmap and detach).
+    Attachment { _mapped: MappedAttachment },
+}
+
 struct Hold {
     handle: u64,
-    map: Vmapped,
+    held: Held,
 }
 
 #[pin_data]
@@ -121,14 +128,13 @@ impl Importer {
         Ok(())
     }
 
-    fn hold(&self, args: &mut ImporterArgs) -> Result {
-        let map = DmaBufRef::from_fd(args.fd)?.vmap()?;
+    fn hold(&self, args: &mut ImporterArgs, held: Held) -> Result {
         let handle = self.next_handle.fetch_add(1, Relaxed);
         let mut holds = self.holds.lock();
         if holds.len() >= MAX_HOLDS {
             return Err(ENOSPC);
         }
-        holds.push(Hold { handle, map }, GFP_KERNEL)?;
+        holds.push(Hold { handle, held }, GFP_KERNEL)?;
         args.handle = handle;
         Ok(())
     }
@@ -139,8 +145,10 @@ impl Importer {
             .iter()
             .position(|h| h.handle == args.handle)
             .ok_or(ENOENT)?;
-        args.checksum = checksum_and_fill(&holds[i].map.bytes(), FNV_OFFSET, args);
-        args.pages = holds[i].map.bytes().len() as u64;
+        if let Held::Vmap(map) = &holds[i].held {
+            args.checksum = checksum_and_fill(&map.bytes(), FNV_OFFSET, args);
+            args.pages = map.bytes().len() as u64;
+        }
         // Swap the entry to the end and shrink by rebuilding, since 6.12's KVec has no pop.
         let last = holds.len() - 1;
         holds.swap(i, last);
@@ -152,7 +160,8 @@ impl Importer {
             }
         }
         *holds = keep;
-        // Dropping the rest of the iterator (the released hold) vunmaps and puts the buffer.
+        // Dropping the rest of the iterator (the released hold) vunmaps or unmaps and
+        // detaches, then puts the buffer.
         drop(it);
         Ok(())
     }
@@ -176,7 +185,7 @@ unsafe impl AsBytes for ImporterArgs {}
 kernel::static_assert!(core::mem::size_of::<ImporterArgs>() == 48);
 
 impl MiscDevice for Importer {
-    fn ioctl(reg: &Registration<Self>, cmd: u32, arg: usize) -> Result<isize> {
+    fn ioctl(reg: &'static Registration<Self>, cmd: u32, arg: usize) -> Result<isize> {
         let size = core::mem::size_of::<ImporterArgs>();
         let (mut r, mut w) = UserSlice::new(arg, size).reader_writer();
         let mut args: ImporterArgs = r.read()?;
@@ -187,7 +196,15 @@ impl MiscDevice for Importer {
             IMPORTER_VMAP_TWICE => imp.vmap_twice(&mut args)?,
             IMPORTER_KMAP_WALK => imp.kmap_walk(reg.device(), &mut args)?,
             IMPORTER_ATTACH_MAP => imp.attach_map(reg.device(), &mut args)?,
-            IMPORTER_HOLD => imp.hold(&mut args)?,
+            IMPORTER_HOLD => {
+                let map = DmaBufRef::from_fd(args.fd)?.vmap()?;
+                imp.hold(&mut args, Held::Vmap(map))?
+            }
+            IMPORTER_ATTACH_HOLD => {
+                let att = DmaBufRef::from_fd(args.fd)?
+                    .attach_mapped(reg.device(), DataDirection::Bidirectional)?;
+                imp.hold(&mut args, Held::Attachment { _mapped: att })?
+            }
             IMPORTER_RELEASE => imp.release(&mut args)?,
             IMPORTER_CPU_ACCESS => imp.cpu_access(&mut args)?,
             _ => return Err(ENOTTY),

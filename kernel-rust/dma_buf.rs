@@ -937,6 +937,70 @@ impl Drop for Vmapped {
     }
 }
 
+/// An attachment mapped for a device that lives forever, owning its buffer reference, so it
+/// can be kept across calls (a device that keeps a buffer mapped while the CPU syncs it).
+///
+/// # Invariants
+///
+/// `att` is an attachment of `buf` for a `'static` device, and `table` its mapping for `dir`.
+pub struct MappedAttachment {
+    buf: DmaBufRef,
+    att: NonNull<bindings::dma_buf_attachment>,
+    table: NonNull<bindings::sg_table>,
+    dir: DataDirection,
+}
+
+// SAFETY: attaching, mapping and their undoing may happen on any thread; the pointers are
+// owned by this object.
+unsafe impl Send for MappedAttachment {}
+// SAFETY: shared references give no access to the pointers.
+unsafe impl Sync for MappedAttachment {}
+
+impl DmaBufRef {
+    /// Attaches `buf` to `dev` and maps it for `dir`, keeping both until the result drops.
+    pub fn attach_mapped(
+        self,
+        dev: &'static crate::device::Device,
+        dir: DataDirection,
+    ) -> Result<MappedAttachment> {
+        // SAFETY: the buffer is alive and `dev` is a valid device that outlives the attachment.
+        let a = crate::error::from_err_ptr(unsafe {
+            bindings::dma_buf_attach(self.as_ptr(), dev.as_raw())
+        })?;
+        let att = NonNull::new(a).ok_or(EINVAL)?;
+        // SAFETY: `att` was just attached to this buffer.
+        let t = unsafe { bindings::dma_buf_map_attachment_unlocked(att.as_ptr(), dir.as_raw()) };
+        match crate::error::from_err_ptr(t).and_then(|t| NonNull::new(t).ok_or(EINVAL)) {
+            // INVARIANT: attached above, mapped for `dir` here.
+            Ok(table) => Ok(MappedAttachment {
+                buf: self,
+                att,
+                table,
+                dir,
+            }),
+            Err(e) => {
+                // SAFETY: `att` is our attachment and was not mapped.
+                unsafe { bindings::dma_buf_detach(self.as_ptr(), att.as_ptr()) };
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Drop for MappedAttachment {
+    fn drop(&mut self) {
+        // SAFETY: unmapping and detaching exactly what `attach_mapped` did (type invariant).
+        unsafe {
+            bindings::dma_buf_unmap_attachment_unlocked(
+                self.att.as_ptr(),
+                self.table.as_ptr(),
+                self.dir.as_raw(),
+            );
+            bindings::dma_buf_detach(self.buf.as_ptr(), self.att.as_ptr());
+        }
+    }
+}
+
 /// An importer's attachment, detached on drop.
 ///
 /// # Invariants

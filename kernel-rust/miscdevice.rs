@@ -22,7 +22,7 @@ use core::marker::PhantomData;
 /// A misc device driver.
 pub trait MiscDevice: Sized + Sync + Send + 'static {
     /// Handles `ioctl(cmd, arg)` on any open file of the device.
-    fn ioctl(reg: &Registration<Self>, cmd: u32, arg: usize) -> Result<isize>;
+    fn ioctl(reg: &'static Registration<Self>, cmd: u32, arg: usize) -> Result<isize>;
 }
 
 /// A registered misc device and its driver data.
@@ -122,8 +122,8 @@ impl<T: MiscDevice> FopsTable<T> {
         arg: crate::ffi::c_ulong,
     ) -> crate::ffi::c_long {
         // SAFETY: misc_open stored the `miscdevice` pointer, which is the first field of a
-        // `#[repr(C)]` `Registration<T>`.
-        let reg = unsafe { &*(*file).private_data.cast::<Registration<T>>() };
+        // `#[repr(C)]` `Registration<T>`; registrations are never freed, hence `'static`.
+        let reg: &'static Registration<T> = unsafe { &*(*file).private_data.cast() };
         match T::ioctl(reg, cmd, arg as usize) {
             Ok(v) => v as crate::ffi::c_long,
             Err(e) => e.to_errno() as crate::ffi::c_long,

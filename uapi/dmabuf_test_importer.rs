@@ -55,6 +55,9 @@ pub const IMPORTER_HOLD: u32 = _IOWR::<ImporterArgs>(MAGIC, 5);
 pub const IMPORTER_RELEASE: u32 = _IOWR::<ImporterArgs>(MAGIC, 6);
 /// `dma_buf_begin_cpu_access` (end = 0) or `dma_buf_end_cpu_access` (end = 1), bidirectional.
 pub const IMPORTER_CPU_ACCESS: u32 = _IOWR::<ImporterArgs>(MAGIC, 7);
+/// Attach and map for the importer's device, and keep it mapped after the call; returns
+/// `handle`, which `IMPORTER_RELEASE` takes (its checksum is then 0).
+pub const IMPORTER_ATTACH_HOLD: u32 = _IOWR::<ImporterArgs>(MAGIC, 8);
 
 /// FNV-1a 64 offset basis: the checksum of no bytes.
 pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;

@@ -2,19 +2,24 @@
 //! because a number moved). Each measurement is a list of per-iteration times; the host
 //! computes median, p99 and min and the ratios between heaps.
 //!
-//! Variants run in the same boot: our heap, the C system heap, and our heap with the
-//! ION-compatibility switch on (begin_cpu_access maps the buffer, as old ION did).
+//! Variants are measured in the same boot and interleaved in small blocks (A, B, C, A, B,
+//! C, ...), so drift in the emulator or the page allocator hits them alike: our heap, the C
+//! system heap, and, for CPU-access brackets, our heap with the ION-compatibility switch on
+//! (begin_cpu_access maps the buffer, as old ION did).
 
 use std::io::{self, Write};
 use std::time::Instant;
 
 use crate::uapi::importer::{
-    ImporterArgs, IMPORTER_KMAP_WALK, IMPORTER_VMAP, OP_CHECKSUM, OP_NONE,
+    ImporterArgs, IMPORTER_ATTACH_HOLD, IMPORTER_KMAP_WALK, IMPORTER_RELEASE, IMPORTER_VMAP,
+    OP_CHECKSUM, OP_NONE,
 };
-use crate::uapi::{heap_names, Access, Heap, Importer, IonCompat};
+use crate::uapi::{heap_names, Access, DmaBuf, Heap, Importer};
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
+/// Iterations per variant before switching to the next one.
+const BLOCK: usize = 20;
 
 /// One measured operation on one variant.
 pub struct Series {
@@ -24,14 +29,19 @@ pub struct Series {
     pub nanos: Vec<u64>,
 }
 
-fn time<E>(mut f: impl FnMut() -> Result<(), E>, n: usize) -> Result<Vec<u64>, E> {
-    let mut v = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
-        f()?;
-        v.push(t.elapsed().as_nanos() as u64);
+/// A heap, optionally with its `ion_compat` switch on while it is measured.
+struct Variant {
+    name: String,
+    heap: Heap,
+    ion: bool,
+}
+
+impl Variant {
+    /// Puts the heap's switch (if it has one) in this variant's position.
+    fn select(&self) {
+        let path = format!("/sys/kernel/debug/{}_heap/ion_compat", self.heap.name);
+        let _ = std::fs::write(path, if self.ion { "1" } else { "0" });
     }
-    Ok(v)
 }
 
 /// Iterations scaled down for `--quick` (CI keeps the benchmarks working, not accurate).
@@ -43,116 +53,174 @@ fn iters(n: usize, quick: bool) -> usize {
     }
 }
 
-fn run_variant(variant: &str, heap: &Heap, quick: bool, out: &mut Vec<Series>) -> io::Result<()> {
-    let mut push = |op, size, nanos| {
-        out.push(Series {
-            variant: variant.to_string(),
-            op,
-            size,
-            nanos,
+/// Times `op(variant index)` `n` times per variant, interleaved in blocks.
+fn measure(
+    variants: &[Variant],
+    n: usize,
+    mut op: impl FnMut(usize) -> io::Result<()>,
+) -> io::Result<Vec<Vec<u64>>> {
+    let mut out = vec![Vec::with_capacity(n); variants.len()];
+    let mut done = 0;
+    while done < n {
+        let block = BLOCK.min(n - done);
+        for (i, v) in variants.iter().enumerate() {
+            v.select();
+            for _ in 0..block {
+                let t = Instant::now();
+                op(i)?;
+                out[i].push(t.elapsed().as_nanos() as u64);
+            }
+        }
+        done += block;
+    }
+    Ok(out)
+}
+
+struct Recorder {
+    series: Vec<Series>,
+}
+
+impl Recorder {
+    fn add(&mut self, set: &[Variant], op: &'static str, size: u64, nanos: Vec<Vec<u64>>) {
+        for (v, n) in set.iter().zip(nanos) {
+            self.series.push(Series {
+                variant: v.name.clone(),
+                op,
+                size,
+                nanos: n,
+            });
+        }
+    }
+}
+
+/// One buffer of `size` per variant.
+fn buffers(set: &[Variant], size: u64) -> io::Result<Vec<DmaBuf>> {
+    set.iter().map(|v| v.heap.alloc(size)).collect()
+}
+
+fn sync_pair(b: &DmaBuf) -> io::Result<()> {
+    b.sync_start(Access::ReadWrite)?;
+    b.sync_end(Access::ReadWrite)
+}
+
+/// Runs every benchmark and writes JSON lines to `w`.
+pub fn run(quick: bool, w: &mut dyn Write) -> io::Result<()> {
+    let started = Instant::now();
+    let names = heap_names()?;
+    let plain: Vec<Variant> = names
+        .iter()
+        .map(|n| {
+            Heap::open(n).map(|heap| Variant {
+                name: n.clone(),
+                heap,
+                ion: false,
+            })
         })
-    };
-    // Warm-up, so the variant measured first does not pay for cold caches and page
-    // allocator state the others inherit.
-    time(|| heap.alloc(64 * KIB).map(drop), iters(500, quick))?;
+        .collect::<io::Result<_>>()?;
+    // Heaps with an ION switch get a second variant for the CPU-access brackets.
+    let mut with_ion: Vec<Variant> = names
+        .iter()
+        .map(|n| {
+            Heap::open(n).map(|heap| Variant {
+                name: n.clone(),
+                heap,
+                ion: false,
+            })
+        })
+        .collect::<io::Result<_>>()?;
+    for n in &names {
+        if std::path::Path::new(&format!("/sys/kernel/debug/{n}_heap/ion_compat")).exists() {
+            with_ion.push(Variant {
+                name: format!("{n}+ion_compat"),
+                heap: Heap::open(n)?,
+                ion: true,
+            });
+        }
+    }
+    let mut rec = Recorder { series: Vec::new() };
+
+    // Warm-up: the page allocator and caches settle before anything is recorded.
+    measure(&plain, iters(200, quick), |i| {
+        plain[i].heap.alloc(64 * KIB).map(drop)
+    })?;
+
     // alloc + close: many iterations for small sizes, as Linaro's dmabuf_heap_bench does.
     for (size, n) in [
         (4 * KIB, 2000),
         (64 * KIB, 1000),
         (MIB, 200),
         (8 * MIB, 40),
-        (32 * MIB, 12),
+        (32 * MIB, 20),
     ] {
-        push(
-            "alloc+close",
-            size,
-            time(|| heap.alloc(size).map(drop), iters(n, quick))?,
-        );
+        let t = measure(&plain, iters(n, quick), |i| {
+            plain[i].heap.alloc(size).map(drop)
+        })?;
+        rec.add(&plain, "alloc+close", size, t);
     }
-    // DMA_BUF_IOCTL_SYNC START+END (no attachment mapped).
+
+    // DMA_BUF_IOCTL_SYNC START+END, without and with an attachment mapped for a device.
+    let importer = Importer::open().ok();
     for size in [4 * KIB, MIB, 32 * MIB] {
-        let buf = heap.alloc(size)?;
-        let n = iters(2000, quick);
-        push(
-            "sync start+end",
-            size,
-            time(
-                || {
-                    buf.sync_start(Access::ReadWrite)?;
-                    buf.sync_end(Access::ReadWrite)
-                },
-                n,
-            )?,
-        );
+        let bufs = buffers(&with_ion, size)?;
+        let t = measure(&with_ion, iters(2000, quick), |i| sync_pair(&bufs[i]))?;
+        rec.add(&with_ion, "sync start+end", size, t);
+        if let Some(imp) = &importer {
+            let mut handles = Vec::new();
+            for b in &bufs {
+                handles.push(imp.on(IMPORTER_ATTACH_HOLD, b, OP_NONE, 0)?.handle);
+            }
+            let t = measure(&with_ion, iters(2000, quick), |i| sync_pair(&bufs[i]))?;
+            rec.add(&with_ion, "sync start+end, mapped attachment", size, t);
+            for handle in handles {
+                let mut a = ImporterArgs {
+                    handle,
+                    ..Default::default()
+                };
+                imp.call(IMPORTER_RELEASE, &mut a)?;
+            }
+        }
     }
-    // mmap + touch every page, 256 MiB: one sample per run, reported as time.
+    // Leave every switch off.
+    for v in with_ion.iter().filter(|v| !v.ion) {
+        v.select();
+    }
+
+    // mmap + touch every page.
     let size = if quick { 32 * MIB } else { 256 * MIB };
-    let buf = heap.alloc(size)?;
-    push(
-        "mmap+touch",
-        size,
-        time(
-            || {
-                let mut m = buf.mmap(0, size as usize)?;
-                for b in m.as_mut_slice().iter_mut().step_by(4096) {
-                    *b = 1;
-                }
-                Ok::<(), io::Error>(())
-            },
-            iters(5, quick).min(5),
-        )?,
-    );
+    let bufs = buffers(&plain, size)?;
+    let t = measure(&plain, iters(5, quick).min(5), |i| {
+        let mut m = bufs[i].mmap(0, size as usize)?;
+        for b in m.as_mut_slice().iter_mut().step_by(4096) {
+            *b = 1;
+        }
+        Ok(())
+    })?;
+    rec.add(&plain, "mmap+touch", size, t);
+    drop(bufs);
+
     // Kernel access through the test importer.
-    if let Ok(imp) = Importer::open() {
+    if let Some(imp) = &importer {
         for size in [MIB, 64 * MIB] {
-            let buf = heap.alloc(size)?;
-            push(
-                "vmap+vunmap",
-                size,
-                time(
-                    || imp.on(IMPORTER_VMAP, &buf, OP_NONE, 0).map(drop),
-                    iters(200, quick),
-                )?,
-            );
+            let bufs = buffers(&plain, size)?;
+            let t = measure(&plain, iters(200, quick), |i| {
+                imp.on(IMPORTER_VMAP, &bufs[i], OP_NONE, 0).map(drop)
+            })?;
+            rec.add(&plain, "vmap+vunmap", size, t);
         }
         let size = 16 * MIB;
-        let buf = heap.alloc(size)?;
-        let walk = |req| {
-            let mut a = ImporterArgs {
-                fd: buf.raw_fd(),
-                op: OP_CHECKSUM,
-                ..Default::default()
-            };
-            imp.call(req, &mut a)
-        };
-        push(
-            "kernel read: kmap walk",
-            size,
-            time(|| walk(IMPORTER_KMAP_WALK), iters(10, quick))?,
-        );
-        push(
-            "kernel read: vmap",
-            size,
-            time(|| walk(IMPORTER_VMAP), iters(10, quick))?,
-        );
-    }
-    Ok(())
-}
-
-/// Runs every benchmark on every variant and writes JSON lines to `w`.
-pub fn run(quick: bool, w: &mut dyn Write) -> io::Result<()> {
-    let names = heap_names()?;
-    let mut series = Vec::new();
-    let started = Instant::now();
-    for name in &names {
-        let heap = Heap::open(name)?;
-        run_variant(name, &heap, quick, &mut series)?;
-        // Our heap again with the ION switch on, when it has one.
-        if let Ok(_ion) = IonCompat::set(name, true) {
-            run_variant(&format!("{name}+ion_compat"), &heap, quick, &mut series)?;
+        let bufs = buffers(&plain, size)?;
+        for (op, req) in [
+            ("kernel read: kmap walk", IMPORTER_KMAP_WALK),
+            ("kernel read: vmap", IMPORTER_VMAP),
+        ] {
+            let t = measure(&plain, iters(10, quick), |i| {
+                imp.on(req, &bufs[i], OP_CHECKSUM, 0).map(drop)
+            })?;
+            rec.add(&plain, op, size, t);
         }
     }
-    for s in &series {
+
+    for s in &rec.series {
         let nanos: Vec<String> = s.nanos.iter().map(u64::to_string).collect();
         writeln!(
             w,
@@ -168,6 +236,5 @@ pub fn run(quick: bool, w: &mut dyn Write) -> io::Result<()> {
         "{{\"done\":true,\"seconds\":{:.1}}}",
         started.elapsed().as_secs_f64()
     )?;
-    w.flush()?;
-    Ok(())
+    w.flush()
 }
