@@ -31,7 +31,7 @@ struct Line {
     nanos: Vec<u64>,
 }
 
-#[derive(Serialize, Clone, Copy, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
 pub struct Summary {
     pub median_ns: u64,
     pub p99_ns: u64,
@@ -55,7 +55,7 @@ pub fn summarise(nanos: &[u64]) -> Option<Summary> {
     })
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize)]
 pub struct Row {
     pub op: String,
     pub size: u64,
@@ -162,8 +162,8 @@ pub fn svg(rows: &[Row], title: &str) -> String {
     let variants = [(OURS, "#d9534f"), (C_HEAP, "#5b7fbd"), (ION, "#e8a33d")];
     let bar_h = 10.0;
     let group_h = bar_h * 3.0 + 12.0;
-    let left = 230.0;
-    let width = 760.0;
+    let left = 300.0;
+    let width = 840.0;
     let height = 60.0 + group_h * rows.len() as f64;
     let all: Vec<u64> = rows
         .iter()
@@ -219,7 +219,33 @@ pub fn svg(rows: &[Row], title: &str) -> String {
     s
 }
 
+/// Re-renders the table and chart of a saved `bench.json` (no kernel, no guest).
+fn render(path: &std::path::Path) -> Result<ExitCode> {
+    #[derive(Deserialize)]
+    struct Saved {
+        date: String,
+        machine: String,
+        rows: Vec<Row>,
+    }
+    let saved: Saved = serde_json::from_str(
+        &fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+    )
+    .with_context(|| format!("{} is not a heaprig bench.json", path.display()))?;
+    let title = format!("heaprig bench {}: {}", saved.date, saved.machine);
+    let out = path.with_extension("svg");
+    fs::write(&out, svg(&saved.rows, &title))?;
+    println!(
+        "{title}\n\n{}\nwritten: {}",
+        table(&saved.rows),
+        out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn run(env: &Env, a: BenchArgs) -> Result<ExitCode> {
+    if let Some(path) = &a.render {
+        return render(path);
+    }
     let mut times = Times::default();
     let guest = build_guest(env)?;
     let profile = a.vm.kernel.profile_or(Profile::Perf);
@@ -319,5 +345,13 @@ mod tests {
         assert!(table(&r).contains("| alloc+close | 4 KiB |"));
         assert!(svg(&r, "t").starts_with("<svg"));
         assert!(rows("{\"variant\":\"x\",\"op\":\"y\",\"size\":1,\"nanos\":[1]}\n").is_err());
+        // A saved run re-renders to the same chart.
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("bench.json");
+        let saved = serde_json::json!({"date": "d", "machine": "m", "rows": &r});
+        fs::write(&json, saved.to_string()).unwrap();
+        render(&json).unwrap();
+        let chart = fs::read_to_string(dir.path().join("bench.svg")).unwrap();
+        assert_eq!(chart, svg(&r, "heaprig bench d: m"));
     }
 }

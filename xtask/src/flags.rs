@@ -64,6 +64,9 @@ pub struct BenchArgs {
     /// Limit for the whole run (boot included).
     #[arg(long, default_value_t = 1800, value_name = "SECS", value_parser = clap::value_parser!(u64).range(30..=86400))]
     pub run_timeout: u64,
+    /// Re-render the table and SVG of a saved bench.json instead of running (no kernel).
+    #[arg(long, value_name = "JSON")]
+    pub render: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]
