@@ -107,34 +107,30 @@ fn sync_pair(b: &DmaBuf) -> io::Result<()> {
 pub fn run(quick: bool, w: &mut dyn Write) -> io::Result<()> {
     let started = Instant::now();
     let names = heap_names()?;
+    let variant = |n: &String, ion: bool| -> io::Result<Variant> {
+        let name = if ion {
+            format!("{n}+ion_compat")
+        } else {
+            n.clone()
+        };
+        Ok(Variant {
+            name,
+            heap: Heap::open(n)?,
+            ion,
+        })
+    };
     let plain: Vec<Variant> = names
         .iter()
-        .map(|n| {
-            Heap::open(n).map(|heap| Variant {
-                name: n.clone(),
-                heap,
-                ion: false,
-            })
-        })
+        .map(|n| variant(n, false))
         .collect::<io::Result<_>>()?;
     // Heaps with an ION switch get a second variant for the CPU-access brackets.
     let mut with_ion: Vec<Variant> = names
         .iter()
-        .map(|n| {
-            Heap::open(n).map(|heap| Variant {
-                name: n.clone(),
-                heap,
-                ion: false,
-            })
-        })
+        .map(|n| variant(n, false))
         .collect::<io::Result<_>>()?;
     for n in &names {
         if std::path::Path::new(&format!("/sys/kernel/debug/{n}_heap/ion_compat")).exists() {
-            with_ion.push(Variant {
-                name: format!("{n}+ion_compat"),
-                heap: Heap::open(n)?,
-                ion: true,
-            });
+            with_ion.push(variant(n, true)?);
         }
     }
     let mut rec = Recorder { series: Vec::new() };
