@@ -682,6 +682,24 @@ impl<T: Exporter> OpsTable<T> {
         drop(unsafe { KBox::from_raw((*dmabuf).priv_.cast::<PageBuffer<T>>()) });
     }
 
+    /// Runs the exporter's `begin_cpu_access` or `end_cpu_access` hook.
+    ///
+    /// # Safety
+    ///
+    /// `dmabuf` must be a live buffer exported by [`export`] with this `T`.
+    unsafe fn cpu_access(
+        dmabuf: *mut bindings::dma_buf,
+        dir: bindings::dma_data_direction,
+        hook: fn(&PageBuffer<T>, DataDirection) -> Result,
+    ) -> crate::ffi::c_int {
+        from_result(|| {
+            // SAFETY: live and ours, by the function's contract.
+            let buf = unsafe { Self::buffer(dmabuf) };
+            hook(buf, DataDirection::from_raw(dir)?)?;
+            Ok(0)
+        })
+    }
+
     /// # Safety
     ///
     /// Called by the dma-buf core with a live buffer of ours.
@@ -689,12 +707,8 @@ impl<T: Exporter> OpsTable<T> {
         dmabuf: *mut bindings::dma_buf,
         dir: bindings::dma_data_direction,
     ) -> crate::ffi::c_int {
-        from_result(|| {
-            // SAFETY: the core passes our live buffer.
-            let buf = unsafe { Self::buffer(dmabuf) };
-            T::begin_cpu_access(buf, DataDirection::from_raw(dir)?)?;
-            Ok(0)
-        })
+        // SAFETY: the core passes our live buffer.
+        unsafe { Self::cpu_access(dmabuf, dir, T::begin_cpu_access) }
     }
 
     /// # Safety
@@ -704,12 +718,8 @@ impl<T: Exporter> OpsTable<T> {
         dmabuf: *mut bindings::dma_buf,
         dir: bindings::dma_data_direction,
     ) -> crate::ffi::c_int {
-        from_result(|| {
-            // SAFETY: the core passes our live buffer.
-            let buf = unsafe { Self::buffer(dmabuf) };
-            T::end_cpu_access(buf, DataDirection::from_raw(dir)?)?;
-            Ok(0)
-        })
+        // SAFETY: the core passes our live buffer.
+        unsafe { Self::cpu_access(dmabuf, dir, T::end_cpu_access) }
     }
 
     /// # Safety

@@ -7,7 +7,7 @@ use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// The directory where dma-buf heaps appear.
 pub const DMA_HEAP_DIR: &str = "/dev/dma_heap";
@@ -154,11 +154,6 @@ pub fn heap_names() -> io::Result<Vec<String>> {
     }
     names.sort();
     Ok(names)
-}
-
-/// Path of a heap's device node.
-pub fn heap_path(name: &str) -> PathBuf {
-    Path::new(DMA_HEAP_DIR).join(name)
 }
 
 /// A dma-buf fd returned by a heap.

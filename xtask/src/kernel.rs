@@ -57,11 +57,12 @@ pub struct Built {
     pub log: PathBuf,
 }
 
+fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn sha256_hex(data: &[u8]) -> String {
-    Sha256::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&Sha256::digest(data))
 }
 
 /// heaprig's own kernel sources, kept in the project so they are read, reviewed and edited
@@ -126,7 +127,7 @@ fn hash_files(paths: &[PathBuf]) -> Result<String> {
         h.update(p.file_name().unwrap_or_default().as_encoded_bytes());
         h.update(fs::read(p).with_context(|| format!("reading {}", p.display()))?);
     }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hex(&h.finalize()))
 }
 
 /// Files the patches touch (`+++ b/<path>` lines).
@@ -419,7 +420,7 @@ pub fn cache_key(env: &Env, src: &Source, profile: Profile) -> Result<String> {
     h.update(hash_files(&patches(env)?)?);
     h.update(hash_files(&overlay_sources(env))?);
     h.update(toolchain_identity(env));
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hex(&h.finalize()))
 }
 
 /// A bzImage carries "HdrS" at offset 0x202 (Documentation/arch/x86/boot.rst).

@@ -55,7 +55,7 @@ impl Pending {
 }
 
 /// Parses a result line body (after indentation): `ok 3 name # SKIP why` / `not ok 3 name`.
-fn parse_result(line: &str) -> Option<(Status, usize, String, Option<String>)> {
+pub fn parse_result(line: &str) -> Option<(Status, usize, String, Option<String>)> {
     let (ok, rest) = if let Some(r) = line.strip_prefix("not ok ") {
         (false, r)
     } else if let Some(r) = line.strip_prefix("ok ") {

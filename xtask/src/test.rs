@@ -155,21 +155,17 @@ fn show(ev: &Event, boot_shown: &mut bool, started: Instant) {
                     fmt_duration(started.elapsed())
                 );
             }
-            let t = l.trim_start();
-            let sub = l.starts_with("    ");
-            if t.starts_with("ok ") || t.starts_with("not ok ") {
-                let word = if t.starts_with("not ok") {
-                    "FAIL"
-                } else if t.contains("# SKIP") {
-                    "SKIP"
-                } else {
-                    "ok"
+            if let Some((status, _, name, _)) = ktap::parse_result(l.trim_start()) {
+                let word = match status {
+                    ktap::Status::Pass => "ok",
+                    ktap::Status::Fail => "FAIL",
+                    ktap::Status::Skip => "SKIP",
                 };
-                let name = t
-                    .split_whitespace()
-                    .nth(if word == "FAIL" { 3 } else { 2 })
-                    .unwrap_or("");
-                let indent = if sub { "      " } else { "  " };
+                let indent = if l.starts_with("    ") {
+                    "      "
+                } else {
+                    "  "
+                };
                 println!("{indent}{word:<5} {name}");
             }
         }

@@ -47,7 +47,7 @@ fn test_named<'a>(r: &'a serde_json::Value, name: &str) -> &'a serde_json::Value
 
 #[test]
 #[ignore = "boots the test kernel (minutes); CI runs it with --ignored"]
-fn suite_boots_and_passes_on_the_system_heap() {
+fn suite_boots_and_passes() {
     let _vm = VM.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let junit = dir.path().join("junit.xml");
