@@ -6,9 +6,9 @@
 //! device; this misc device does it on request, for a dma-buf fd from any exporter. The
 //! ioctls and their argument block are defined once, in `dmabuf_test_importer_uapi.rs`.
 
-use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use kernel::{
-    c_str,
+    c_str, debugfs,
     dma_buf::{Bytes, DataDirection, DmaBufRef, MappedAttachment, Vmapped},
     miscdevice::{MiscDevice, Registration},
     new_mutex,
@@ -51,7 +51,44 @@ struct Hold {
 struct Importer {
     #[pin]
     holds: Mutex<KVec<Hold>>,
+    /// Taken only by the `lock_inversion` fault, in both orders with `holds`.
+    #[pin]
+    order: Mutex<()>,
     next_handle: AtomicU64,
+}
+
+/// The fault knob: an index into `FAULTS` (0 is "none"); see the uapi file.
+struct Faults(AtomicUsize);
+
+static FAULT: Faults = Faults(AtomicUsize::new(0));
+
+impl Faults {
+    fn is(&self, name: &str) -> bool {
+        FAULTS.get(self.0.load(Relaxed)) == Some(&name)
+    }
+}
+
+impl debugfs::File for Faults {
+    fn show(&self, out: &mut KVec<u8>) -> Result {
+        let name = FAULTS.get(self.0.load(Relaxed)).unwrap_or(&FAULT_NONE);
+        out.extend_from_slice(name.as_bytes(), GFP_KERNEL)?;
+        out.push(b'\n', GFP_KERNEL)?;
+        Ok(())
+    }
+
+    fn store(&self, data: &[u8]) -> Result {
+        let name = data.strip_suffix(b"\n").unwrap_or(data);
+        let (i, f) = FAULTS
+            .iter()
+            .enumerate()
+            .find(|(_, f)| f.as_bytes() == name)
+            .ok_or(EINVAL)?;
+        if i != 0 {
+            pr_warn!("fault knob on: {}\n", f);
+        }
+        self.0.store(i, Relaxed);
+        Ok(())
+    }
 }
 
 /// Most vmaps one importer keeps at a time (each pins a buffer).
@@ -80,9 +117,52 @@ fn checksum_and_fill(b: &Bytes<'_>, h: u64, args: &ImporterArgs) -> u64 {
 
 impl Importer {
     fn vmap(&self, args: &mut ImporterArgs) -> Result {
-        let m = DmaBufRef::from_fd(args.fd)?.vmap()?;
-        args.checksum = checksum_and_fill(&m.bytes(), FNV_OFFSET, args);
-        args.pages = m.bytes().len() as u64;
+        self.inject_faults(args)?;
+        // Taken before the vmap so that only a failing vmap leaks it (`error_path_leak`).
+        let extra = if FAULT.is(FAULT_ERROR_PATH_LEAK) {
+            Some(DmaBufRef::from_fd(args.fd)?)
+        } else {
+            None
+        };
+        let m = match DmaBufRef::from_fd(args.fd)?.vmap() {
+            Ok(m) => m,
+            Err(e) => {
+                core::mem::forget(extra);
+                return Err(e);
+            }
+        };
+        drop(extra);
+        let bytes = m.bytes();
+        if FAULT.is(FAULT_SHORT_FILL) && args.op == OP_FILL {
+            let read_only = ImporterArgs {
+                op: OP_CHECKSUM,
+                ..*args
+            };
+            args.checksum = checksum_and_fill(&bytes, FNV_OFFSET, &read_only);
+            bytes.prefix(bytes.len().saturating_sub(1)).fill(args.fill as u8);
+        } else {
+            args.checksum = checksum_and_fill(&bytes, FNV_OFFSET, args);
+        }
+        args.pages = bytes.len() as u64;
+        Ok(())
+    }
+
+    /// The misbehaviour a fault knob asks `VMAP` for, before it does its real work.
+    fn inject_faults(&self, args: &ImporterArgs) -> Result {
+        if FAULT.is(FAULT_LEAK_REF) {
+            core::mem::forget(DmaBufRef::from_fd(args.fd)?);
+        }
+        if FAULT.is(FAULT_LEAK_MEMORY) {
+            core::mem::forget(KBox::new([0x6bu8; 128], GFP_KERNEL)?);
+        }
+        if FAULT.is(FAULT_LOCK_INVERSION) {
+            {
+                let _h = self.holds.lock();
+                let _o = self.order.lock();
+            }
+            let _o = self.order.lock();
+            let _h = self.holds.lock();
+        }
         Ok(())
     }
 
@@ -222,10 +302,17 @@ impl kernel::Module for ImporterModule {
             c_str!("dmabuf_test_importer"),
             try_pin_init!(Importer {
                 holds <- new_mutex!(KVec::new(), "Importer::holds"),
+                order <- new_mutex!((), "Importer::order"),
                 next_handle: AtomicU64::new(1),
             }),
         )?;
         reg.set_dma_params()?;
+        // debugfs is optional: without it the fault knobs stay off.
+        let files = debugfs::Dir::new(c_str!("dmabuf_test_importer"))
+            .and_then(|dir| dir.file(c_str!("faults"), 0o600, &FAULT));
+        if let Err(e) = files {
+            pr_warn!("no debugfs fault knobs ({:?})\n", e);
+        }
         pr_info!("registered /dev/dmabuf_test_importer\n");
         Ok(Self)
     }

@@ -820,6 +820,16 @@ impl Bytes<'_> {
         }
     }
 
+    /// The first `n` bytes (all of them if `n` is larger).
+    pub fn prefix(&self, n: usize) -> Bytes<'_> {
+        // INVARIANT: a shorter range of a mapped range is mapped for as long.
+        Bytes {
+            ptr: self.ptr,
+            len: n.min(self.len),
+            _p: PhantomData,
+        }
+    }
+
     /// Writes `b` to every byte.
     pub fn fill(&self, b: u8) {
         for i in 0..self.len {

@@ -66,3 +66,28 @@ pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 pub const fn fnv1a(h: u64, byte: u8) -> u64 {
     (h ^ byte as u64).wrapping_mul(0x0000_0100_0000_01b3)
 }
+
+/// Fault knobs (debugfs, "none" at boot): each makes the importer misbehave in one way, so a
+/// rig self-test can prove the detector for that fault fires. Write a name to switch it on.
+pub const FAULTS_PATH: &str = "/sys/kernel/debug/dmabuf_test_importer/faults";
+/// Behave correctly.
+pub const FAULT_NONE: &str = "none";
+/// Every `VMAP` takes one extra reference to its buffer and never drops it (leak oracle).
+pub const FAULT_LEAK_REF: &str = "leak_ref";
+/// Every `VMAP` leaks a small kmalloc'ed block (kmemleak).
+pub const FAULT_LEAK_MEMORY: &str = "leak_memory";
+/// Every `VMAP` takes the importer's two locks in the opposite order to `HOLD` (lockdep).
+pub const FAULT_LOCK_INVERSION: &str = "lock_inversion";
+/// `VMAP` with `OP_FILL` leaves the buffer's last byte unchanged (content checks, the fuzzer).
+pub const FAULT_SHORT_FILL: &str = "short_fill";
+/// A `VMAP` that fails leaks a reference to its buffer (fault injection + leak oracle).
+pub const FAULT_ERROR_PATH_LEAK: &str = "error_path_leak";
+/// Every knob, for validation on both sides.
+pub const FAULTS: [&str; 6] = [
+    FAULT_NONE,
+    FAULT_LEAK_REF,
+    FAULT_LEAK_MEMORY,
+    FAULT_LOCK_INVERSION,
+    FAULT_SHORT_FILL,
+    FAULT_ERROR_PATH_LEAK,
+];

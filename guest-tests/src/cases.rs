@@ -4,12 +4,15 @@
 use std::path::Path;
 
 use crate::ensure;
-use crate::harness::{errno_name, verdict, Body, Case, Context, Ctx, Outcome, Stop};
+use crate::harness::{errno_name, verdict, Body, Case, Context, Ctx, Kind, Outcome, Stop};
 use crate::uapi::{
     heap_names, Access, Heap, DMA_BUF_SYNC_END, DMA_BUF_SYNC_READ, DMA_BUF_SYNC_RW,
     DMA_BUF_SYNC_START, DMA_BUF_SYNC_WRITE, DMA_HEAP_DIR,
 };
 
+pub mod concurrency;
+mod detectors;
+mod faults;
 mod heap;
 mod importer;
 
@@ -17,15 +20,23 @@ mod importer;
 const fn case(name: &'static str, body: Body) -> Case {
     Case {
         name,
-        selftest: false,
+        kind: Kind::Test,
         body,
+    }
+}
+
+/// A check over the whole run, after every selected test.
+const fn finally(name: &'static str, body: Body) -> Case {
+    Case {
+        kind: Kind::Finally,
+        ..case(name, body)
     }
 }
 
 /// A rig self-test: runs only when named, must make the rig report a failure.
 const fn selftest(name: &'static str, body: Body) -> Case {
     Case {
-        selftest: true,
+        kind: Kind::SelfTest,
         ..case(name, body)
     }
 }
@@ -80,11 +91,53 @@ pub const CASES: &[Case] = &[
         "rust_heap_stats",
         Body::OnHeap("rust_system", heap::rust_heap_stats_track_buffers),
     ),
+    // Hostile user space and a hostile kernel (debug profile).
+    case("fault_sweep", Body::PerHeap(faults::fault_sweep)),
+    case(
+        "concurrent_threads",
+        Body::PerHeap(concurrency::threads_alloc_map_sync),
+    ),
+    case(
+        "concurrent_vmap_sync_close",
+        Body::PerHeap(concurrency::vmap_sync_close_race),
+    ),
+    case(
+        "concurrent_scm_rights",
+        Body::PerHeap(concurrency::scm_rights_handoff),
+    ),
+    case(
+        "concurrent_fork_mappings",
+        Body::PerHeap(concurrency::fork_with_live_mappings),
+    ),
+    case("fuzz", Body::PerHeap(crate::fuzz::case)),
     // Rig self-tests: each must make the rig report a failure of a specific kind.
     selftest("rig_selftest_fail", Body::Global(selftest_fail)),
     selftest("rig_selftest_crash", Body::Global(selftest_crash)),
     selftest("rig_selftest_timeout", Body::Global(selftest_timeout)),
     selftest("rig_selftest_warning", Body::Global(selftest_warning)),
+    selftest(
+        "rig_selftest_leak",
+        Body::OnHeap("rust_system", detectors::selftest_leak),
+    ),
+    selftest(
+        "rig_selftest_fault_leak",
+        Body::OnHeap("rust_system", faults::selftest_fault_leak),
+    ),
+    selftest(
+        "rig_selftest_fuzz",
+        Body::OnHeap("rust_system", detectors::selftest_fuzz),
+    ),
+    selftest(
+        "rig_selftest_kmemleak",
+        Body::OnHeap("rust_system", detectors::selftest_kmemleak),
+    ),
+    // Last: lockdep switches itself off after its first report.
+    selftest(
+        "rig_selftest_lockdep",
+        Body::OnHeap("rust_system", detectors::selftest_lockdep),
+    ),
+    // After everything: leaks only a whole-run scan can see.
+    finally("kmemleak", Body::Global(detectors::kmemleak)),
 ];
 
 const KIB: u64 = 1024;

@@ -42,12 +42,22 @@ pub enum Body {
     OnHeap(&'static str, fn(&mut Ctx, &Heap) -> Outcome),
 }
 
+/// When a case runs.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Kind {
+    /// Whenever selected (all of them by default).
+    Test,
+    /// Rig self-tests prove the detectors fire; they run only when asked for by name.
+    SelfTest,
+    /// Checks over the whole run (kmemleak): appended last to every non-empty selection.
+    Finally,
+}
+
 /// One entry of the test table.
 #[derive(Clone, Copy)]
 pub struct Case {
     pub name: &'static str,
-    /// Rig self-tests prove the detectors fire; they run only when asked for by name.
-    pub selftest: bool,
+    pub kind: Kind,
     pub body: Body,
 }
 

@@ -6,7 +6,9 @@
 
 pub mod bench;
 pub mod cases;
+pub mod fuzz;
 pub mod harness;
+pub mod leaks;
 pub mod runner;
 pub mod select;
 pub mod uapi;

@@ -10,10 +10,11 @@ use std::time::Duration;
 
 use guest_tests::bench;
 use guest_tests::cases::CASES;
-use guest_tests::runner::{run, Out};
+use guest_tests::fuzz;
+use guest_tests::runner::{run, Options, Out};
 use guest_tests::select::select;
 
-const USAGE: &str = "usage: heaprig-guest list [PATTERN...]\n       heaprig-guest run [--timeout SECS] [--results DIR] [PATTERN...]\n       heaprig-guest bench [--quick] [--out FILE]";
+const USAGE: &str = "usage: heaprig-guest list [PATTERN...]\n       heaprig-guest run [--timeout SECS] [--results DIR] [--heap NAME]... [--fuzz-seconds N] [--fuzz-seed S] [--fuzz-ops N] [PATTERN...]\n       heaprig-guest bench [--quick] [--out FILE]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -43,7 +44,13 @@ fn main() -> ExitCode {
             }
         }
         Some("run") => match parse_run(&args[1..]) {
-            Ok((timeout, results, patterns)) => {
+            Ok(RunArgs {
+                opts,
+                results,
+                patterns,
+                fuzz,
+            }) => {
+                fuzz::set_config(fuzz);
                 let cases = select(CASES, &patterns);
                 if cases.is_empty() {
                     eprintln!("heaprig-guest: no test matches {patterns:?}");
@@ -61,7 +68,7 @@ fn main() -> ExitCode {
                         return ExitCode::from(2);
                     }
                 };
-                let totals = run(&cases, timeout, &mut Out::new(copy));
+                let totals = run(&cases, &opts, &mut Out::new(copy));
                 if totals.fail == 0 {
                     ExitCode::SUCCESS
                 } else {
@@ -80,29 +87,58 @@ fn main() -> ExitCode {
     }
 }
 
-type RunArgs = (Duration, Option<PathBuf>, Vec<String>);
+struct RunArgs {
+    opts: Options,
+    results: Option<PathBuf>,
+    patterns: Vec<String>,
+    fuzz: fuzz::Config,
+}
+
+/// The fuzzer's budget inside the suite, per heap (`cargo xtask fuzz` asks for more).
+const SUITE_FUZZ_SECONDS: u64 = 10;
 
 fn parse_run(args: &[String]) -> Result<RunArgs, String> {
-    let mut timeout = Duration::from_secs(60);
+    let mut opts = Options {
+        timeout: Duration::from_secs(60),
+        heaps: Vec::new(),
+    };
     let mut results = None;
     let mut patterns = Vec::new();
+    let mut fuzz = fuzz::Config::from_time(Duration::from_secs(SUITE_FUZZ_SECONDS));
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
-            "--timeout" => {
-                let v = it.next().ok_or("--timeout needs a value")?;
-                let secs: u64 = v
-                    .parse()
-                    .map_err(|_| format!("--timeout takes whole seconds, not {v:?}"))?;
-                if secs == 0 {
-                    return Err("--timeout must be at least 1 second".into());
-                }
-                timeout = Duration::from_secs(secs);
+            "--timeout" => opts.timeout = Duration::from_secs(number(&mut it, "--timeout", 1)?),
+            "--fuzz-seconds" => {
+                fuzz.budget = Duration::from_secs(number(&mut it, "--fuzz-seconds", 1)?)
             }
-            "--results" => results = Some(PathBuf::from(it.next().ok_or("--results needs a dir")?)),
+            "--fuzz-seed" => fuzz.seed = number(&mut it, "--fuzz-seed", 0)?,
+            "--fuzz-ops" => fuzz.max_ops = Some(number(&mut it, "--fuzz-ops", 1)?),
+            "--results" => results = Some(PathBuf::from(value(&mut it, "--results")?)),
+            "--heap" => opts.heaps.push(value(&mut it, "--heap")?),
             s if s.starts_with("--") => return Err(format!("unknown option {s}")),
             s => patterns.push(s.to_string()),
         }
     }
-    Ok((timeout, results, patterns))
+    Ok(RunArgs {
+        opts,
+        results,
+        patterns,
+        fuzz,
+    })
+}
+
+fn value(it: &mut std::slice::Iter<String>, what: &str) -> Result<String, String> {
+    it.next().cloned().ok_or(format!("{what} needs a value"))
+}
+
+fn number(it: &mut std::slice::Iter<String>, what: &str, min: u64) -> Result<u64, String> {
+    let v = value(it, what)?;
+    let n: u64 = v
+        .parse()
+        .map_err(|_| format!("{what} takes a whole number, not {v:?}"))?;
+    if n < min {
+        return Err(format!("{what} must be at least {min}"));
+    }
+    Ok(n)
 }

@@ -10,6 +10,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use crate::harness::{Body, Case, Ctx, Stop};
+use crate::leaks::Holdings;
 use crate::uapi::{heap_names, Heap, DMA_HEAP_DIR};
 
 /// Where KTAP goes: stdout (streamed to the host) and optionally a copy in the results dir.
@@ -216,7 +217,38 @@ impl Totals {
     }
 }
 
-/// Runs a per-heap body in a child, between kernel-log markers naming test and heap.
+/// Runs `f` in a child between kernel-log markers naming `label`, with the leak oracle: what
+/// the kernel holds for dma-bufs after the child is gone must be what it held before (a
+/// process's files are released before its parent can reap it).
+fn run_checked(
+    out: &mut Out,
+    label: &str,
+    timeout: Duration,
+    f: impl FnOnce(&mut Ctx) -> Result<(), Stop>,
+) -> ChildResult {
+    out.kmsg(&format!("begin {label}"));
+    let before = Holdings::read();
+    let mut r = run_in_child(timeout, f);
+    let leaks = match (&before, Holdings::read()) {
+        (Ok(b), Ok(a)) => a.leaked_since(b),
+        _ => Vec::new(),
+    };
+    out.kmsg(&format!("end {label}"));
+    if let Some(first) = leaks.first() {
+        for l in &leaks {
+            r.ctx.diag(format!("leak: {l}"));
+        }
+        if r.status == Status::Pass {
+            r.status = Status::Fail(format!(
+                "leak oracle: {first} ({} finding(s) in all)",
+                leaks.len()
+            ));
+        }
+    }
+    r
+}
+
+/// Runs a per-heap body on `heap`.
 fn run_on_heap(
     out: &mut Out,
     name: &str,
@@ -224,25 +256,51 @@ fn run_on_heap(
     f: fn(&mut Ctx, &Heap) -> Result<(), Stop>,
     timeout: Duration,
 ) -> ChildResult {
-    let label = format!("{name}/{heap}");
-    out.kmsg(&format!("begin {label}"));
-    let r = run_in_child(timeout, |ctx| {
+    run_checked(out, &format!("{name}/{heap}"), timeout, |ctx| {
         let h =
             Heap::open(heap).map_err(|e| Stop::Fail(format!("open {DMA_HEAP_DIR}/{heap}: {e}")))?;
         f(ctx, &h)
-    });
-    out.kmsg(&format!("end {label}"));
-    r
+    })
+}
+
+/// How the runner runs the cases.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Limit for each child.
+    pub timeout: Duration,
+    /// Run heap tests on these heaps only (all when empty).
+    pub heaps: Vec<String>,
 }
 
 /// Runs the selected cases and prints KTAP; returns the totals of leaf results.
-pub fn run(cases: &[&Case], timeout: Duration, out: &mut Out) -> Totals {
+pub fn run(cases: &[&Case], opts: &Options, out: &mut Out) -> Totals {
+    let timeout = opts.timeout;
     let mut totals = Totals::default();
     out.line(0, "KTAP version 1");
     out.line(0, &format!("1..{}", cases.len()));
-    let heaps = heap_names();
+    let heaps = heap_names().map(|all| {
+        all.into_iter()
+            .filter(|h| opts.heaps.is_empty() || opts.heaps.contains(h))
+            .collect::<Vec<_>>()
+    });
+    if let Err(why) = Holdings::read() {
+        out.line(
+            0,
+            &format!("# heaprig-guest: WARNING: leak oracle off, cannot read {why}"),
+        );
+    }
     match &heaps {
-        Ok(h) => out.line(0, &format!("# heaprig-guest: heaps: {}", h.join(", "))),
+        Ok(h) => {
+            out.line(0, &format!("# heaprig-guest: heaps: {}", h.join(", ")));
+            for want in opts.heaps.iter().filter(|w| !h.contains(w)) {
+                out.line(
+                    0,
+                    &format!(
+                        "# heaprig-guest: WARNING: --heap {want}: no such heap under {DMA_HEAP_DIR}"
+                    ),
+                );
+            }
+        }
         Err(e) => out.line(
             0,
             &format!("# heaprig-guest: cannot list {DMA_HEAP_DIR}: {e}"),
@@ -253,9 +311,7 @@ pub fn run(cases: &[&Case], timeout: Duration, out: &mut Out) -> Totals {
         out.line(0, &format!("# heaprig-begin: {}", case.name));
         match case.body {
             Body::Global(f) => {
-                out.kmsg(&format!("begin {}", case.name));
-                let r = run_in_child(timeout, f);
-                out.kmsg(&format!("end {}", case.name));
+                let r = run_checked(out, case.name, timeout, f);
                 totals.add(&r.status);
                 report(out, 0, n, case.name, &r);
             }
@@ -265,7 +321,10 @@ pub fn run(cases: &[&Case], timeout: Duration, out: &mut Out) -> Totals {
                     totals.skip += 1;
                     out.line(
                         0,
-                        &format!("ok {n} {} # SKIP heap {heap} is not present", case.name),
+                        &format!(
+                            "ok {n} {} # SKIP heap {heap} is not present or not selected",
+                            case.name
+                        ),
                     );
                     continue;
                 }

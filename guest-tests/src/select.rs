@@ -1,7 +1,7 @@
 //! Test selection by name or glob, shared by the guest runner and (through `list`) the host,
 //! so a pattern that selects nothing is rejected before a kernel is booted.
 
-use crate::harness::Case;
+use crate::harness::{Case, Kind};
 
 /// `*` matches any run of characters, `?` one character; everything else is literal.
 pub fn glob_match(pattern: &str, name: &str) -> bool {
@@ -27,19 +27,21 @@ pub fn pattern_matches(pattern: &str, name: &str) -> bool {
 }
 
 /// The cases a run executes. With no patterns: every case except the rig self-tests.
-/// Self-tests run only when a pattern names them explicitly (contains "selftest").
+/// Self-tests run only when a pattern names them explicitly (contains "selftest"). The
+/// `Finally` cases (checks over the whole run) come last in every non-empty selection.
 pub fn select<'a>(cases: &'a [Case], patterns: &[String]) -> Vec<&'a Case> {
-    cases
-        .iter()
-        .filter(|c| {
-            if patterns.is_empty() {
-                return !c.selftest;
-            }
-            patterns
-                .iter()
-                .any(|p| pattern_matches(p, c.name) && (!c.selftest || p.contains("selftest")))
-        })
-        .collect()
+    let chosen = |c: &Case| match c.kind {
+        Kind::Test => patterns.is_empty() || patterns.iter().any(|p| pattern_matches(p, c.name)),
+        Kind::SelfTest => patterns
+            .iter()
+            .any(|p| pattern_matches(p, c.name) && p.contains("selftest")),
+        Kind::Finally => false,
+    };
+    let mut out: Vec<&Case> = cases.iter().filter(|c| chosen(c)).collect();
+    if !out.is_empty() {
+        out.extend(cases.iter().filter(|c| c.kind == Kind::Finally));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -67,18 +69,39 @@ mod tests {
     fn default_selection_excludes_selftests() {
         let all = select(CASES, &[]);
         assert!(!all.is_empty());
-        assert!(all.iter().all(|c| !c.selftest));
+        assert!(all.iter().all(|c| c.kind != Kind::SelfTest));
         let star = select(CASES, &["*".to_string()]);
-        assert!(star.iter().all(|c| !c.selftest));
+        assert!(star.iter().all(|c| c.kind != Kind::SelfTest));
         let st = select(CASES, &["rig_selftest_fail".to_string()]);
-        assert_eq!(st.len(), 1);
         assert_eq!(st[0].name, "rig_selftest_fail");
+        assert!(st[1..].iter().all(|c| c.kind == Kind::Finally));
+    }
+
+    #[test]
+    fn whole_run_checks_come_last_in_any_selection() {
+        let finally: Vec<&str> = CASES
+            .iter()
+            .filter(|c| c.kind == Kind::Finally)
+            .map(|c| c.name)
+            .collect();
+        assert!(!finally.is_empty());
+        for patterns in [vec![], vec!["vmap".to_string()]] {
+            let s = select(CASES, &patterns);
+            let tail: Vec<&str> = s[s.len() - finally.len()..]
+                .iter()
+                .map(|c| c.name)
+                .collect();
+            assert_eq!(tail, finally, "{patterns:?}");
+        }
+        assert!(select(CASES, &["no_such_test".to_string()]).is_empty());
     }
 
     #[test]
     fn substring_selects() {
         let s = select(CASES, &["sync".to_string()]);
         assert!(s.iter().any(|c| c.name == "alloc_mmap_sync_roundtrip"));
-        assert!(s.iter().all(|c| c.name.contains("sync")));
+        assert!(s
+            .iter()
+            .all(|c| c.name.contains("sync") || c.kind == Kind::Finally));
     }
 }

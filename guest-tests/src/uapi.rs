@@ -164,6 +164,23 @@ pub struct DmaBuf {
 }
 
 impl DmaBuf {
+    /// Wraps a dma-buf fd that did not come from `Heap::alloc` (a dup, or one received over
+    /// a socket); its length is the size lseek reports.
+    pub fn from_fd(fd: OwnedFd) -> io::Result<DmaBuf> {
+        let len = fd_size(fd.as_raw_fd())?;
+        Ok(DmaBuf { fd, len })
+    }
+
+    /// A close-on-exec duplicate of the fd (never 0..=2), owned, so it closes exactly once;
+    /// it keeps `len`.
+    pub fn try_clone(&self) -> io::Result<DmaBuf> {
+        // SAFETY: F_DUPFD_CLOEXEC reads no memory; on an invalid fd it fails with EBADF.
+        let new = check(unsafe { libc::fcntl(self.raw_fd(), libc::F_DUPFD_CLOEXEC, 3) })?;
+        // SAFETY: fcntl just installed `new`, and nothing else owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(new) };
+        Ok(DmaBuf { fd, len: self.len })
+    }
+
     pub fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
     }
@@ -210,6 +227,7 @@ impl DmaBuf {
 pub struct Mapping {
     ptr: *mut u8,
     len: usize,
+    offset: u64,
 }
 
 impl Mapping {
@@ -231,7 +249,27 @@ impl Mapping {
         Ok(Mapping {
             ptr: ptr.cast(),
             len,
+            offset,
         })
+    }
+
+    /// Bytes mapped (as asked for; the kernel maps whole pages).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Offset in the buffer where the mapping starts.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// The buffer offsets the mapping covers.
+    pub fn range(&self) -> std::ops::Range<usize> {
+        self.offset as usize..self.offset as usize + self.len
     }
 
     pub fn as_slice(&self) -> &[u8] {
@@ -367,6 +405,25 @@ impl IonCompat {
 impl Drop for IonCompat {
     fn drop(&mut self) {
         let _ = std::fs::write(&self.path, self.old.trim());
+    }
+}
+
+/// Switches one of the importer's fault knobs on; switches it back to "none" on drop, so a
+/// self-test that fails half-way leaves no fault behind for the next test.
+pub struct Fault {
+    _private: (),
+}
+
+impl Fault {
+    pub fn set(name: &str) -> io::Result<Fault> {
+        std::fs::write(importer::FAULTS_PATH, name)?;
+        Ok(Fault { _private: () })
+    }
+}
+
+impl Drop for Fault {
+    fn drop(&mut self) {
+        let _ = std::fs::write(importer::FAULTS_PATH, importer::FAULT_NONE);
     }
 }
 

@@ -39,6 +39,40 @@ pub enum Cmd {
     Parse(ParseArgs),
     /// Microbenchmarks of every heap in one boot of the perf kernel (never a pass/fail test).
     Bench(BenchArgs),
+    /// The seeded fuzzer on the debug kernel, for longer than the suite gives it.
+    Fuzz(FuzzArgs),
+}
+
+/// A heap name as /dev/dma_heap spells it.
+fn parse_heap(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?} is not a heap name (letters, digits, '_' and '-', as under /dev/dma_heap)"
+        ))
+    }
+}
+
+#[derive(Args)]
+pub struct FuzzArgs {
+    #[command(flatten)]
+    pub vm: VmArgs,
+    /// How long to fuzz each heap.
+    #[arg(long, default_value_t = 60, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub seconds: u64,
+    /// Seed to replay (printed by every run); default: a new one.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Stop after this many operations (replays a failure up to the op that failed).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub ops: Option<u64>,
+    /// Fuzz only this heap (repeatable). Default: every heap.
+    #[arg(long, value_parser = parse_heap)]
+    pub heap: Vec<String>,
 }
 
 impl KernelArgs {
@@ -120,6 +154,12 @@ pub struct TestArgs {
     /// Write changed snapshots instead of failing (review them with `git diff snapshots/`).
     #[arg(long)]
     pub accept: bool,
+    /// Run per-heap tests on this heap only (repeatable); snapshots are then not compared.
+    #[arg(long, value_parser = parse_heap)]
+    pub heap: Vec<String>,
+    /// Further arguments for the guest runner (set by other tasks, e.g. `fuzz`).
+    #[arg(skip)]
+    pub guest_args: Vec<String>,
     /// Tests to run: names, substrings or globs (`vmap`, `alloc_*`). Default: all.
     #[arg(last = true, value_name = "PATTERN")]
     pub patterns: Vec<String>,

@@ -5,6 +5,7 @@ mod bench;
 mod env;
 mod exec;
 mod flags;
+mod fuzz;
 mod kconfig;
 mod kernel;
 mod ktap;
@@ -59,6 +60,7 @@ fn main() -> ExitCode {
         Cmd::Shell(v) => exec::shell(&env, v),
         Cmd::Parse(a) => test::parse(&env, a),
         Cmd::Bench(a) => bench::run(&env, a),
+        Cmd::Fuzz(a) => fuzz::run(&env, a),
     });
     match result {
         Ok(code) => code,

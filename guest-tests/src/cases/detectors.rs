@@ -1,0 +1,104 @@
+//! The whole-run kmemleak check, and the self-tests that prove each hostile-suite detector
+//! fires: each switches on one importer fault knob and the rig must report exactly that fault.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::harness::{Context, Ctx, Outcome, Stop};
+use crate::leaks::{parse_kmemleak, KMEMLEAK};
+use crate::uapi::importer::{
+    FAULT_LEAK_MEMORY, FAULT_LEAK_REF, FAULT_LOCK_INVERSION, FAULT_SHORT_FILL, IMPORTER_VMAP,
+    OP_CHECKSUM,
+};
+use crate::uapi::{Fault, Heap, Importer};
+
+/// kmemleak never reports an object younger than this (mm/kmemleak.c, jiffies_min_age).
+const KMEMLEAK_MIN_AGE: Duration = Duration::from_secs(5);
+
+/// After every test: a kmemleak scan; any report allocated on a dma-buf path fails the run.
+pub fn kmemleak(ctx: &mut Ctx) -> Outcome {
+    if !Path::new(KMEMLEAK).exists() {
+        return Err(Stop::Skip(format!(
+            "{KMEMLEAK} missing: kernel built without CONFIG_DEBUG_KMEMLEAK (the debug profile \
+             has it)"
+        )));
+    }
+    // kmemleak reports an object only when two scans in a row find it unreferenced and
+    // unchanged (the first records its checksum), and only once it is older than the minimum
+    // age; so: scan, let the last test's objects age, scan again.
+    let started = std::time::Instant::now();
+    for pass in 0..2 {
+        if pass == 1 {
+            let wait =
+                (KMEMLEAK_MIN_AGE + Duration::from_millis(500)).saturating_sub(started.elapsed());
+            std::thread::sleep(wait);
+        }
+        if let Err(e) = std::fs::write(KMEMLEAK, "scan") {
+            // kmemleak turns itself off after an internal error; that is not a pass.
+            return Err(Stop::Skip(format!(
+                "kmemleak refused a scan ({e}): it disabled itself; see the kernel log"
+            )));
+        }
+    }
+    let text = std::fs::read_to_string(KMEMLEAK).context(format!("reading {KMEMLEAK}"))?;
+    let reports = parse_kmemleak(&text);
+    let ours: Vec<_> = reports.iter().filter(|r| r.is_ours()).collect();
+    ctx.diag(format!(
+        "kmemleak: {} unreferenced object(s) in all, {} on dma-buf paths",
+        reports.len(),
+        ours.len()
+    ));
+    for r in &ours {
+        ctx.diag(format!("kmemleak: {}", r.summary()));
+    }
+    ctx.fact("kmemleak reports on dma-buf paths", ours.len());
+    match ours.first() {
+        Some(r) => Err(Stop::Fail(format!("kmemleak: {}", r.summary()))),
+        None => Ok(()),
+    }
+}
+
+/// Switches on `knob` and vmaps a fresh 4 KiB buffer `times` times through the importer.
+fn vmap_with_fault(heap: &Heap, knob: &str, times: usize) -> Outcome {
+    let imp = Importer::open().map_err(|e| {
+        Stop::Skip(format!(
+            "no test importer ({e}): CONFIG_DMABUF_TEST_IMPORTER is off"
+        ))
+    })?;
+    let _fault = Fault::set(knob).context(format!("switching on the {knob} knob"))?;
+    for _ in 0..times {
+        let buf = heap.alloc(4096).context("alloc 4 KiB")?;
+        imp.on(IMPORTER_VMAP, &buf, OP_CHECKSUM, 0)
+            .context("importer VMAP")?;
+    }
+    Ok(())
+}
+
+/// The leak oracle must name the buffer the importer kept a reference to.
+pub fn selftest_leak(_ctx: &mut Ctx, heap: &Heap) -> Outcome {
+    vmap_with_fault(heap, FAULT_LEAK_REF, 1)
+}
+
+/// The whole-run kmemleak check must report blocks allocated in the importer's ioctl.
+pub fn selftest_kmemleak(_ctx: &mut Ctx, heap: &Heap) -> Outcome {
+    vmap_with_fault(heap, FAULT_LEAK_MEMORY, 4)
+}
+
+/// Lockdep must report the importer taking its two locks in both orders. Lockdep switches
+/// itself off after its first report, so this belongs last in a boot.
+pub fn selftest_lockdep(_ctx: &mut Ctx, heap: &Heap) -> Outcome {
+    vmap_with_fault(heap, FAULT_LOCK_INVERSION, 1)
+}
+
+/// The fuzzer must catch a fill that misses the last byte, with a seed to replay it.
+pub fn selftest_fuzz(ctx: &mut Ctx, heap: &Heap) -> Outcome {
+    Importer::open().map_err(|e| {
+        Stop::Skip(format!(
+            "no test importer ({e}): CONFIG_DMABUF_TEST_IMPORTER is off"
+        ))
+    })?;
+    let _fault = Fault::set(FAULT_SHORT_FILL).context("switching on the short_fill knob")?;
+    let mut cfg = crate::fuzz::config();
+    cfg.budget = Duration::from_secs(10);
+    crate::fuzz::run(ctx, heap, &cfg)
+}

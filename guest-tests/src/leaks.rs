@@ -1,0 +1,331 @@
+//! The leak oracle: what the kernel holds for dma-bufs before and after a test.
+//!
+//! Two views, both compared across every test by the runner:
+//! - `/sys/kernel/debug/dma_buf/bufinfo`, the dma-buf core's list of every live buffer and
+//!   its attachments, whichever exporter made it (so it covers the C heaps too);
+//! - each heap's own counters, for heaps that keep them (live buffers, bytes, vmaps).
+//!
+//! And after the whole suite, kmemleak: reports whose backtrace runs through dma-buf code.
+
+use std::collections::BTreeMap;
+
+use crate::uapi::{heap_names, heap_stats};
+
+pub const BUFINFO: &str = "/sys/kernel/debug/dma_buf/bufinfo";
+pub const KMEMLEAK: &str = "/sys/kernel/debug/kmemleak";
+
+/// One live dma-buf as bufinfo lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Buffer {
+    pub ino: u64,
+    pub size: u64,
+    pub exporter: String,
+    pub name: String,
+    pub file_count: u64,
+    pub attachments: Vec<String>,
+}
+
+/// Parses bufinfo (drivers/dma-buf/dma-buf.c, `dma_buf_debug_show`): one tab-separated line
+/// per buffer (size, flags, mode, count, exp_name, ino, name), then its attached devices.
+pub fn parse_bufinfo(text: &str) -> Vec<Buffer> {
+    let mut out: Vec<Buffer> = Vec::new();
+    let mut in_attached = false;
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split('\t').collect();
+        if fields.len() >= 7
+            && fields[0].len() == 8
+            && fields[0].bytes().all(|b| b.is_ascii_digit())
+        {
+            let num = |s: &str| s.trim().parse::<u64>().ok();
+            if let (Some(size), Some(file_count), Some(ino)) =
+                (num(fields[0]), num(fields[3]), num(fields[5]))
+            {
+                out.push(Buffer {
+                    ino,
+                    size,
+                    exporter: fields[4].to_string(),
+                    name: fields[6..].join("\t"),
+                    file_count,
+                    attachments: Vec::new(),
+                });
+                in_attached = false;
+                continue;
+            }
+        }
+        if line == "\tAttached Devices:" {
+            in_attached = true;
+        } else if line.starts_with("Total ") || line.is_empty() {
+            in_attached = false;
+        } else if in_attached {
+            if let (Some(b), Some(dev)) = (out.last_mut(), line.strip_prefix('\t')) {
+                b.attachments.push(dev.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// Counters that describe what a heap holds now (the others only ever grow).
+const HELD_COUNTERS: [&str; 3] = ["live_buffers", "live_bytes", "current_vmaps"];
+
+/// What the kernel holds for dma-bufs at one moment.
+#[derive(Debug, Default, Clone)]
+pub struct Holdings {
+    /// By inode number, unique per buffer for the life of the boot.
+    pub buffers: BTreeMap<u64, Buffer>,
+    /// heap -> counter -> value, for heaps with counters.
+    pub counters: BTreeMap<String, BTreeMap<String, u64>>,
+}
+
+impl Holdings {
+    /// Reads both views; fails with the reason when bufinfo is unreadable (no debugfs).
+    pub fn read() -> Result<Holdings, String> {
+        let text = std::fs::read_to_string(BUFINFO).map_err(|e| format!("{BUFINFO}: {e}"))?;
+        let buffers = parse_bufinfo(&text)
+            .into_iter()
+            .map(|b| (b.ino, b))
+            .collect();
+        let mut counters = BTreeMap::new();
+        for heap in heap_names().unwrap_or_default() {
+            if let Some(stats) = heap_stats(&heap) {
+                let held = stats
+                    .into_iter()
+                    .filter(|(k, _)| HELD_COUNTERS.contains(&k.as_str()))
+                    .collect();
+                counters.insert(heap, held);
+            }
+        }
+        Ok(Holdings { buffers, counters })
+    }
+
+    /// What `self` (after) holds that `before` did not, one line per finding.
+    pub fn leaked_since(&self, before: &Holdings) -> Vec<String> {
+        let mut found = Vec::new();
+        for (ino, b) in &self.buffers {
+            match before.buffers.get(ino) {
+                None => found.push(format!(
+                    "dma-buf left behind: {} bytes from {} (ino {ino}, name {}, {} file \
+                     reference(s), attached to [{}])",
+                    b.size,
+                    b.exporter,
+                    b.name,
+                    b.file_count,
+                    b.attachments.join(", ")
+                )),
+                Some(old) => {
+                    if b.attachments.len() > old.attachments.len() {
+                        found.push(format!(
+                            "attachment left behind on a {}-byte {} buffer (ino {ino}): [{}] \
+                             before, [{}] after",
+                            b.size,
+                            b.exporter,
+                            old.attachments.join(", "),
+                            b.attachments.join(", ")
+                        ));
+                    }
+                    // A reference taken in the kernel (dma_buf_get) and never put.
+                    if b.file_count > old.file_count {
+                        found.push(format!(
+                            "buffer reference left behind on a {}-byte {} buffer (ino {ino}): \
+                             {} file reference(s) before, {} after",
+                            b.size, b.exporter, old.file_count, b.file_count
+                        ));
+                    }
+                }
+            }
+        }
+        for (heap, now) in &self.counters {
+            let Some(then) = before.counters.get(heap) else {
+                continue;
+            };
+            for (k, v) in now {
+                let old = then.get(k).copied().unwrap_or(0);
+                if *v > old {
+                    found.push(format!("{heap} heap: {k} went from {old} to {v}"));
+                }
+            }
+        }
+        found
+    }
+}
+
+/// One kmemleak report: its header line and backtrace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeakReport {
+    pub header: String,
+    pub comm: String,
+    pub backtrace: Vec<String>,
+}
+
+/// Parses /sys/kernel/debug/kmemleak (mm/kmemleak.c, `print_unreferenced`): blocks that
+/// start with "unreferenced object", then comm, hex dump and backtrace lines.
+pub fn parse_kmemleak(text: &str) -> Vec<LeakReport> {
+    let mut out: Vec<LeakReport> = Vec::new();
+    let mut in_trace = false;
+    for line in text.lines() {
+        let t = line.trim();
+        if t.starts_with("unreferenced object") {
+            out.push(LeakReport {
+                header: t.to_string(),
+                comm: String::new(),
+                backtrace: Vec::new(),
+            });
+            in_trace = false;
+        } else if let Some(r) = out.last_mut() {
+            if t.starts_with("comm ") {
+                r.comm = t.to_string();
+            } else if t.starts_with("backtrace") {
+                in_trace = true;
+            } else if in_trace && !t.is_empty() {
+                // 6.12 prints "func+0x12/0x34"; older kernels prefix "[<address>] ".
+                let sym = t.split_once("] ").map_or(t, |(_, s)| s);
+                r.backtrace.push(sym.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// Symbol fragments of the code under test: the dma-buf core and heaps, our heap, the test
+/// importer and the Rust abstractions (mangled Rust names keep the module path).
+const OURS: [&str; 4] = ["dma_buf", "dma_heap", "dmabuf", "system_heap"];
+
+impl LeakReport {
+    /// Whether the leaked object was allocated on a path through dma-buf code.
+    pub fn is_ours(&self) -> bool {
+        self.backtrace
+            .iter()
+            .any(|f| OURS.iter().any(|o| f.to_ascii_lowercase().contains(o)))
+    }
+
+    pub fn summary(&self) -> String {
+        let frames: Vec<&str> = self
+            .backtrace
+            .iter()
+            .map(|f| f.split('+').next().unwrap_or(f))
+            .take(8)
+            .collect();
+        format!("{} [{}] via {}", self.header, self.comm, frames.join(" < "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Captured from the debug kernel after `rig_selftest_leak` (cargo xtask exec, 2026-11-25).
+    const BUFINFO_CAPTURED: &str = "\nDma-buf Objects:\nsize    \tflags   \tmode    \tcount   \texp_name\tino     \tname\n00004096\t00000002\t00080007\t00000001\trust_system\t00000001\t<none>\n\tAttached Devices:\nTotal 0 devices attached\n\n\nTotal 1 objects, 4096 bytes\n";
+
+    #[test]
+    fn bufinfo_captured_from_the_kernel() {
+        let b = parse_bufinfo(BUFINFO_CAPTURED);
+        assert_eq!(b.len(), 1);
+        assert_eq!((b[0].ino, b[0].size, b[0].file_count), (1, 4096, 1));
+        assert_eq!(
+            (b[0].exporter.as_str(), b[0].name.as_str()),
+            ("rust_system", "<none>")
+        );
+        assert!(b[0].attachments.is_empty());
+    }
+
+    // Built from the format of dma_buf_debug_show() (attachment lines are "\t<device>"):
+    // two buffers, one attached to the test importer.
+    const BUFINFO_SAMPLE: &str = "\nDma-buf Objects:\nsize    \tflags   \tmode    \tcount   \texp_name\tino     \tname\n00065536\t00000002\t00080007\t00000001\trust_system\t00000042\t<none>\n\tAttached Devices:\nTotal 0 devices attached\n\n00004096\t00000002\t00080007\t00000002\tsystem\t00000043\theaprig-system\n\tAttached Devices:\n\tdmabuf_test_importer\nTotal 1 devices attached\n\n\nTotal 2 objects, 69632 bytes\n";
+
+    #[test]
+    fn bufinfo_lists_buffers_and_attachments() {
+        let b = parse_bufinfo(BUFINFO_SAMPLE);
+        assert_eq!(b.len(), 2);
+        assert_eq!(
+            (b[0].ino, b[0].size, b[0].exporter.as_str()),
+            (42, 65536, "rust_system")
+        );
+        assert!(b[0].attachments.is_empty());
+        assert_eq!(b[1].name, "heaprig-system");
+        assert_eq!(b[1].file_count, 2);
+        assert_eq!(b[1].attachments, ["dmabuf_test_importer"]);
+    }
+
+    #[test]
+    fn leaks_are_new_buffers_attachments_and_counters() {
+        let all = parse_bufinfo(BUFINFO_SAMPLE);
+        let mut before = Holdings::default();
+        before.buffers.insert(42, all[0].clone());
+        let mut old43 = all[1].clone();
+        old43.attachments.clear();
+        before.buffers.insert(43, old43);
+        before.counters.insert(
+            "rust_system".into(),
+            BTreeMap::from([("current_vmaps".to_string(), 0)]),
+        );
+        let mut after = before.clone();
+        assert!(after.leaked_since(&before).is_empty());
+
+        after.buffers.insert(43, all[1].clone());
+        after.buffers.insert(
+            44,
+            Buffer {
+                ino: 44,
+                ..all[0].clone()
+            },
+        );
+        after
+            .counters
+            .get_mut("rust_system")
+            .map(|c| c.insert("current_vmaps".into(), 1));
+        let found = after.leaked_since(&before);
+        assert_eq!(found.len(), 3, "{found:#?}");
+        assert!(found[0].contains("attachment left behind") && found[0].contains("ino 43"));
+        assert!(found[1].contains("dma-buf left behind: 65536 bytes from rust_system (ino 44"));
+        assert!(found[2].contains("current_vmaps went from 0 to 1"));
+        // A reference the kernel took and never put shows as a higher file count.
+        if let Some(b) = after.buffers.get_mut(&42) {
+            b.file_count += 1;
+        }
+        let found = after.leaked_since(&before);
+        assert_eq!(found.len(), 4, "{found:#?}");
+        assert!(found[0].contains("buffer reference left behind") && found[0].contains("ino 42"));
+        // A buffer freed during the test is not a leak.
+        assert!(before.leaked_since(&after).is_empty());
+    }
+
+    // Captured from the debug kernel after `rig_selftest_kmemleak` (first of its four reports,
+    // cargo xtask exec, 2026-11-25), then a report from outside dma-buf code in the same
+    // format (mm/kmemleak.c print_unreferenced()).
+    const KMEMLEAK_SAMPLE: &str = "unreferenced object 0xff1100000bb23000 (size 128):
+  comm \"heaprig-guest\", pid 73, jiffies 4294938732
+  hex dump (first 32 bytes):
+    6b 6b 6b 6b 6b 6b 6b 6b 6b 6b 6b 6b 6b 6b 6b 6b  kkkkkkkkkkkkkkkk
+    6b 6b 6b 6b 6b 6b 6b 6b 6b 6b 6b 6b 6b 6b 6b 6b  kkkkkkkkkkkkkkkk
+  backtrace (crc d74abb28):
+    kmemleak_alloc+0x27/0x30
+    __kmalloc_node_track_caller_noprof+0x217/0x3b0
+    krealloc_noprof+0x8a/0x120
+    rust_helper_krealloc+0xd/0x10
+    _RNvMNtNtCsl7L7n58I0Vr_6kernel5alloc9allocatorNtB2_11ReallocFunc4call+0x54/0x70
+    _RNvMs0_Csav8P1tSYnBq_20dmabuf_test_importerNtB5_8Importer4vmap+0x9a/0x6e0
+    _RNvXs3_Csav8P1tSYnBq_20dmabuf_test_importerNtB5_8ImporterNtNtCsl7L7n58I0Vr_6kernel10miscdevice10MiscDevice5ioctl+0x36e/0xa70
+    _RNvMs1_NtCsl7L7n58I0Vr_6kernel10miscdeviceINtB5_9FopsTableNtCsav8P1tSYnBq_20dmabuf_test_importer8ImporterE5ioctlBW_+0x65/0xe0
+    __x64_sys_ioctl+0x1fc1/0x2760
+    x64_sys_call+0x14cc/0x27e0
+    do_syscall_64+0x81/0x130
+    entry_SYSCALL_64_after_hwframe+0x4b/0x53
+unreferenced object 0xffff888100fe1000 (size 64):
+  comm \"swapper/0\", pid 1, jiffies 4294892296
+  backtrace (crc 0):
+    kmalloc_trace+0x24/0x30
+    acpi_os_map_iomem+0x1c1/0x250
+";
+
+    #[test]
+    fn kmemleak_reports_are_attributed_by_backtrace() {
+        let r = parse_kmemleak(KMEMLEAK_SAMPLE);
+        assert_eq!(r.len(), 2);
+        assert!(r[0].is_ours(), "{r:#?}");
+        assert!(!r[1].is_ours());
+        assert_eq!(r[0].backtrace.len(), 12);
+        assert_eq!(r[0].backtrace[0], "kmemleak_alloc+0x27/0x30");
+        assert!(r[0].summary().contains("heaprig-guest"));
+        assert!(r[0].summary().contains("dmabuf_test_importer"));
+    }
+}
