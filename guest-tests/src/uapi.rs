@@ -361,14 +361,36 @@ impl Importer {
         op: u32,
         fill: u8,
     ) -> io::Result<importer::ImporterArgs> {
+        self.on_fd(req, buf.raw_fd(), op, fill)
+    }
+
+    /// [`Importer::on`] for any fd number (dups, closed or foreign fds included).
+    pub fn on_fd(
+        &self,
+        req: u32,
+        fd: RawFd,
+        op: u32,
+        fill: u8,
+    ) -> io::Result<importer::ImporterArgs> {
         let mut a = importer::ImporterArgs {
-            fd: buf.raw_fd(),
+            fd,
             op,
             fill: fill as u32,
             count: 1,
             ..Default::default()
         };
         self.call(req, &mut a)?;
+        Ok(a)
+    }
+
+    /// `IMPORTER_RELEASE` of `handle`, checksumming a held vmap first.
+    pub fn release(&self, handle: u64) -> io::Result<importer::ImporterArgs> {
+        let mut a = importer::ImporterArgs {
+            handle,
+            op: importer::OP_CHECKSUM,
+            ..Default::default()
+        };
+        self.call(importer::IMPORTER_RELEASE, &mut a)?;
         Ok(a)
     }
 }

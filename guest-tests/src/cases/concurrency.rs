@@ -18,10 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::ensure;
 use crate::harness::{Context, Ctx, Outcome, Stop};
-use crate::uapi::importer::{
-    checksum, ImporterArgs, IMPORTER_DEV, IMPORTER_HOLD, IMPORTER_RELEASE, IMPORTER_VMAP,
-    OP_CHECKSUM,
-};
+use crate::uapi::importer::{checksum, IMPORTER_DEV, IMPORTER_HOLD, IMPORTER_VMAP, OP_CHECKSUM};
 use crate::uapi::{Access, DmaBuf, Heap, Importer, Mapping};
 
 use super::{KIB, MIB};
@@ -122,12 +119,7 @@ fn importer_if_present() -> Result<Option<Importer>, Stop> {
 
 /// `IMPORTER_VMAP` with `OP_CHECKSUM` on a raw fd: (checksum, bytes mapped).
 fn vmap_checksum(imp: &Importer, fd: RawFd) -> io::Result<(u64, u64)> {
-    let mut a = ImporterArgs {
-        fd,
-        op: OP_CHECKSUM,
-        ..Default::default()
-    };
-    imp.call(IMPORTER_VMAP, &mut a)?;
+    let a = imp.on_fd(IMPORTER_VMAP, fd, OP_CHECKSUM, 0)?;
     Ok((a.checksum, a.pages))
 }
 
@@ -140,12 +132,7 @@ struct Hold<'a> {
 
 impl<'a> Hold<'a> {
     fn take(imp: &'a Importer, fd: RawFd) -> io::Result<Hold<'a>> {
-        let mut a = ImporterArgs {
-            fd,
-            op: OP_CHECKSUM,
-            ..Default::default()
-        };
-        imp.call(IMPORTER_HOLD, &mut a)?;
+        let a = imp.on_fd(IMPORTER_HOLD, fd, OP_CHECKSUM, 0)?;
         Ok(Hold {
             imp,
             handle: Some(a.handle),
@@ -159,12 +146,7 @@ impl<'a> Hold<'a> {
     }
 
     fn release_handle(imp: &Importer, handle: u64) -> io::Result<(u64, u64)> {
-        let mut a = ImporterArgs {
-            handle,
-            op: OP_CHECKSUM,
-            ..Default::default()
-        };
-        imp.call(IMPORTER_RELEASE, &mut a)?;
+        let a = imp.release(handle)?;
         Ok((a.checksum, a.pages))
     }
 }

@@ -14,8 +14,8 @@ use crate::ensure;
 use crate::harness::{errno_name, Context, Ctx, Outcome, Stop};
 use crate::leaks::Holdings;
 use crate::uapi::importer::{
-    checksum, ImporterArgs, IMPORTER_ATTACH_MAP, IMPORTER_HOLD, IMPORTER_KMAP_WALK,
-    IMPORTER_RELEASE, IMPORTER_VMAP, OP_CHECKSUM,
+    checksum, ImporterArgs, IMPORTER_ATTACH_MAP, IMPORTER_HOLD, IMPORTER_KMAP_WALK, IMPORTER_VMAP,
+    OP_CHECKSUM,
 };
 use crate::uapi::{fd_size, Access, DmaBuf, Fault, Heap, Importer};
 
@@ -154,13 +154,7 @@ pub const OPS: &[Op] = &[
             let imp = s
                 .importer
                 .ok_or_else(|| OpError::Wrong("no importer".into()))?;
-            let mut a = ImporterArgs {
-                handle: held.handle,
-                op: OP_CHECKSUM,
-                ..Default::default()
-            };
-            imp.call(IMPORTER_RELEASE, &mut a)?;
-            check_sum("held vmap", a.checksum, s.sum)
+            check_sum("held vmap", imp.release(held.handle)?.checksum, s.sum)
         },
     },
 ];
