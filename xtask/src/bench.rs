@@ -246,6 +246,9 @@ pub fn run(env: &Env, a: BenchArgs) -> Result<ExitCode> {
     if let Some(path) = &a.render {
         return render(path);
     }
+    if a.rig {
+        return crate::rig::run(env, &a);
+    }
     let mut times = Times::default();
     let guest = build_guest(env)?;
     let profile = a.vm.kernel.profile_or(Profile::Perf);

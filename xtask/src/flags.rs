@@ -101,6 +101,11 @@ pub struct BenchArgs {
     /// Re-render the table and SVG of a saved bench.json instead of running (no kernel).
     #[arg(long, value_name = "JSON")]
     pub render: Option<PathBuf>,
+    /// Measure the rig instead of the heaps: cold build per profile (or only --profile),
+    /// no-change `test`, boot to first test, one-line heap edit to verdict. Slow (two cold
+    /// kernel builds); leaves the project and its caches as they were.
+    #[arg(long, conflicts_with_all = ["render", "quick"])]
+    pub rig: bool,
 }
 
 #[derive(Args, Clone)]

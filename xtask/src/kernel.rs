@@ -435,6 +435,12 @@ pub fn build(env: &Env, src: &Source, profile: Profile) -> Result<Built> {
         .cache
         .join("build")
         .join(format!("{}-{}", src.id, profile.name()));
+    build_in(env, src, profile, &build_dir)
+}
+
+/// [`build`] into a given directory (`bench --rig` times cold builds in a scratch one).
+pub fn build_in(env: &Env, src: &Source, profile: Profile, build_dir: &Path) -> Result<Built> {
+    let build_dir = build_dir.to_path_buf();
     fs::create_dir_all(&build_dir)?;
     let bzimage = build_dir.join("arch/x86/boot/bzImage");
     let key_file = build_dir.join("heaprig-build.key");

@@ -11,6 +11,7 @@ mod kernel;
 mod ktap;
 mod report;
 mod results;
+mod rig;
 mod setup;
 mod splat;
 mod test;

@@ -1,0 +1,267 @@
+//! `cargo xtask bench --rig`: the rig's own speed. Cold build per profile (in a scratch build
+//! dir, so the cache is untouched), a no-change `cargo xtask test`, boot to first test, and
+//! one line of the heap edited to a verdict. The test runs are real `cargo xtask test`
+//! subprocesses, timed from outside, with their own stage times read back from results.json.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::ValueEnum;
+use serde::Serialize;
+
+use crate::env::{fmt_duration, Env};
+use crate::flags::BenchArgs;
+use crate::kernel::{self, Profile};
+
+/// The file the edit-to-verdict measurement touches, and restores.
+const EDITED: &str = "heap/rust_system_heap.rs";
+
+#[derive(Serialize)]
+pub struct RigRow {
+    pub what: String,
+    pub seconds: f64,
+    pub note: String,
+}
+
+impl RigRow {
+    fn new(what: impl Into<String>, d: Duration, note: impl Into<String>) -> RigRow {
+        RigRow {
+            what: what.into(),
+            seconds: d.as_secs_f64(),
+            note: note.into(),
+        }
+    }
+}
+
+pub fn table(rows: &[RigRow]) -> String {
+    let mut s = String::from("| what | time | how |\n| --- | --- | --- |\n");
+    for r in rows {
+        s.push_str(&format!(
+            "| {} | {} | {} |\n",
+            r.what,
+            fmt_duration(Duration::from_secs_f64(r.seconds)),
+            r.note
+        ));
+    }
+    s
+}
+
+/// Stage times a `cargo xtask test` run saved in its results.json.
+pub fn stage_times(results_json: &str) -> Vec<(String, f64)> {
+    let v: serde_json::Value = serde_json::from_str(results_json).unwrap_or_default();
+    v["run"]["times"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| Some((p[0].as_str()?.to_string(), p[1].as_f64()?)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Restores the edited heap source on drop, whatever happens in between.
+struct Edit {
+    path: PathBuf,
+    original: Vec<u8>,
+}
+
+impl Edit {
+    fn append_line(path: &Path, line: &str) -> Result<Edit> {
+        let original = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut edited = original.clone();
+        edited.extend_from_slice(line.as_bytes());
+        edited.push(b'\n');
+        fs::write(path, edited)?;
+        Ok(Edit {
+            path: path.to_path_buf(),
+            original,
+        })
+    }
+}
+
+impl Drop for Edit {
+    fn drop(&mut self) {
+        if let Err(e) = fs::write(&self.path, &self.original) {
+            eprintln!(
+                "heaprig: error: could not restore {} after the timed edit: {e}. Restore it \
+                 with `git checkout -- {EDITED}`.",
+                self.path.display()
+            );
+        }
+    }
+}
+
+struct TestRun {
+    wall: Duration,
+    code: Option<i32>,
+    stages: Vec<(String, f64)>,
+}
+
+fn xtask_test(env: &Env, a: &BenchArgs) -> Result<TestRun> {
+    let exe = std::env::current_exe().context("finding the xtask binary")?;
+    let mut cmd = Command::new(exe);
+    cmd.current_dir(&env.root).arg("test");
+    if let Some(v) = a.vm.accel.to_possible_value() {
+        cmd.args(["--accel", v.get_name()]);
+    }
+    if let Some(src) = &a.vm.kernel.kernel_src {
+        cmd.arg("--kernel-src").arg(src);
+    }
+    let t = Instant::now();
+    let status = cmd.status().context("running `cargo xtask test`")?;
+    let wall = t.elapsed();
+    let stages = fs::read_to_string(env.run_dir().join("results.json"))
+        .map(|s| stage_times(&s))
+        .unwrap_or_default();
+    Ok(TestRun {
+        wall,
+        code: status.code(),
+        stages,
+    })
+}
+
+fn stage(r: &TestRun, name: &str) -> Option<f64> {
+    r.stages.iter().find(|(s, _)| s == name).map(|(_, t)| *t)
+}
+
+fn verdict(r: &TestRun) -> String {
+    match r.code {
+        Some(0) => "all passed".into(),
+        Some(c) => format!("exit {c}"),
+        None => "killed by a signal".into(),
+    }
+}
+
+fn stages_line(r: &TestRun) -> String {
+    r.stages
+        .iter()
+        .filter(|(s, _)| s != "total")
+        .map(|(s, t)| format!("{s} {}", fmt_duration(Duration::from_secs_f64(*t))))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+pub fn run(env: &Env, a: &BenchArgs) -> Result<ExitCode> {
+    crate::setup::ensure(env, true)?;
+    let profiles = match a.vm.kernel.profile {
+        Some(p) => vec![p],
+        None => vec![Profile::Debug, Profile::Perf],
+    };
+    let src = kernel::prepare_source(env, a.vm.kernel.kernel_src.as_deref())?;
+    let mut rows = Vec::new();
+    for p in profiles {
+        let scratch_root = env.cache.join("build");
+        fs::create_dir_all(&scratch_root)?;
+        // Same filesystem as the real build dirs; removed when this scope ends.
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("rig-bench-cold-{}-", p.name()))
+            .tempdir_in(&scratch_root)?;
+        println!("rig: cold {} build in {}", p.name(), dir.path().display());
+        let t = Instant::now();
+        kernel::build_in(env, &src, p, dir.path())?;
+        rows.push(RigRow::new(
+            format!("cold build, {} profile", p.name()),
+            t.elapsed(),
+            "configure + make bzImage in an empty build dir (source already extracted)",
+        ));
+    }
+
+    println!("rig: warming the debug build and guest runner (not timed)");
+    let warm = xtask_test(env, a)?;
+    println!("rig: timing `cargo xtask test` with nothing changed");
+    let same = xtask_test(env, a)?;
+    rows.push(RigRow::new(
+        "`cargo xtask test`, nothing changed",
+        same.wall,
+        format!("{}; {}", verdict(&same), stages_line(&same)),
+    ));
+    if let Some(boot) = stage(&same, "boot") {
+        rows.push(RigRow::new(
+            "boot to first test",
+            Duration::from_secs_f64(boot),
+            "QEMU start to the guest runner's first line, under the accelerator the run used",
+        ));
+    }
+
+    let edited = env.root.join(EDITED);
+    let run = {
+        let _edit = Edit::append_line(&edited, "// heaprig bench --rig: one-line edit")?;
+        println!("rig: timing a one-line edit of {EDITED} to a verdict");
+        xtask_test(env, a)?
+    };
+    rows.push(RigRow::new(
+        format!("edit one line of `{EDITED}` to a verdict"),
+        run.wall,
+        format!("{}; {}", verdict(&run), stages_line(&run)),
+    ));
+    println!("rig: rebuilding the unedited heap so the cache matches the project (not timed)");
+    let restored = xtask_test(env, a)?;
+    if restored.code != Some(0) || warm.code != Some(0) {
+        println!(
+            "rig: note: a suite run did not pass (warm-up: {}, after restore: {}); the times \
+             are still what a user waits for a verdict",
+            verdict(&warm),
+            verdict(&restored)
+        );
+    }
+
+    let date = xshell::cmd!(env.sh, "date -u +%Y-%m-%d")
+        .quiet()
+        .read()
+        .unwrap_or_default();
+    let machine = format!(
+        "{} cores, {} guest CPUs, {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        a.vm.cpus,
+        a.vm.memory
+    );
+    let dir = env.root.join("target/heaprig/bench");
+    fs::create_dir_all(&dir)?;
+    let json = serde_json::json!({ "date": date, "machine": machine, "rig": &rows });
+    let out = dir.join("rig.json");
+    fs::write(&out, serde_json::to_string_pretty(&json)?)?;
+    println!(
+        "\nheaprig rig speed {date}: {machine}\n\n{}\nwritten: {}",
+        table(&rows),
+        out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_stage_times_from_a_results_json() {
+        let json = r#"{"result": {}, "run": {"times": [["build (cached)", 1.5], ["boot", 21.9], ["total", 65.0]]}}"#;
+        let t = stage_times(json);
+        assert_eq!(t.len(), 3);
+        assert_eq!(t[1], ("boot".to_string(), 21.9));
+        assert!(stage_times("not json").is_empty());
+    }
+
+    #[test]
+    fn an_edit_is_undone_even_on_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("x.rs");
+        fs::write(&f, "fn a() {}\n").unwrap();
+        let r: Result<()> = (|| {
+            let _e = Edit::append_line(&f, "// edit")?;
+            assert_eq!(fs::read_to_string(&f)?, "fn a() {}\n// edit\n");
+            anyhow::bail!("failed midway")
+        })();
+        assert!(r.is_err());
+        assert_eq!(fs::read_to_string(&f).unwrap(), "fn a() {}\n");
+    }
+
+    #[test]
+    fn table_has_one_row_per_measurement() {
+        let rows = vec![RigRow::new("boot", Duration::from_millis(21_900), "x")];
+        assert_eq!(table(&rows).lines().count(), 3);
+        assert!(table(&rows).contains("| boot | 21.9s | x |"));
+    }
+}
