@@ -41,6 +41,94 @@ pub enum Cmd {
     Bench(BenchArgs),
     /// The seeded fuzzer on the debug kernel, for longer than the suite gives it.
     Fuzz(FuzzArgs),
+    /// Test a patch series against its base in a git tree; report what it changed.
+    Validate(ValidateArgs),
+    /// Find the first bad commit between two revisions with `git bisect run`.
+    Bisect(BisectArgs),
+    /// One verdict on the tree as checked out: `git bisect run cargo xtask bisect-step ...`.
+    BisectStep(StepArgs),
+}
+
+/// The suite as `validate` and `bisect` run it.
+#[derive(Args, Clone)]
+pub struct SuiteArgs {
+    /// Tests that decide (repeatable): names, substrings or globs. Default: all.
+    #[arg(long = "test", value_name = "NAME|GLOB")]
+    pub patterns: Vec<String>,
+    /// Limit for each guest test.
+    #[arg(long, default_value_t = 60, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub test_timeout: u64,
+    /// Limit for each guest run (boot included).
+    #[arg(long, default_value_t = 1200, value_name = "SECS", value_parser = clap::value_parser!(u64).range(30..=86400))]
+    pub run_timeout: u64,
+}
+
+#[derive(Args)]
+pub struct ValidateArgs {
+    #[command(flatten)]
+    pub vm: VmArgs,
+    #[command(flatten)]
+    pub suite: SuiteArgs,
+    /// The revision the series applies to. Default: A of a range A..B, else HEAD.
+    #[arg(long, value_name = "REV")]
+    pub base: Option<String>,
+    /// Also build and test every commit of the series on its own; name the first failing.
+    #[arg(long)]
+    pub each: bool,
+    /// Leave the scratch clone behind (its path is printed).
+    #[arg(long)]
+    pub keep: bool,
+    /// Also write the Markdown report here (it is always in target/heaprig/validate/).
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// Patch files, mboxes of a series, or commit ranges A..B in --kernel-src, in order.
+    #[arg(required = true, value_name = "PATCH")]
+    pub patches: Vec<String>,
+}
+
+/// What makes a commit bad, and how sure to be.
+#[derive(Args, Clone)]
+pub struct VerdictArgs {
+    /// Bad when a kernel splat's normalised text contains this (case-insensitive), instead
+    /// of when a chosen test fails.
+    #[arg(long, value_name = "TEXT")]
+    pub splat: Option<String>,
+    /// Rerun a bad verdict this many times; a commit that passes in any rerun is flaky and
+    /// skipped (125), never blamed.
+    #[arg(long, default_value_t = 0, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=10))]
+    pub retries: u32,
+}
+
+#[derive(Args)]
+pub struct BisectArgs {
+    #[command(flatten)]
+    pub vm: VmArgs,
+    #[command(flatten)]
+    pub suite: SuiteArgs,
+    #[command(flatten)]
+    pub verdict: VerdictArgs,
+    /// A revision known to be good.
+    #[arg(long, value_name = "REV")]
+    pub good: String,
+    /// A revision known to be bad.
+    #[arg(long, value_name = "REV")]
+    pub bad: String,
+    /// Leave the scratch clone behind (its path is printed).
+    #[arg(long)]
+    pub keep: bool,
+}
+
+#[derive(Args)]
+pub struct StepArgs {
+    #[command(flatten)]
+    pub vm: VmArgs,
+    #[command(flatten)]
+    pub suite: SuiteArgs,
+    #[command(flatten)]
+    pub verdict: VerdictArgs,
+    /// Append this step's verdict and time as a JSON line (used by `bisect`).
+    #[arg(long, value_name = "FILE")]
+    pub log: Option<PathBuf>,
 }
 
 /// A heap name as /dev/dma_heap spells it.
@@ -117,6 +205,10 @@ pub struct KernelArgs {
     /// A Linux tree to test instead of Debian's 6.12 source; never written to.
     #[arg(long, value_name = "DIR")]
     pub kernel_src: Option<PathBuf>,
+    /// Cache identity of a rig scratch tree (set by `validate` and `bisect`): steps share
+    /// one private copy and build dir, and the copy compares content, not mtimes.
+    #[arg(long, hide = true, requires = "kernel_src")]
+    pub tree_id: Option<String>,
 }
 
 #[derive(Args, Clone)]
@@ -165,6 +257,9 @@ pub struct TestArgs {
     /// Further arguments for the guest runner (set by other tasks, e.g. `fuzz`).
     #[arg(skip)]
     pub guest_args: Vec<String>,
+    /// Do not compare with the recorded snapshots (`validate` compares base with patched).
+    #[arg(skip)]
+    pub no_snapshots: bool,
     /// Tests to run: names, substrings or globs (`vmap`, `alloc_*`). Default: all.
     #[arg(last = true, value_name = "PATTERN")]
     pub patterns: Vec<String>,

@@ -49,6 +49,7 @@ pub fn run(env: &Env, a: FuzzArgs) -> Result<ExitCode> {
         accept: false,
         heap: a.heap,
         guest_args,
+        no_snapshots: false,
         patterns: vec!["fuzz".to_string()],
     };
     let (result, code) = test::run_and_report(env, args)?;

@@ -52,6 +52,8 @@ pub struct Source {
 
 pub struct Built {
     pub bzimage: PathBuf,
+    /// The private source tree it was built from.
+    pub source: PathBuf,
     pub build_dir: PathBuf,
     pub rebuilt: bool,
     pub log: PathBuf,
@@ -61,7 +63,7 @@ fn hex(digest: &[u8]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn sha256_hex(data: &[u8]) -> String {
+pub fn sha256_hex(data: &[u8]) -> String {
     hex(&Sha256::digest(data))
 }
 
@@ -184,11 +186,25 @@ pub fn validate_tree(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-pub fn prepare_source(env: &Env, user_tree: Option<&Path>) -> Result<Source> {
+/// The overlay file that marks a tree as already carrying the rig's kernel side (the heap).
+pub const CARRIED_MARK: &str = "drivers/dma-buf/heaps/rust_system_heap.rs";
+
+/// Does `tree` carry the heap itself (a tree the rig's source was committed into)? Then the
+/// tree is tested as it is: its own heap, no overlay, no rig patches.
+pub fn carries_heap(tree: &Path) -> bool {
+    tree.join(CARRIED_MARK).is_file()
+}
+
+/// `tree_id` names a rig scratch tree (see `KernelArgs::tree_id`).
+pub fn prepare_source(
+    env: &Env,
+    user_tree: Option<&Path>,
+    tree_id: Option<&str>,
+) -> Result<Source> {
     let patch_hash = hash_files(&patches(env)?)?;
     match user_tree {
         None => prepare_debian(env, &patch_hash),
-        Some(t) => prepare_user_tree(env, t, &patch_hash),
+        Some(t) => prepare_user_tree(env, t, &patch_hash, tree_id),
     }
 }
 
@@ -252,7 +268,12 @@ fn prepare_debian(env: &Env, patch_hash: &str) -> Result<Source> {
     Ok(Source { id, identity, dir })
 }
 
-fn prepare_user_tree(env: &Env, tree: &Path, patch_hash: &str) -> Result<Source> {
+fn prepare_user_tree(
+    env: &Env,
+    tree: &Path,
+    patch_hash: &str,
+    tree_id: Option<&str>,
+) -> Result<Source> {
     validate_tree(tree)?;
     let tree = tree
         .canonicalize()
@@ -275,23 +296,41 @@ fn prepare_user_tree(env: &Env, tree: &Path, patch_hash: &str) -> Result<Source>
         // Without git there is no cheap identity; make decides what to rebuild.
         None => format!("unversioned:{}:{}", tree.display(), std::process::id()),
     };
-    let id = format!(
-        "tree-{}",
-        &sha256_hex(tree.as_os_str().as_encoded_bytes())[..12]
-    );
+    let id = match tree_id {
+        Some(t) => format!("scratch-{t}"),
+        None => format!(
+            "tree-{}",
+            &sha256_hex(tree.as_os_str().as_encoded_bytes())[..12]
+        ),
+    };
     let dir = env.cache.join("src").join(&id).join("tree");
     fs::create_dir_all(&dir)?;
     let from = format!("{}/", tree.display());
     let to = format!("{}/", dir.display());
-    // rsync keeps mtimes, so make rebuilds only what changed in the user's tree; the overlay
-    // files are ours and must survive --delete.
-    let excludes: Vec<String> = OVERLAY
-        .iter()
-        .map(|(_, to)| format!("--exclude=/{to}"))
-        .collect();
+    let carried = carries_heap(&tree);
+    if carried {
+        println!("source: the tree carries the heap ({CARRIED_MARK}); testing it as it is, without the rig's overlay and patches");
+    }
+    // The overlay files are ours and must survive --delete, unless the tree has its own.
+    let excludes: Vec<String> = if carried {
+        vec![]
+    } else {
+        OVERLAY
+            .iter()
+            .map(|(_, to)| format!("--exclude=/{to}"))
+            .collect()
+    };
+    // A user's tree keeps its mtimes (-a), so make rebuilds what changed there. A scratch
+    // tree is checked out afresh (every mtime new): compare content instead, and give only
+    // the files that differ a new mtime (no -t), so the shared build stays incremental.
+    let mode: &[&str] = if tree_id.is_some() {
+        &["-rlpD", "--checksum"]
+    } else {
+        &["-a"]
+    };
     cmd!(
         sh,
-        "rsync -a --delete --exclude=/.git {excludes...} {from} {to}"
+        "rsync {mode...} --delete --exclude=/.git {excludes...} {from} {to}"
     )
     .quiet()
     .run()
@@ -305,6 +344,9 @@ fn prepare_user_tree(env: &Env, tree: &Path, patch_hash: &str) -> Result<Source>
     if dir.join(".config").exists() || dir.join("include/config").exists() {
         // The user built in-tree; O= builds need a clean source tree (only our copy is cleaned).
         cmd!(sh, "make -s -C {dir} mrproper").quiet().run()?;
+    }
+    if carried {
+        return Ok(Source { id, identity, dir });
     }
     apply_patches(env, &dir)?;
     apply_overlay(env, &dir)?;
@@ -410,16 +452,24 @@ fn toolchain_identity(env: &Env) -> String {
     [v(KERNEL_RUSTC), v("bindgen"), v("clang"), v("ld.lld")].join("\n")
 }
 
-/// The build cache key: source identity, fragments, patches, toolchain, recipe.
-pub fn cache_key(env: &Env, src: &Source, profile: Profile) -> Result<String> {
+/// Everything but the source that decides what gets built: recipe, profile fragments,
+/// patches, overlay, toolchain.
+pub fn config_identity(env: &Env, profile: Profile) -> Result<String> {
     let mut h = Sha256::new();
     h.update(RECIPE);
-    h.update(&src.identity);
     h.update(profile.name());
     h.update(hash_files(&fragments(env, profile))?);
     h.update(hash_files(&patches(env)?)?);
     h.update(hash_files(&overlay_sources(env))?);
     h.update(toolchain_identity(env));
+    Ok(hex(&h.finalize()))
+}
+
+/// The build cache key: source identity and [`config_identity`].
+pub fn cache_key(env: &Env, src: &Source, profile: Profile) -> Result<String> {
+    let mut h = Sha256::new();
+    h.update(&src.identity);
+    h.update(config_identity(env, profile)?);
     Ok(hex(&h.finalize()))
 }
 
@@ -451,6 +501,7 @@ pub fn build_in(env: &Env, src: &Source, profile: Profile, build_dir: &Path) -> 
         if is_bzimage(&bzimage) {
             return Ok(Built {
                 bzimage,
+                source: src.dir.clone(),
                 build_dir,
                 rebuilt: false,
                 log,
@@ -484,6 +535,7 @@ pub fn build_in(env: &Env, src: &Source, profile: Profile, build_dir: &Path) -> 
     fs::write(&key_file, &key)?;
     Ok(Built {
         bzimage,
+        source: src.dir.clone(),
         build_dir,
         rebuilt: true,
         log,
@@ -668,7 +720,7 @@ mod tests {
                 .to_path_buf(),
             cache: tmp.path().join("cache"),
         };
-        let err = match prepare_source(&env, Some(&tree)) {
+        let err = match prepare_source(&env, Some(&tree), None) {
             Ok(_) => panic!("patches applied to an empty tree"),
             Err(e) => format!("{e:#}"),
         };

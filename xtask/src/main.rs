@@ -2,6 +2,8 @@
 //! its own module.
 
 mod bench;
+mod bisect;
+mod compare;
 mod env;
 mod exec;
 mod flags;
@@ -15,6 +17,8 @@ mod rig;
 mod setup;
 mod splat;
 mod test;
+mod tree;
+mod validate;
 mod vm;
 
 use std::process::ExitCode;
@@ -33,7 +37,25 @@ fn fixture(name: &str) -> String {
 }
 
 fn main() -> ExitCode {
-    let flags = Xtask::parse();
+    // Under `git bisect run`, 2 would blame the commit: a bisect-step that cannot even start
+    // says skip (125) instead.
+    let failed = if std::env::args().nth(1).as_deref() == Some("bisect-step") {
+        ExitCode::from(bisect::SKIP)
+    } else {
+        ExitCode::from(2)
+    };
+    let flags = match Xtask::try_parse() {
+        Ok(f) => f,
+        Err(e) if e.use_stderr() => {
+            let _ = e.print();
+            return failed;
+        }
+        Err(e) => {
+            // --help and --version.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+    };
     let result = env::Env::new().and_then(|env| match flags.cmd {
         Cmd::Setup => setup::ensure(&env, false).map(|()| ExitCode::SUCCESS),
         Cmd::Doctor => setup::doctor(&env).map(|ok| {
@@ -47,6 +69,7 @@ fn main() -> ExitCode {
             let mut times = test::Times::default();
             test::build_kernel(&env, &k, k.profile(), &mut times).map(|(b, _)| {
                 println!("kernel: {}", b.bzimage.display());
+                println!("source: {}", b.source.display());
                 println!(
                     "build dir: {} (log: {})",
                     b.build_dir.display(),
@@ -62,13 +85,17 @@ fn main() -> ExitCode {
         Cmd::Parse(a) => test::parse(&env, a),
         Cmd::Bench(a) => bench::run(&env, a),
         Cmd::Fuzz(a) => fuzz::run(&env, a),
+        Cmd::Validate(a) => validate::run(&env, a),
+        Cmd::Bisect(a) => bisect::run(&env, a),
+        // Never exits 2 (a "bad" verdict to git): rig failures are skips, see bisect.rs.
+        Cmd::BisectStep(a) => Ok(bisect::step(&env, a)),
     });
     match result {
         Ok(code) => code,
         Err(e) => {
             // One paragraph: the context chain joined, no backtrace.
             eprintln!("heaprig: error: {e:#}");
-            ExitCode::from(2)
+            failed
         }
     }
 }

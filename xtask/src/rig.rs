@@ -98,6 +98,7 @@ struct TestRun {
     wall: Duration,
     code: Option<i32>,
     stages: Vec<(String, f64)>,
+    accel: String,
 }
 
 fn xtask_test(env: &Env, a: &BenchArgs) -> Result<TestRun> {
@@ -113,13 +114,17 @@ fn xtask_test(env: &Env, a: &BenchArgs) -> Result<TestRun> {
     let t = Instant::now();
     let status = cmd.status().context("running `cargo xtask test`")?;
     let wall = t.elapsed();
-    let stages = fs::read_to_string(env.run_dir().join("results.json"))
-        .map(|s| stage_times(&s))
-        .unwrap_or_default();
+    let json = fs::read_to_string(env.run_dir().join("results.json")).unwrap_or_default();
+    let accel = serde_json::from_str::<serde_json::Value>(&json).unwrap_or_default()["run"]
+        ["accel"]
+        .as_str()
+        .unwrap_or("unknown")
+        .to_uppercase();
     Ok(TestRun {
         wall,
         code: status.code(),
-        stages,
+        stages: stage_times(&json),
+        accel,
     })
 }
 
@@ -150,7 +155,7 @@ pub fn run(env: &Env, a: &BenchArgs) -> Result<ExitCode> {
         Some(p) => vec![p],
         None => vec![Profile::Debug, Profile::Perf],
     };
-    let src = kernel::prepare_source(env, a.vm.kernel.kernel_src.as_deref())?;
+    let src = kernel::prepare_source(env, a.vm.kernel.kernel_src.as_deref(), None)?;
     let mut rows = Vec::new();
     for p in profiles {
         let scratch_root = env.cache.join("build");
@@ -213,8 +218,9 @@ pub fn run(env: &Env, a: &BenchArgs) -> Result<ExitCode> {
         .read()
         .unwrap_or_default();
     let machine = format!(
-        "{} cores, {} guest CPUs, {}",
+        "{} cores, {}, {} guest CPUs, {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
+        same.accel,
         a.vm.cpus,
         a.vm.memory
     );

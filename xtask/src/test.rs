@@ -54,7 +54,7 @@ pub fn build_kernel(
     setup::ensure(env, true)?;
     times.add("setup", t.elapsed());
     let t = Instant::now();
-    let src = kernel::prepare_source(env, k.kernel_src.as_deref())?;
+    let src = kernel::prepare_source(env, k.kernel_src.as_deref(), k.tree_id.as_deref())?;
     times.add("source", t.elapsed());
     let t = Instant::now();
     let built = kernel::build(env, &src, profile)?;
@@ -192,6 +192,14 @@ pub fn run(env: &Env, a: TestArgs) -> Result<ExitCode> {
     run_and_report(env, a).map(|(_, code)| code)
 }
 
+/// A finished guest run: the typed result and where its artefacts are.
+pub struct Executed {
+    pub result: RunResult,
+    pub console: Vec<String>,
+    pub mismatches: Vec<String>,
+    pub run_dir: PathBuf,
+}
+
 /// [`run`], also returning the typed result for tasks built on the suite (`fuzz`).
 pub fn run_and_report(env: &Env, a: TestArgs) -> Result<(RunResult, ExitCode)> {
     let total = Instant::now();
@@ -201,10 +209,27 @@ pub fn run_and_report(env: &Env, a: TestArgs) -> Result<(RunResult, ExitCode)> {
     let selected = select(env, &guest, &a.patterns)?;
     times.add("guest build", t.elapsed());
     let p = prepare(env, &a.vm, a.vm.kernel.profile(), &mut times)?;
+    let x = execute(env, &a, &p, &guest, &selected, &env.run_dir(), &mut times)?;
+    times.add("total", total.elapsed());
+    let json = save_report(&a, &p, &x, &times)?;
+    write_outputs(&a, &x.run_dir, &x.result, &json)?;
+    let code = finish(&x.result, &x.mismatches, &x.console, &times, &x.run_dir)?;
+    Ok((x.result, code))
+}
 
-    let run_dir = env.run_dir();
-    let _ = fs::remove_dir_all(&run_dir);
-    fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+/// Boot and run stages on a built kernel, then parse; artefacts go to `run_dir` (emptied
+/// first). Snapshots are compared unless `a.heap` narrows the run or `a.no_snapshots`.
+pub fn execute(
+    env: &Env,
+    a: &TestArgs,
+    p: &Prepared,
+    guest: &Path,
+    selected: &[String],
+    run_dir: &Path,
+    times: &mut Times,
+) -> Result<Executed> {
+    let _ = fs::remove_dir_all(run_dir);
+    fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
     fs::write(run_dir.join("selected.txt"), selected.join("\n") + "\n")?;
 
     let mut guest_cmd = vec![
@@ -232,7 +257,7 @@ pub fn run_and_report(env: &Env, a: TestArgs) -> Result<(RunResult, ExitCode)> {
         a.vm.kernel.profile().name(),
         p.accel
     );
-    let spec = spec(env, &a.vm, &p, Some(run_dir.clone()));
+    let spec = spec(env, &a.vm, p, Some(run_dir.to_path_buf()));
     let started = Instant::now();
     let mut boot_shown = false;
     let session = vm::run(&spec, &guest_cmd.join(" "), limits, &mut |ev| {
@@ -253,8 +278,8 @@ pub fn run_and_report(env: &Env, a: TestArgs) -> Result<(RunResult, ExitCode)> {
     )?;
 
     let t = Instant::now();
-    let result = analyse(&run_dir, &selected, &session.ending)?;
-    let mismatches = if result.boot_failed {
+    let result = analyse(run_dir, selected, &session.ending)?;
+    let mismatches = if result.boot_failed || a.no_snapshots {
         vec![]
     } else if !a.heap.is_empty() {
         println!(
@@ -266,25 +291,31 @@ pub fn run_and_report(env: &Env, a: TestArgs) -> Result<(RunResult, ExitCode)> {
         check_snapshots(&result, a.accept)
     };
     times.add("report", t.elapsed());
-    times.add("total", total.elapsed());
+    Ok(Executed {
+        result,
+        console: session.console,
+        mismatches,
+        run_dir: run_dir.to_path_buf(),
+    })
+}
 
+/// Writes results.json into the run directory; returns its text.
+pub fn save_report(a: &TestArgs, p: &Prepared, x: &Executed, times: &Times) -> Result<String> {
     let info = RunInfo {
         profile: a.vm.kernel.profile().name(),
         kernel: &p.identity,
         accel: p.accel,
         accel_why: &p.accel_why,
         kernel_rebuilt: p.built.rebuilt,
-        times: &times,
-        snapshot_mismatches: &mismatches,
+        times,
+        snapshot_mismatches: &x.mismatches,
     };
     let json = serde_json::to_string_pretty(&report::JsonReport {
-        result: &result,
+        result: &x.result,
         run: &info,
     })?;
-    fs::write(run_dir.join("results.json"), &json)?;
-    write_outputs(&a, &run_dir, &result, &json)?;
-    let code = finish(&result, &mismatches, &session.console, &times, &run_dir)?;
-    Ok((result, code))
+    fs::write(x.run_dir.join("results.json"), &json)?;
+    Ok(json)
 }
 
 fn write_outputs(a: &TestArgs, run_dir: &Path, result: &RunResult, json: &str) -> Result<()> {
@@ -337,7 +368,7 @@ fn check_snapshots(r: &RunResult, accept: bool) -> Vec<String> {
         .collect()
 }
 
-fn finish(
+pub fn finish(
     r: &RunResult,
     mismatches: &[String],
     console: &[String],

@@ -273,3 +273,275 @@ fn corrupt_cached_image_is_rebuilt() {
     let bytes = std::fs::read(&image).unwrap();
     assert_eq!(&bytes[0x202..0x206], b"HdrS", "rebuilt image is a bzImage");
 }
+
+/// A real git history on top of the kernel source the rig builds (Debian's 6.12 with the
+/// rig's patches and overlay, committed as the root): twelve commits touching
+/// `drivers/dma-buf/`, the heap and its Rust abstraction. Exactly one (REGRESSION) makes
+/// the heap's CPU-access bracket count wrap below zero, the thread's `kmap_cnt` bug, and one
+/// (BROKEN) does not build; the next one fixes it.
+struct History {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    root: String,
+    /// (sha, subject), oldest first.
+    commits: Vec<(String, String)>,
+}
+
+const HEAP: &str = "drivers/dma-buf/heaps/rust_system_heap.rs";
+const REGRESSION: usize = 7;
+const BROKEN: usize = 9;
+const BRACKET_OK: &str = "if dec_if_positive(&buf.data().open_brackets) {";
+const BRACKET_WRAPS: &str = "if buf.data().open_brackets.fetch_sub(1, Relaxed) > 0 {";
+const BROKEN_LINE: &str = "fn e2e_helper() -> u32 { \"does not build\" }";
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args([
+            "-c",
+            "user.name=heaprig e2e",
+            "-c",
+            "user.email=e2e@heaprig",
+        ])
+        .args(["-c", "core.looseCompression=1"])
+        .args(args)
+        // Fixed dates: the same source gives the same root commit on every run, so the rig's
+        // build dir for this history is reused from one CI run to the next.
+        .env("GIT_AUTHOR_DATE", "2026-01-01T00:00:00Z")
+        .env("GIT_COMMITTER_DATE", "2026-01-01T00:00:00Z")
+        .output()
+        .expect("running git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Replaces exactly one occurrence (so a changed heap fails here, not silently later).
+fn edit(path: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(path).unwrap();
+    assert_eq!(
+        text.matches(from).count(),
+        1,
+        "{from:?} in {}",
+        path.display()
+    );
+    std::fs::write(path, text.replacen(from, to, 1)).unwrap();
+}
+
+fn append(path: &Path, line: &str) {
+    let mut text = std::fs::read_to_string(path).unwrap();
+    text.push_str(line);
+    text.push('\n');
+    std::fs::write(path, text).unwrap();
+}
+
+fn make_history() -> History {
+    let out = xtask(&["build"]);
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let src = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("source: "))
+        .expect("`xtask build` names its source tree");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("linux");
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(src)
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    git(&path, &["init", "--quiet"]);
+    git(&path, &["add", "-A"]);
+    git(
+        &path,
+        &["commit", "--quiet", "-m", "Linux 6.12 with heaprig's heap"],
+    );
+    let root = git(&path, &["rev-parse", "HEAD"]);
+    let p = |f: &str| path.join(f);
+    let mut commits = Vec::new();
+    for i in 1..=12 {
+        let subject = match i {
+            REGRESSION => {
+                edit(&p(HEAP), BRACKET_OK, BRACKET_WRAPS);
+                "dma-buf: heaps: rust_system: count END brackets with a plain decrement"
+            }
+            BROKEN => {
+                append(&p(HEAP), BROKEN_LINE);
+                "dma-buf: heaps: rust_system: add a helper"
+            }
+            10 => {
+                edit(&p(HEAP), &format!("{BROKEN_LINE}\n"), "");
+                "dma-buf: heaps: rust_system: drop the helper again"
+            }
+            _ => {
+                let (file, comment) = match i % 4 {
+                    0 => ("drivers/dma-buf/dma-buf.c", format!("/* e2e note {i} */")),
+                    1 => (HEAP, format!("// e2e note {i}")),
+                    2 => ("drivers/dma-buf/dma-heap.c", format!("/* e2e note {i} */")),
+                    _ => ("rust/kernel/dma_buf.rs", format!("// e2e note {i}")),
+                };
+                append(&p(file), &comment);
+                "dma-buf: comment only"
+            }
+        };
+        git(&path, &["commit", "--quiet", "-a", "-m", subject]);
+        commits.push((git(&path, &["rev-parse", "HEAD"]), subject.to_string()));
+    }
+    History {
+        _dir: dir,
+        path,
+        root,
+        commits,
+    }
+}
+
+/// `validate` flags the bad patch and passes a harmless one (the base result cached by then),
+/// and `bisect` names the regression in at most ceil(log2 12)+1 = 5 steps, skipping the
+/// commit that does not build instead of blaming it.
+#[test]
+#[ignore = "builds and boots kernels from a real git history (20+ minutes cold); CI runs it with --ignored"]
+fn validate_and_bisect_on_real_history() {
+    let _vm = VM.lock().unwrap_or_else(|e| e.into_inner());
+    let h = make_history();
+    let tree = h.path.to_str().unwrap();
+    let sha = |i: usize| h.commits[i - 1].0.clone();
+    let patches = tempfile::tempdir().unwrap();
+    let patch = |i: usize| -> String {
+        git(
+            &h.path,
+            &[
+                "format-patch",
+                "--quiet",
+                "-1",
+                &sha(i),
+                "-o",
+                patches.path().to_str().unwrap(),
+                "--start-number",
+                &i.to_string(),
+            ],
+        );
+        let name = std::fs::read_dir(patches.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with(&format!("{i:04}-"))
+            })
+            .unwrap();
+        name.display().to_string()
+    };
+    let report = root().join("target/heaprig/validate/report.md");
+    let base = sha(REGRESSION - 1);
+    let common = [
+        "--accel",
+        "tcg",
+        "--kernel-src",
+        tree,
+        "--test",
+        "sync_end_storm",
+    ];
+
+    // A patch that does not apply: exit 2 before anything is built, naming the patch.
+    let stale = patches.path().join("stale.diff");
+    std::fs::write(
+        &stale,
+        format!("--- a/{HEAP}\n+++ b/{HEAP}\n@@ -1,1 +1,1 @@\n-no such line\n+x\n"),
+    )
+    .unwrap();
+    let out = xtask(
+        &[
+            &["validate"][..],
+            &common,
+            &["--base", &base, stale.to_str().unwrap()],
+        ]
+        .concat(),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stale.diff does not apply"));
+
+    // The regression, as a patch mailed in.
+    let bad = patch(REGRESSION);
+    let out = xtask(&[&["validate"][..], &common, &["--base", &base, &bad]].concat());
+    assert_eq!(out.status.code(), Some(1), "the bad patch was not flagged");
+    let md = std::fs::read_to_string(&report).unwrap();
+    assert!(md.contains("REGRESSED"), "{md}");
+    assert!(
+        md.contains("`sync_end_storm [rust_system]`: counted 1 unmatched ENDs"),
+        "{md}"
+    );
+    assert!(
+        !md.contains("sync_end_storm [system]"),
+        "the C heap did not change: {md}"
+    );
+
+    // A harmless patch on the same base: passes, and the base comes from the cache.
+    let harmless = patch(REGRESSION + 1);
+    let out = xtask(&[&["validate"][..], &common, &["--base", &base, &harmless]].concat());
+    assert_eq!(out.status.code(), Some(0), "the harmless patch was flagged");
+    let md = std::fs::read_to_string(&report).unwrap();
+    assert!(
+        md.contains("no regressions") && md.contains("base cached"),
+        "{md}"
+    );
+
+    // bisect over the whole history.
+    let t = std::time::Instant::now();
+    let good = h.root.clone();
+    let bad_tip = sha(12);
+    let out = xtask(
+        &[
+            &["bisect"][..],
+            &common,
+            &["--good", &good, "--bad", &bad_tip],
+        ]
+        .concat(),
+    );
+    eprintln!("bisect took {:?}", t.elapsed());
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("first bad commit: {}", sha(REGRESSION))),
+        "bisect did not name commit {REGRESSION}"
+    );
+    let steps: Vec<serde_json::Value> =
+        std::fs::read_to_string(root().join("target/heaprig/bisect/steps.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+    assert!(
+        !steps.is_empty() && steps.len() <= 5,
+        "{} steps",
+        steps.len()
+    );
+    for s in &steps {
+        let i = h
+            .commits
+            .iter()
+            .position(|(c, _)| *c == s["commit"])
+            .unwrap()
+            + 1;
+        let want = match i {
+            BROKEN => "skip",
+            i if i >= REGRESSION => "bad",
+            _ => "good",
+        };
+        assert_eq!(s["verdict"], want, "commit {i}: {s}");
+        if i == BROKEN {
+            assert!(s["why"].as_str().unwrap().contains("does not build"), "{s}");
+        }
+    }
+    assert!(
+        steps.iter().any(|s| s["verdict"] == "skip"),
+        "the history's layout should make bisect visit the broken commit: {steps:?}"
+    );
+}

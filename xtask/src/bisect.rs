@@ -1,0 +1,485 @@
+//! `cargo xtask bisect` drives `git bisect run` in a scratch clone with `bisect-step`, which
+//! is also usable on its own as `git bisect run cargo xtask bisect-step ...`. Exit codes
+//! follow git: 0 good, 1 bad, 125 skip (no build, no boot, a flaky verdict, the rig failing);
+//! never above 127, which would abort the bisection.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::ValueEnum;
+use serde::{Deserialize, Serialize};
+
+use crate::compare;
+use crate::env::{fmt_duration, Env};
+use crate::flags::{BisectArgs, StepArgs, SuiteArgs, VmArgs};
+use crate::results::Verdict;
+use crate::splat;
+use crate::tree::{self, Outcome, Repo, Scratch, SuiteSpec};
+
+pub const GOOD: u8 = 0;
+pub const BAD: u8 = 1;
+pub const SKIP: u8 = 125;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepVerdict {
+    Good,
+    Bad,
+    Skip,
+}
+
+impl StepVerdict {
+    pub fn code(&self) -> u8 {
+        match self {
+            StepVerdict::Good => GOOD,
+            StepVerdict::Bad => BAD,
+            StepVerdict::Skip => SKIP,
+        }
+    }
+}
+
+/// Good, bad or skip for one run, and why.
+pub fn decide(outcome: &Outcome, splat_text: Option<&str>) -> (StepVerdict, String) {
+    let r = match outcome {
+        Outcome::NoBuild(e) => {
+            let first = e.lines().find(|l| l.contains("error")).unwrap_or("");
+            return (
+                StepVerdict::Skip,
+                format!("does not build: {}", first.trim()),
+            );
+        }
+        Outcome::NoBoot(e) => {
+            let first = e.lines().next().unwrap_or("");
+            return (StepVerdict::Skip, format!("does not boot: {first}"));
+        }
+        Outcome::Ran(r) => r,
+    };
+    if let Some(text) = splat_text {
+        let needle = splat::normalise(text).to_lowercase();
+        return match compare::splats(r)
+            .into_iter()
+            .find(|fp| fp.to_lowercase().contains(&needle))
+        {
+            Some(fp) => (StepVerdict::Bad, format!("splat: {fp}")),
+            None => (StepVerdict::Good, format!("no splat matching {text:?}")),
+        };
+    }
+    let mut failing: Vec<String> = compare::items(r)
+        .into_iter()
+        .filter(|(_, i)| i.verdict == Verdict::Fail)
+        .map(|(n, i)| match i.reasons.first() {
+            Some(why) => format!("{n}: {why}"),
+            None => n,
+        })
+        .collect();
+    failing.extend(
+        r.splats_outside_tests
+            .iter()
+            .map(|s| format!("kernel {} outside any test: {}", s.kind.label(), s.title)),
+    );
+    failing.extend(r.problems.iter().cloned());
+    if failing.is_empty() {
+        (StepVerdict::Good, "all chosen tests passed".into())
+    } else {
+        (StepVerdict::Bad, failing.join("; "))
+    }
+}
+
+/// One line of the step log `bisect` summarises.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub commit: String,
+    pub subject: String,
+    pub verdict: StepVerdict,
+    pub why: String,
+    pub seconds: f64,
+    pub runs: u32,
+}
+
+fn suite<'a>(vm: &'a VmArgs, s: &'a SuiteArgs) -> SuiteSpec<'a> {
+    SuiteSpec {
+        vm,
+        patterns: &s.patterns,
+        test_timeout: s.test_timeout,
+        run_timeout: s.run_timeout,
+    }
+}
+
+/// Runs until the verdict is not bad or the retries are used; bad only if every run was.
+fn judge_with_retries(
+    env: &Env,
+    a: &StepArgs,
+    tree: &Path,
+    out: &Path,
+) -> Result<(StepVerdict, String, u32)> {
+    let spec = suite(&a.vm, &a.suite);
+    let tree_id = a.vm.kernel.tree_id.as_deref();
+    let mut runs = 0;
+    let mut first_bad = String::new();
+    loop {
+        runs += 1;
+        let (outcome, times) = tree::run_suite(env, &spec, tree, tree_id, out)?;
+        println!("time: {}", times.line());
+        let (v, why) = decide(&outcome, a.verdict.splat.as_deref());
+        match v {
+            StepVerdict::Bad if runs <= a.verdict.retries => {
+                println!(
+                    "bisect-step: bad ({why}); rerun {runs} of {}",
+                    a.verdict.retries
+                );
+                first_bad = why;
+            }
+            StepVerdict::Good if runs > 1 => {
+                return Ok((
+                    StepVerdict::Skip,
+                    format!("flaky: bad then good in {runs} runs ({first_bad})"),
+                    runs,
+                ))
+            }
+            _ => return Ok((v, why, runs)),
+        }
+    }
+}
+
+pub fn step(env: &Env, a: StepArgs) -> ExitCode {
+    let t = Instant::now();
+    let tree =
+        a.vm.kernel
+            .kernel_src
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("."));
+    let commit = head(env, &tree);
+    let subject = tree::subject(&env.sh, &tree, "HEAD");
+    let out = env
+        .root
+        .join("target/heaprig/bisect")
+        .join(&commit[..commit.len().min(12)]);
+    let (verdict, why, runs) = match crate::kernel::validate_tree(&tree)
+        .and_then(|()| judge_with_retries(env, &a, &tree, &out))
+    {
+        Ok(x) => x,
+        // The rig failing says nothing about the commit: skip it, loudly.
+        Err(e) => (
+            StepVerdict::Skip,
+            format!("the rig could not test this commit: {e:#}"),
+            1,
+        ),
+    };
+    let rec = StepRecord {
+        commit,
+        subject,
+        verdict: verdict.clone(),
+        why,
+        seconds: t.elapsed().as_secs_f64(),
+        runs,
+    };
+    println!(
+        "bisect-step: {} {} \"{}\": {} ({}) in {}",
+        match rec.verdict {
+            StepVerdict::Good => "GOOD",
+            StepVerdict::Bad => "BAD",
+            StepVerdict::Skip => "SKIP",
+        },
+        &rec.commit[..rec.commit.len().min(12)],
+        rec.subject,
+        rec.why,
+        rec.verdict.code(),
+        fmt_duration(t.elapsed())
+    );
+    if let Some(log) = &a.log {
+        let line = serde_json::to_string(&rec).unwrap_or_default();
+        let written = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .and_then(|mut f| writeln!(f, "{line}"));
+        if let Err(e) = written {
+            eprintln!(
+                "heaprig: warning: could not append to {}: {e}",
+                log.display()
+            );
+        }
+    }
+    ExitCode::from(verdict.code())
+}
+
+fn head(env: &Env, tree: &Path) -> String {
+    xshell::cmd!(env.sh, "git -C {tree} rev-parse HEAD")
+        .quiet()
+        .ignore_stderr()
+        .read()
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// The flags a step needs, forwarded from `bisect`'s own.
+fn step_flags(a: &BisectArgs, tree: &Path, tree_id: &str, log: &Path) -> Vec<String> {
+    let mut v: Vec<String> = vec![
+        "bisect-step".into(),
+        "--kernel-src".into(),
+        tree.display().to_string(),
+        "--tree-id".into(),
+        tree_id.into(),
+        "--log".into(),
+        log.display().to_string(),
+        "--profile".into(),
+        a.vm.kernel.profile().name().into(),
+        "--memory".into(),
+        a.vm.memory.clone(),
+        "--cpus".into(),
+        a.vm.cpus.to_string(),
+        "--boot-timeout".into(),
+        a.vm.boot_timeout.to_string(),
+        "--test-timeout".into(),
+        a.suite.test_timeout.to_string(),
+        "--run-timeout".into(),
+        a.suite.run_timeout.to_string(),
+        "--retries".into(),
+        a.verdict.retries.to_string(),
+    ];
+    if let Some(p) = a.vm.accel.to_possible_value() {
+        v.extend(["--accel".into(), p.get_name().to_string()]);
+    }
+    for p in &a.suite.patterns {
+        v.extend(["--test".into(), p.clone()]);
+    }
+    if let Some(s) = &a.verdict.splat {
+        v.extend(["--splat".into(), s.clone()]);
+    }
+    v
+}
+
+/// `<sha> is the first bad commit`, as `git bisect run` prints it.
+pub fn first_bad(output: &str) -> Option<String> {
+    output.lines().find_map(|l| {
+        let sha = l.strip_suffix(" is the first bad commit")?;
+        (sha.len() >= 40 && sha.bytes().all(|b| b.is_ascii_hexdigit())).then(|| sha.to_string())
+    })
+}
+
+pub fn read_steps(log: &Path) -> Vec<StepRecord> {
+    fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+pub fn summary(steps: &[StepRecord], found: Option<(&str, &str)>, total: Duration) -> String {
+    let mut s = String::new();
+    match found {
+        Some((sha, subj)) => s.push_str(&format!("first bad commit: {sha} \"{subj}\"\n")),
+        None => s.push_str("no first bad commit was named (see git's output above)\n"),
+    }
+    s.push_str(&format!(
+        "steps: {} in {} ({} per step on average)\n",
+        steps.len(),
+        fmt_duration(total),
+        fmt_duration(total / steps.len().max(1) as u32)
+    ));
+    for (i, r) in steps.iter().enumerate() {
+        s.push_str(&format!(
+            "  {:>2}. {} {:<4} {:>7}  {}  ({})\n",
+            i + 1,
+            &r.commit[..r.commit.len().min(12)],
+            match r.verdict {
+                StepVerdict::Good => "good",
+                StepVerdict::Bad => "bad",
+                StepVerdict::Skip => "skip",
+            },
+            fmt_duration(Duration::from_secs_f64(r.seconds)),
+            r.subject,
+            r.why
+        ));
+    }
+    s
+}
+
+pub fn run(env: &Env, a: BisectArgs) -> Result<ExitCode> {
+    let sh = &env.sh;
+    let repo = Repo::open(sh, a.vm.kernel.kernel_src.as_deref(), "bisect")?;
+    let good = repo.resolve(sh, &a.good)?;
+    let bad = repo.resolve(sh, &a.bad)?;
+    let dir = &repo.dir;
+    let is_ancestor = xshell::cmd!(sh, "git -C {dir} merge-base --is-ancestor {good} {bad}")
+        .quiet()
+        .run()
+        .is_ok();
+    if !is_ancestor {
+        bail!(
+            "--good {} is not an ancestor of --bad {}; bisect needs the good revision in the \
+             bad one's history",
+            a.good,
+            a.bad
+        );
+    }
+    let started = Instant::now();
+    let scratch = Scratch::new(env, &repo, repo.tree_id(sh, &bad)?)?;
+    let out_root = env.root.join("target/heaprig/bisect");
+    fs::create_dir_all(&out_root)?;
+    let log = out_root.join("steps.jsonl");
+    let _ = fs::remove_file(&log);
+    println!(
+        "bisect: {}..{} in scratch tree {}",
+        &good[..12],
+        &bad[..12],
+        scratch.path().display()
+    );
+    scratch.git(sh, &["bisect", "start", &bad, &good])?;
+    let exe = std::env::current_exe().context("finding the xtask binary")?;
+    let mut child = Command::new("git")
+        .arg("-C")
+        .arg(scratch.path())
+        .args(["bisect", "run"])
+        .arg(&exe)
+        .args(step_flags(&a, scratch.path(), &scratch.tree_id, &log))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting git bisect run")?;
+    let mut output = String::new();
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            println!("{line}");
+            output.push_str(&line);
+            output.push('\n');
+        }
+    }
+    let status = child.wait().context("waiting for git bisect run")?;
+    let bisect_log = scratch.git(sh, &["bisect", "log"]).unwrap_or_default();
+    fs::write(out_root.join("bisect.log"), &bisect_log)?;
+    let _ = scratch.git(sh, &["bisect", "reset", "--quiet"]);
+    let steps = read_steps(&log);
+    let found = first_bad(&output).map(|sha| {
+        let subj = tree::subject(sh, &repo.dir, &sha);
+        (sha, subj)
+    });
+    println!(
+        "\n{}",
+        summary(
+            &steps,
+            found.as_ref().map(|(a, b)| (a.as_str(), b.as_str())),
+            started.elapsed()
+        )
+    );
+    println!(
+        "artefacts: {} (steps.jsonl, bisect.log)",
+        out_root.display()
+    );
+    if a.keep {
+        println!("scratch tree kept: {}", scratch.keep().display());
+    }
+    match found {
+        Some(_) => Ok(ExitCode::SUCCESS),
+        None => bail!(
+            "git bisect run ended ({status}) without naming a first bad commit: every candidate \
+             was skipped, or the good revision is bad too. The steps are listed above and in {}",
+            log.display()
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixture;
+    use crate::results::combine;
+    use crate::vm::Ending;
+    use crate::{ktap, splat};
+
+    fn ran(log: &str) -> Outcome {
+        let k = ktap::parse(&fixture("guest-pass.ktap"));
+        let names: Vec<String> = k.tests.iter().map(|t| t.name.clone()).collect();
+        Outcome::Ran(combine(
+            &k,
+            &splat::parse(log),
+            &names,
+            &Ending::Exited { code: 0 },
+        ))
+    }
+
+    #[test]
+    fn verdicts_follow_git_exit_codes() {
+        let clean = ran(&fixture("boot-clean.log"));
+        assert_eq!(decide(&clean, None).0.code(), 0);
+        let warned = ran("[ 1.0] heaprig: begin set_name/system\n[ 1.1] WARNING: CPU: 0 PID: 9 at drivers/dma-buf/dma-buf.c:1 dma_buf_vmap+0x1/0x2\n[ 1.2] ---[ end trace 0 ]---\n[ 1.3] heaprig: end set_name/system\n");
+        let (v, why) = decide(&warned, None);
+        assert_eq!(
+            (v.code(), why.starts_with("set_name [system]")),
+            (1, true),
+            "{why}"
+        );
+        // With --splat only the splat decides.
+        assert_eq!(decide(&warned, Some("dma_buf_vmap")).0, StepVerdict::Bad);
+        assert_eq!(decide(&warned, Some("kasan")).0, StepVerdict::Good);
+        assert_eq!(decide(&clean, Some("dma_buf_vmap")).0, StepVerdict::Good);
+        let (v, why) = decide(&Outcome::NoBuild("make\nfoo.rs:1: error: x\n".into()), None);
+        assert_eq!(
+            (v.code(), why.as_str()),
+            (125, "does not build: foo.rs:1: error: x")
+        );
+        assert_eq!(
+            decide(&Outcome::NoBoot("boot timeout".into()), None)
+                .0
+                .code(),
+            125
+        );
+        for v in [StepVerdict::Good, StepVerdict::Bad, StepVerdict::Skip] {
+            assert!(v.code() <= 127);
+        }
+    }
+
+    #[test]
+    fn finds_gits_first_bad_commit_line() {
+        let out = "Bisecting: 2 revisions left\nrunning foo\n\
+                   0123456789abcdef0123456789abcdef01234567 is the first bad commit\ncommit 0123\n";
+        assert_eq!(
+            first_bad(out).as_deref(),
+            Some("0123456789abcdef0123456789abcdef01234567")
+        );
+        assert_eq!(
+            first_bad("There are only 'skip'ped commits left to test.\n"),
+            None
+        );
+    }
+
+    #[test]
+    fn summary_lists_each_step_with_its_time() {
+        let steps = vec![
+            StepRecord {
+                commit: "a".repeat(40),
+                subject: "ok".into(),
+                verdict: StepVerdict::Good,
+                why: "all chosen tests passed".into(),
+                seconds: 90.0,
+                runs: 1,
+            },
+            StepRecord {
+                commit: "b".repeat(40),
+                subject: "broken".into(),
+                verdict: StepVerdict::Skip,
+                why: "does not build".into(),
+                seconds: 30.0,
+                runs: 1,
+            },
+        ];
+        let s = summary(&steps, Some(("c", "the bad one")), Duration::from_secs(120));
+        assert!(s.starts_with("first bad commit: c \"the bad one\"\n"));
+        assert!(s.contains("steps: 2 in 2m00s (1m00s per step on average)"));
+        assert!(s.contains("skip"));
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("steps.jsonl");
+        fs::write(
+            &log,
+            steps
+                .iter()
+                .map(|r| serde_json::to_string(r).unwrap() + "\n")
+                .collect::<String>(),
+        )
+        .unwrap();
+        assert_eq!(read_steps(&log).len(), 2);
+    }
+}

@@ -1,0 +1,297 @@
+//! Git trees for `validate` and `bisect`: a scratch clone of the user's repository (never
+//! their checkout), and one suite run on whatever the scratch has checked out, typed by how
+//! far it got: no build, no boot, or a result.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+use xshell::{cmd, Shell};
+
+use crate::env::Env;
+use crate::flags::{KernelArgs, TestArgs, VmArgs};
+use crate::kernel::{self, Profile};
+use crate::results::RunResult;
+use crate::test::{self, Prepared, Times};
+use crate::vm;
+
+/// Commits in scratch trees need an identity; these never leave the scratch.
+const GIT_ID: [&str; 4] = [
+    "-c",
+    "user.name=heaprig",
+    "-c",
+    "user.email=heaprig@localhost",
+];
+
+/// A git repository the user named with --kernel-src, checked up front.
+pub struct Repo {
+    pub dir: PathBuf,
+}
+
+impl Repo {
+    pub fn open(sh: &Shell, dir: Option<&Path>, task: &str) -> Result<Repo> {
+        let Some(dir) = dir else {
+            bail!(
+                "`{task}` needs --kernel-src TREE: a git checkout of Linux (6.12-based) whose \
+                 history holds the revisions to test"
+            );
+        };
+        kernel::validate_tree(dir)?;
+        let dir = dir
+            .canonicalize()
+            .with_context(|| format!("resolving {}", dir.display()))?;
+        let top = cmd!(sh, "git -C {dir} rev-parse --show-toplevel")
+            .quiet()
+            .ignore_stderr()
+            .read();
+        match top {
+            Ok(t) if Path::new(&t) == dir => Ok(Repo { dir }),
+            _ => bail!(
+                "--kernel-src {} is not the top of a git repository; `{task}` needs git to \
+                 check revisions out (it does so in a scratch clone, never in your checkout)",
+                dir.display()
+            ),
+        }
+    }
+
+    /// The full commit id of `rev`, or a clear error naming it.
+    pub fn resolve(&self, sh: &Shell, rev: &str) -> Result<String> {
+        let dir = &self.dir;
+        let spec = format!("{rev}^{{commit}}");
+        cmd!(sh, "git -C {dir} rev-parse --verify --quiet {spec}")
+            .quiet()
+            .ignore_stderr()
+            .read()
+            .ok()
+            .filter(|s| !s.is_empty())
+            .with_context(|| format!("{rev:?} is not a commit in {}", dir.display()))
+    }
+
+    /// Names the private copy and build dir every scratch of this history shares: the root
+    /// commit(s), so any clone of the same history (and every CI run of the e2e history)
+    /// builds incrementally on the last one.
+    pub fn tree_id(&self, sh: &Shell, rev: &str) -> Result<String> {
+        let dir = &self.dir;
+        let roots = cmd!(sh, "git -C {dir} rev-list --max-parents=0 {rev}")
+            .quiet()
+            .read()?;
+        Ok(format!(
+            "git-{}",
+            &crate::kernel::sha256_hex(roots.as_bytes())[..12]
+        ))
+    }
+}
+
+/// A `git clone --shared` of the user's repository: objects are borrowed through
+/// alternates, nothing is written to the user's repository or checkout. Removed on drop
+/// unless kept.
+pub struct Scratch {
+    dir: tempfile::TempDir,
+    pub tree_id: String,
+}
+
+impl Scratch {
+    pub fn new(env: &Env, repo: &Repo, tree_id: String) -> Result<Scratch> {
+        let parent = env.cache.join("scratch");
+        fs::create_dir_all(&parent)?;
+        let dir = tempfile::Builder::new()
+            .prefix("tree-")
+            .tempdir_in(&parent)?;
+        let (from, to) = (&repo.dir, dir.path());
+        cmd!(
+            env.sh,
+            "git clone --quiet --shared --no-checkout {from} {to}"
+        )
+        .quiet()
+        .run()
+        .with_context(|| format!("cloning {} into a scratch tree", from.display()))?;
+        Ok(Scratch { dir, tree_id })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Keeps the scratch tree on disk after the task ends; returns where.
+    pub fn keep(self) -> PathBuf {
+        self.dir.keep()
+    }
+
+    pub fn git(&self, sh: &Shell, args: &[&str]) -> Result<String> {
+        let dir = self.path();
+        cmd!(sh, "git -C {dir} {GIT_ID...} {args...}")
+            .quiet()
+            .read()
+            .with_context(|| format!("git {} in the scratch tree", args.join(" ")))
+    }
+
+    /// `git` that may fail: (success, stdout + stderr).
+    pub fn git_try(&self, sh: &Shell, args: &[&str]) -> Result<(bool, String)> {
+        let dir = self.path();
+        let out = cmd!(sh, "git -C {dir} {GIT_ID...} {args...}")
+            .quiet()
+            .ignore_status()
+            .output()?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok((out.status.success(), text))
+    }
+
+    pub fn checkout(&self, sh: &Shell, rev: &str) -> Result<()> {
+        let t = Instant::now();
+        self.git(sh, &["checkout", "--quiet", "--detach", "--force", rev])?;
+        println!(
+            "tree: checked out {} in {}",
+            &rev[..rev.len().min(12)],
+            crate::env::fmt_duration(t.elapsed())
+        );
+        Ok(())
+    }
+}
+
+/// `subject` of a commit, for reports.
+pub fn subject(sh: &Shell, git_dir: &Path, rev: &str) -> String {
+    cmd!(sh, "git -C {git_dir} log -1 --format=%s {rev}")
+        .quiet()
+        .read()
+        .unwrap_or_default()
+}
+
+/// What one suite run on a tree came to.
+pub enum Outcome {
+    /// The kernel did not build: the first error.
+    NoBuild(String),
+    /// The kernel built but the guest never ran the suite.
+    NoBoot(String),
+    Ran(RunResult),
+}
+
+/// How to run the suite on a tree (validate and bisect-step share it).
+pub struct SuiteSpec<'a> {
+    pub vm: &'a VmArgs,
+    pub patterns: &'a [String],
+    pub test_timeout: u64,
+    pub run_timeout: u64,
+}
+
+impl SuiteSpec<'_> {
+    fn test_args(&self, kernel: KernelArgs) -> TestArgs {
+        TestArgs {
+            vm: VmArgs {
+                kernel,
+                ..self.vm.clone()
+            },
+            test_timeout: self.test_timeout,
+            run_timeout: self.run_timeout,
+            ktap: None,
+            json: None,
+            junit: None,
+            accept: false,
+            heap: vec![],
+            guest_args: vec![],
+            no_snapshots: true,
+            patterns: self.patterns.to_vec(),
+        }
+    }
+}
+
+/// Builds and runs the suite on `tree` (the kernel source as checked out), artefacts in
+/// `out`. Err only when the rig itself failed (setup, copying, the guest runner).
+pub fn run_suite(
+    env: &Env,
+    s: &SuiteSpec,
+    tree: &Path,
+    tree_id: Option<&str>,
+    out: &Path,
+) -> Result<(Outcome, Times)> {
+    let mut times = Times::default();
+    let profile = s.vm.kernel.profile();
+    let t = Instant::now();
+    let guest = test::build_guest(env)?;
+    let selected = test::select(env, &guest, s.patterns)?;
+    times.add("guest build", t.elapsed());
+    let t = Instant::now();
+    crate::setup::ensure(env, true)?;
+    let src = kernel::prepare_source(env, Some(tree), tree_id)?;
+    times.add("source", t.elapsed());
+    let t = Instant::now();
+    let built = match kernel::build(env, &src, profile) {
+        Ok(b) => b,
+        Err(e) => {
+            times.add("build (failed)", t.elapsed());
+            return Ok((Outcome::NoBuild(format!("{e:#}")), times));
+        }
+    };
+    times.add(
+        if built.rebuilt {
+            "build"
+        } else {
+            "build (cached)"
+        },
+        t.elapsed(),
+    );
+    let (accel, accel_why) = vm::resolve_accel(s.vm.accel, &built.bzimage, &env.cache, &env.root)?;
+    let p = Prepared {
+        built,
+        accel,
+        accel_why,
+        identity: src.identity,
+    };
+    let args = s.test_args(KernelArgs {
+        profile: Some(profile),
+        kernel_src: Some(tree.to_path_buf()),
+        tree_id: tree_id.map(str::to_string),
+    });
+    let x = test::execute(env, &args, &p, &guest, &selected, out, &mut times)?;
+    test::save_report(&args, &p, &x, &times)?;
+    if x.result.boot_failed {
+        let tail: Vec<&String> = x.console.iter().rev().take(15).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().map(String::as_str).collect();
+        return Ok((
+            Outcome::NoBoot(format!(
+                "{}; console tail:\n{}",
+                crate::results::describe_ending(&x.result.ending),
+                tail.join("\n")
+            )),
+            times,
+        ));
+    }
+    Ok((Outcome::Ran(x.result), times))
+}
+
+/// The rig's own identity for result caches: its commit plus any uncommitted change.
+pub fn rig_version(env: &Env) -> String {
+    let sh = &env.sh;
+    let head = cmd!(sh, "git rev-parse HEAD")
+        .quiet()
+        .ignore_stderr()
+        .read()
+        .unwrap_or_else(|_| "no-git".into());
+    let diff = cmd!(sh, "git diff HEAD").quiet().read().unwrap_or_default();
+    format!("{head}+{}", &hex_of(diff.as_bytes())[..12])
+}
+
+fn hex_of(data: &[u8]) -> String {
+    crate::kernel::sha256_hex(data)
+}
+
+/// Key for a cached base result: what was tested and how.
+pub fn result_key(env: &Env, commit: &str, profile: Profile, patterns: &[String]) -> String {
+    let mut h = Sha256::new();
+    for part in [
+        commit.to_string(),
+        profile.name().to_string(),
+        rig_version(env),
+        kernel::config_identity(env, profile).unwrap_or_default(),
+        patterns.join("\u{1f}"),
+    ] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    hex_of(&h.finalize())[..16].to_string()
+}
