@@ -249,13 +249,30 @@ pub fn run(env: &Env, a: BenchArgs) -> Result<ExitCode> {
     if a.rig {
         return crate::rig::run(env, &a);
     }
+    let dir = env.root.join("target/heaprig/bench");
+    let m = measure(env, &a, &dir)?;
+    let title = format!("heaprig bench {}: {}", m.date, m.machine);
+    println!("\n{title}\n\n{}", table(&m.rows));
+    println!("written: {}/bench.json, bench.svg", dir.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One benchmark run's rows and where they were measured.
+pub struct Measured {
+    pub rows: Vec<Row>,
+    pub date: String,
+    pub machine: String,
+}
+
+/// Builds the kernel `a` names, boots it once, runs every variant; writes bench.json and
+/// bench.svg into `dir` (emptied first). `validate --bench` runs it on both trees.
+pub fn measure(env: &Env, a: &BenchArgs, dir: &std::path::Path) -> Result<Measured> {
     let mut times = Times::default();
     let guest = build_guest(env)?;
     let profile = a.vm.kernel.profile_or(Profile::Perf);
     let p = prepare(env, &a.vm, profile, &mut times)?;
-    let dir = env.root.join("target/heaprig/bench");
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir)?;
+    let _ = fs::remove_dir_all(dir);
+    fs::create_dir_all(dir)?;
     let lines = dir.join("guest.jsonl");
     let mut cmd = vec![
         guest.display().to_string(),
@@ -278,7 +295,7 @@ pub fn run(env: &Env, a: BenchArgs) -> Result<ExitCode> {
         if a.quick { ", --quick" } else { "" }
     );
     let session = vm::run(
-        &spec(env, &a.vm, &p, Some(dir.clone())),
+        &spec(env, &a.vm, &p, Some(dir.to_path_buf())),
         &cmd.join(" "),
         limits,
         &mut |ev| {
@@ -317,9 +334,55 @@ pub fn run(env: &Env, a: BenchArgs) -> Result<ExitCode> {
     fs::write(dir.join("bench.json"), serde_json::to_string_pretty(&json)?)?;
     let title = format!("heaprig bench {date}: {machine}");
     fs::write(dir.join("bench.svg"), svg(&rows, &title))?;
-    println!("\n{title}\n\n{}", table(&rows));
-    println!("written: {}/bench.json, bench.svg", dir.display());
-    Ok(ExitCode::SUCCESS)
+    Ok(Measured {
+        rows,
+        date,
+        machine,
+    })
+}
+
+/// Smallest change ever called real: emulation jitter between two boots is a few percent.
+const NOISE_FLOOR: f64 = 0.05;
+
+/// Medians that moved by more than the noise measured in the runs themselves: the larger of
+/// the two runs' spread below the median ((median - min) / median) and [`NOISE_FLOOR`].
+/// One line per (operation, size, variant) that moved, slower or faster.
+pub fn changes(base: &[Row], patched: &[Row]) -> Vec<String> {
+    let spread = |s: &Summary| {
+        if s.median_ns == 0 {
+            0.0
+        } else {
+            (s.median_ns - s.min_ns) as f64 / s.median_ns as f64
+        }
+    };
+    let mut out = Vec::new();
+    for p in patched {
+        let Some(b) = base.iter().find(|b| b.op == p.op && b.size == p.size) else {
+            continue;
+        };
+        for (variant, ps) in &p.by_variant {
+            let Some(bs) = b.by_variant.get(variant) else {
+                continue;
+            };
+            if bs.median_ns == 0 {
+                continue;
+            }
+            let change = ps.median_ns as f64 / bs.median_ns as f64 - 1.0;
+            let noise = spread(bs).max(spread(ps)).max(NOISE_FLOOR);
+            if change.abs() > noise {
+                out.push(format!(
+                    "{} {} [{variant}]: {} -> {} ({:+.1}%, noise {:.1}%)",
+                    p.op,
+                    size_label(p.size),
+                    dur(bs.median_ns),
+                    dur(ps.median_ns),
+                    change * 100.0,
+                    noise * 100.0
+                ));
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -333,6 +396,41 @@ mod tests {
         let many: Vec<u64> = (1..=100).collect();
         assert_eq!(summarise(&many).unwrap().p99_ns, 99);
         assert!(summarise(&[]).is_none());
+    }
+
+    #[test]
+    fn only_changes_beyond_the_measured_noise_are_reported() {
+        let row = |median: u64, min: u64| Row {
+            op: "alloc+close".into(),
+            size: 4096,
+            by_variant: [(
+                OURS.to_string(),
+                Summary {
+                    median_ns: median,
+                    p99_ns: median * 2,
+                    min_ns: min,
+                    samples: 100,
+                },
+            )]
+            .into(),
+            ours_over_c: None,
+            ion_over_ours: None,
+        };
+        // 3% slower with 1% spread: under the 5% floor.
+        assert!(changes(&[row(10_000, 9_900)], &[row(10_300, 10_200)]).is_empty());
+        // 20% slower with 1% spread: reported.
+        let c = changes(&[row(10_000, 9_900)], &[row(12_000, 11_900)]);
+        assert_eq!(
+            c,
+            ["alloc+close 4 KiB [rust_system]: 10.0 us -> 12.0 us (+20.0%, noise 5.0%)"]
+        );
+        // 20% slower but the runs themselves spread 30% below the median: noise.
+        assert!(changes(&[row(10_000, 7_000)], &[row(12_000, 11_900)]).is_empty());
+        // Faster is reported too.
+        assert_eq!(
+            changes(&[row(10_000, 9_900)], &[row(5_000, 4_900)]).len(),
+            1
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@ use crate::flags::{BisectArgs, StepArgs, SuiteArgs, VmArgs};
 use crate::results::Verdict;
 use crate::splat;
 use crate::tree::{self, Outcome, Repo, Scratch, SuiteSpec};
+use crate::vm::Ending;
 
 pub const GOOD: u8 = 0;
 pub const BAD: u8 = 1;
@@ -65,6 +66,14 @@ pub fn decide(outcome: &Outcome, splat_text: Option<&str>) -> (StepVerdict, Stri
             .find(|fp| fp.to_lowercase().contains(&needle))
         {
             Some(fp) => (StepVerdict::Bad, format!("splat: {fp}")),
+            // A run that stopped early cannot show the splat's absence.
+            None if !r.not_run.is_empty() || !matches!(r.ending, Ending::Exited { .. }) => (
+                StepVerdict::Skip,
+                format!(
+                    "no splat matching {text:?}, but the run ended early ({})",
+                    crate::results::describe_ending(&r.ending)
+                ),
+            ),
             None => (StepVerdict::Good, format!("no splat matching {text:?}")),
         };
     }
@@ -147,11 +156,13 @@ fn judge_with_retries(
 
 pub fn step(env: &Env, a: StepArgs) -> ExitCode {
     let t = Instant::now();
-    let tree =
+    // Absolute before anything runs git: the rig's shell works from the project root.
+    let given =
         a.vm.kernel
             .kernel_src
             .clone()
             .unwrap_or_else(|| PathBuf::from("."));
+    let tree = given.canonicalize().unwrap_or(given);
     let commit = head(env, &tree);
     let subject = tree::subject(&env.sh, &tree, "HEAD");
     let out = env
@@ -387,7 +398,6 @@ mod tests {
     use super::*;
     use crate::fixture;
     use crate::results::combine;
-    use crate::vm::Ending;
     use crate::{ktap, splat};
 
     fn ran(log: &str) -> Outcome {
@@ -427,6 +437,12 @@ mod tests {
                 .code(),
             125
         );
+        // A run cut short cannot prove a splat absent: skip, not good.
+        let k = ktap::parse(&fixture("guest-pass.ktap"));
+        let mut sel: Vec<String> = k.tests.iter().map(|t| t.name.clone()).collect();
+        sel.push("never_reported".into());
+        let short = Outcome::Ran(combine(&k, &[], &sel, &Ending::RunTimeout { secs: 9 }));
+        assert_eq!(decide(&short, Some("dma_buf_vmap")).0, StepVerdict::Skip);
         for v in [StepVerdict::Good, StepVerdict::Bad, StepVerdict::Skip] {
             assert!(v.code() <= 127);
         }

@@ -3,6 +3,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
+use std::sync::OnceLock;
+
+use regex::Regex;
 
 use serde::Serialize;
 
@@ -65,9 +68,18 @@ pub fn items(r: &RunResult) -> BTreeMap<String, Item> {
     out
 }
 
-/// Normalised splat fingerprints anywhere in the run: `KIND: title`.
+/// A splat's identity across two kernels: `KIND: title` without source line numbers, so a
+/// patch that only moves an existing WARN_ON down a file does not make it "new".
+pub fn fingerprint(s: &Splat) -> String {
+    static LINE: OnceLock<Regex> = OnceLock::new();
+    let re =
+        LINE.get_or_init(|| Regex::new(r"(\.(?:c|h|S|rs)):\d+(?::\d+)?").expect("static regex"));
+    format!("{}: {}", s.kind.label(), re.replace_all(&s.title, "$1"))
+}
+
+/// Splat fingerprints anywhere in the run.
 pub fn splats(r: &RunResult) -> BTreeSet<String> {
-    let fp = |s: &Splat| format!("{}: {}", s.kind.label(), s.title);
+    let fp = fingerprint;
     let mut out: BTreeSet<String> = r.splats_outside_tests.iter().map(fp).collect();
     for t in &r.tests {
         out.extend(t.splats.iter().map(fp));
@@ -127,7 +139,23 @@ pub fn diff(base: &RunResult, patched: &RunResult) -> Diff {
             (Some(Verdict::Fail), Verdict::Fail) => d.still_failing.push(name.clone()),
             (_, Verdict::Fail) => d.newly_failing.push((name.clone(), item.reasons.clone())),
             (Some(Verdict::Fail), Verdict::Pass) => d.newly_passing.push(name.clone()),
+            (Some(Verdict::Pass), Verdict::Skip) => d.newly_failing.push((
+                name.clone(),
+                vec![format!(
+                    "passed on the base, skipped after the patch ({})",
+                    item.reasons.join("; ")
+                )],
+            )),
             _ => {}
+        }
+    }
+    // Passing before and gone after (a heap that no longer registers, a test not reported).
+    for (name, item) in &b {
+        if item.verdict == Verdict::Pass && !p.contains_key(name) {
+            d.newly_failing.push((
+                name.clone(),
+                vec!["passed on the base, not reported after the patch".into()],
+            ));
         }
     }
     let (sb, sp) = (splats(base), splats(patched));
@@ -253,6 +281,10 @@ mod tests {
         assert_eq!(d.newly_failing[0].0, "set_name [system]");
         assert_eq!(d.new_splats.len(), 1);
         assert!(d.new_splats[0].starts_with("WARNING: "), "{d:#?}");
+        assert!(
+            !d.new_splats[0].contains("dma-buf.c:1"),
+            "line numbers kept: {d:#?}"
+        );
         let text = render(&d);
         assert!(text.contains("Newly failing:\n- `set_name [system]`: kernel WARNING"));
         // And the other way round: the fix is reported as such, not as a regression.
@@ -260,6 +292,23 @@ mod tests {
         assert!(!back.regressed());
         assert_eq!(back.newly_passing, ["set_name [system]"]);
         assert_eq!(back.gone_splats.len(), 1);
+    }
+
+    #[test]
+    fn a_heap_that_disappears_is_a_regression() {
+        let (base, _) = runs();
+        let (mut patched, _) = runs();
+        let t = patched
+            .tests
+            .iter_mut()
+            .find(|t| !t.heaps.is_empty() && t.verdict == Verdict::Pass)
+            .unwrap();
+        let gone = format!("{} [{}]", t.name, t.heaps[0].heap);
+        t.heaps.remove(0);
+        let d = diff(&base, &patched);
+        assert!(d.regressed());
+        assert_eq!(d.newly_failing[0].0, gone);
+        assert!(d.newly_failing[0].1[0].contains("not reported after the patch"));
     }
 
     #[test]

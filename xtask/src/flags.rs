@@ -78,6 +78,10 @@ pub struct ValidateArgs {
     /// Leave the scratch clone behind (its path is printed).
     #[arg(long)]
     pub keep: bool,
+    /// Also benchmark base and patched (perf kernel, full iterations) and report medians that
+    /// moved beyond the runs' own noise. Reported, never a regression by itself.
+    #[arg(long)]
+    pub bench: bool,
     /// Also write the Markdown report here (it is always in target/heaprig/validate/).
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,

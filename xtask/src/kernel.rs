@@ -59,7 +59,7 @@ pub struct Built {
     pub log: PathBuf,
 }
 
-fn hex(digest: &[u8]) -> String {
+pub fn hex(digest: &[u8]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -40,6 +40,11 @@ fn main() -> ExitCode {
     // Under `git bisect run`, 2 would blame the commit: a bisect-step that cannot even start
     // says skip (125) instead.
     let failed = if std::env::args().nth(1).as_deref() == Some("bisect-step") {
+        // A panic would exit 101: "bad" to git.
+        std::panic::set_hook(Box::new(|info| {
+            eprintln!("heaprig: internal error in bisect-step ({info}); skipping this commit");
+            std::process::exit(i32::from(bisect::SKIP));
+        }));
         ExitCode::from(bisect::SKIP)
     } else {
         ExitCode::from(2)

@@ -109,8 +109,12 @@ fn xtask_test(env: &Env, a: &BenchArgs) -> Result<TestRun> {
         cmd.args(["--accel", v.get_name()]);
     }
     if let Some(src) = &a.vm.kernel.kernel_src {
+        // The child runs in the project root; a relative path would point elsewhere there.
+        let src = src.canonicalize().unwrap_or_else(|_| src.clone());
         cmd.arg("--kernel-src").arg(src);
     }
+    // A child that dies before writing must not be credited with an older run's stages.
+    let _ = fs::remove_file(env.run_dir().join("results.json"));
     let t = Instant::now();
     let status = cmd.status().context("running `cargo xtask test`")?;
     let wall = t.elapsed();

@@ -11,18 +11,25 @@ use sha2::{Digest, Sha256};
 use xshell::{cmd, Shell};
 
 use crate::env::Env;
-use crate::flags::{KernelArgs, TestArgs, VmArgs};
-use crate::kernel::{self, Profile};
+use clap::ValueEnum;
+
+use crate::flags::{KernelArgs, SuiteArgs, TestArgs, VmArgs};
+use crate::kernel;
 use crate::results::RunResult;
 use crate::test::{self, Prepared, Times};
 use crate::vm;
 
-/// Commits in scratch trees need an identity; these never leave the scratch.
-const GIT_ID: [&str; 4] = [
+/// Commits in scratch trees need an identity (they never leave the scratch); the user's
+/// signing and hooks must not prompt or fail there.
+const GIT_ID: [&str; 8] = [
     "-c",
     "user.name=heaprig",
     "-c",
     "user.email=heaprig@localhost",
+    "-c",
+    "commit.gpgsign=false",
+    "-c",
+    "core.hooksPath=/dev/null",
 ];
 
 /// A git repository the user named with --kernel-src, checked up front.
@@ -249,7 +256,8 @@ pub fn run_suite(
     });
     let x = test::execute(env, &args, &p, &guest, &selected, out, &mut times)?;
     test::save_report(&args, &p, &x, &times)?;
-    if x.result.boot_failed {
+    // No test reported at all: the suite never ran (a panic or hang during boot included).
+    if x.result.boot_failed || x.result.tests.is_empty() {
         let tail: Vec<&String> = x.console.iter().rev().take(15).collect();
         let tail: Vec<&str> = tail.into_iter().rev().map(String::as_str).collect();
         return Ok((
@@ -264,7 +272,8 @@ pub fn run_suite(
     Ok((Outcome::Ran(x.result), times))
 }
 
-/// The rig's own identity for result caches: its commit plus any uncommitted change.
+/// The rig's own identity for result caches: its commit plus any uncommitted change,
+/// untracked files included.
 pub fn rig_version(env: &Env) -> String {
     let sh = &env.sh;
     let head = cmd!(sh, "git rev-parse HEAD")
@@ -273,25 +282,41 @@ pub fn rig_version(env: &Env) -> String {
         .read()
         .unwrap_or_else(|_| "no-git".into());
     let diff = cmd!(sh, "git diff HEAD").quiet().read().unwrap_or_default();
-    format!("{head}+{}", &hex_of(diff.as_bytes())[..12])
+    let untracked = cmd!(sh, "git ls-files --others --exclude-standard")
+        .quiet()
+        .read()
+        .unwrap_or_default();
+    let mut h = Sha256::new();
+    h.update(diff.as_bytes());
+    for f in untracked.lines() {
+        h.update(f.as_bytes());
+        h.update(fs::read(env.root.join(f)).unwrap_or_default());
+    }
+    format!("{head}+{}", &kernel::hex(&h.finalize())[..12])
 }
 
-fn hex_of(data: &[u8]) -> String {
-    crate::kernel::sha256_hex(data)
-}
-
-/// Key for a cached base result: what was tested and how.
-pub fn result_key(env: &Env, commit: &str, profile: Profile, patterns: &[String]) -> String {
+/// Key for a cached base result: what was tested, on what, and how (every flag that can
+/// change a verdict: profile, accelerator, guest size, limits, test selection).
+pub fn result_key(env: &Env, commit: &str, vm: &VmArgs, suite: &SuiteArgs) -> String {
+    let profile = vm.kernel.profile();
+    let accel = vm
+        .accel
+        .to_possible_value()
+        .map(|v| v.get_name().to_string())
+        .unwrap_or_default();
     let mut h = Sha256::new();
     for part in [
         commit.to_string(),
         profile.name().to_string(),
         rig_version(env),
         kernel::config_identity(env, profile).unwrap_or_default(),
-        patterns.join("\u{1f}"),
+        accel,
+        format!("{} {} {}", vm.memory, vm.cpus, vm.boot_timeout),
+        format!("{} {}", suite.test_timeout, suite.run_timeout),
+        suite.patterns.join("\u{1f}"),
     ] {
         h.update(part.as_bytes());
         h.update([0]);
     }
-    hex_of(&h.finalize())[..16].to_string()
+    kernel::hex(&h.finalize())[..16].to_string()
 }

@@ -11,9 +11,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
+use crate::bench;
 use crate::compare::{self, Diff};
 use crate::env::{fmt_duration, Env};
-use crate::flags::ValidateArgs;
+use crate::flags::{BenchArgs, KernelArgs, SuiteArgs, ValidateArgs, VmArgs};
+use crate::kernel::Profile;
 use crate::results::RunResult;
 use crate::test;
 use crate::tree::{self, Outcome, Repo, Scratch, SuiteSpec};
@@ -69,7 +71,11 @@ pub fn apply(sh: &Shell, repo: &Repo, s: &Scratch, inputs: &[Input]) -> Result<(
         let (ok, out, what) = match input {
             Input::Mbox(p) => {
                 let file = p.canonicalize()?;
-                let (ok, out) = s.git_try(sh, &["am", "--quiet", &file.display().to_string()])?;
+                let (ok, out) = s.git_try(
+                    sh,
+                    // A cover letter (lore's t.mbox, 0000-cover-letter.patch) is empty.
+                    &["am", "--quiet", "--empty=drop", &file.display().to_string()],
+                )?;
                 if !ok {
                     let _ = s.git_try(sh, &["am", "--abort"]);
                 }
@@ -91,12 +97,28 @@ pub fn apply(sh: &Shell, repo: &Repo, s: &Scratch, inputs: &[Input]) -> Result<(
                 let (a, b) = (repo.resolve(sh, a)?, repo.resolve(sh, b)?);
                 let dir = &repo.dir;
                 let range = format!("{a}..{b}");
+                let merges = cmd!(sh, "git -C {dir} rev-list --merges {range}")
+                    .quiet()
+                    .read()?;
+                if !merges.is_empty() {
+                    bail!(
+                        "the range {range} contains merge commits ({}); validate takes a linear \
+                         series. Pass the merge's parent range, or the patches as files",
+                        merges.lines().next().unwrap_or_default()
+                    );
+                }
+                let here = s.git(sh, &["rev-parse", "HEAD"])?;
+                if here == a {
+                    // The series' own commits, unchanged: nothing to apply.
+                    s.git(sh, &["checkout", "--quiet", "--detach", &b])?;
+                    continue;
+                }
                 let list = cmd!(sh, "git -C {dir} rev-list --reverse {range}")
                     .quiet()
                     .read()?;
                 let mut res = (true, String::new());
                 for c in list.lines() {
-                    res = s.git_try(sh, &["cherry-pick", "--allow-empty", c])?;
+                    res = s.git_try(sh, &["cherry-pick", "--empty=keep", "--allow-empty", c])?;
                     if !res.0 {
                         let _ = s.git_try(sh, &["cherry-pick", "--abort"]);
                         res.1 = format!("commit {c}:\n{}", res.1);
@@ -256,14 +278,48 @@ pub fn run(env: &Env, a: ValidateArgs) -> Result<ExitCode> {
     let base = repo.resolve(sh, &base_rev)?;
     let base_subject = tree::subject(sh, &repo.dir, &base);
     let started = Instant::now();
+    // No stale report survives a run that stops early.
+    let out_root = env.root.join("target/heaprig/validate");
+    let _ = fs::remove_dir_all(&out_root);
+    fs::create_dir_all(&out_root)?;
     let scratch = Scratch::new(env, &repo, repo.tree_id(sh, &base)?)?;
     println!(
         "validate: base {} (\"{base_subject}\"), scratch tree {}",
         short(&base),
         scratch.path().display()
     );
+    let result = validate_in(
+        env,
+        &a,
+        &repo,
+        &scratch,
+        &inputs,
+        (&base, &base_subject),
+        &out_root,
+        started,
+    );
+    // Kept on failure too: a series that does not apply is when the tree is worth a look.
+    if a.keep {
+        println!("scratch tree kept: {}", scratch.keep().display());
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+fn validate_in(
+    env: &Env,
+    a: &ValidateArgs,
+    repo: &Repo,
+    scratch: &Scratch,
+    inputs: &[Input],
+    (base, base_subject): (&str, &str),
+    out_root: &Path,
+    started: Instant,
+) -> Result<ExitCode> {
+    let sh = &env.sh;
+    let base = base.to_string();
     scratch.checkout(sh, &base)?;
-    apply(sh, &repo, &scratch, &inputs)?;
+    apply(sh, repo, scratch, inputs)?;
     let range = format!("{base}..HEAD");
     let series: Vec<(String, String)> = scratch
         .git(sh, &["log", "--reverse", "--format=%H %s", &range])?
@@ -288,16 +344,8 @@ pub fn run(env: &Env, a: ValidateArgs) -> Result<ExitCode> {
         test_timeout: a.suite.test_timeout,
         run_timeout: a.suite.run_timeout,
     };
-    let out_root = env.root.join("target/heaprig/validate");
-    let _ = fs::remove_dir_all(&out_root);
-    fs::create_dir_all(&out_root)?;
-
     // Base: from the cache, or run once and cached.
-    let profile = a.vm.kernel.profile();
-    let cache = ResultCache::new(
-        env,
-        &tree::result_key(env, &base, profile, &a.suite.patterns),
-    );
+    let cache = ResultCache::new(env, &tree::result_key(env, &base, &a.vm, &a.suite));
     let base_side = match cache.load() {
         Some(r) => {
             println!(
@@ -314,9 +362,15 @@ pub fn run(env: &Env, a: ValidateArgs) -> Result<ExitCode> {
         }
         None => {
             let out = out_root.join("base");
-            let side = run_side(env, &spec, &scratch, &base, "base", &out)?;
-            if let Outcome::Ran(_) = side.outcome {
-                cache.store(&out)?;
+            let side = run_side(env, &spec, scratch, &base, "base", &out)?;
+            // Only a complete run is worth reusing; a flaky or cut-short one is not cached.
+            if let Outcome::Ran(r) = &side.outcome {
+                let complete = matches!(r.ending, Ending::Exited { code: 0 | 1 })
+                    && r.not_run.is_empty()
+                    && r.problems.is_empty();
+                if complete {
+                    cache.store(&out)?;
+                }
             }
             side
         }
@@ -333,23 +387,29 @@ pub fn run(env: &Env, a: ValidateArgs) -> Result<ExitCode> {
     let patched = run_side(
         env,
         &spec,
-        &scratch,
+        scratch,
         &tip,
         "patched",
         &out_root.join("patched"),
     )?;
     let verdict = judge(base_result, &patched.outcome);
 
-    // --each: every commit but the tip (already run) on its own.
+    // --each: every commit on its own; the tip's run is the patched one.
     let mut each: Vec<(String, String, Judgement, Duration)> = Vec::new();
     if a.each {
         for (i, (h, subj)) in series.iter().enumerate() {
             if *h == tip {
+                each.push((
+                    h.clone(),
+                    subj.clone(),
+                    judge(base_result, &patched.outcome),
+                    patched.time,
+                ));
                 continue;
             }
             let label = format!("commit {}/{}", i + 1, series.len());
             let out = out_root.join(format!("commit-{}", i + 1));
-            let side = run_side(env, &spec, &scratch, h, &label, &out)?;
+            let side = run_side(env, &spec, scratch, h, &label, &out)?;
             each.push((
                 h.clone(),
                 subj.clone(),
@@ -359,32 +419,105 @@ pub fn run(env: &Env, a: ValidateArgs) -> Result<ExitCode> {
         }
     }
 
-    let md = report(
+    let bench = if a.bench {
+        Some(bench_both(env, a, scratch, &base, &tip, out_root))
+    } else {
+        None
+    };
+
+    let mut md = report(
         &base,
-        &base_subject,
+        base_subject,
         &series,
         &base_side,
         &patched,
         &verdict,
         &each,
-        &a,
+        a,
         started.elapsed(),
     );
+    match bench {
+        Some(Ok(lines)) if lines.is_empty() => {
+            md.push_str("\nBenchmarks (perf kernel): no median moved beyond the runs' own noise.\n")
+        }
+        Some(Ok(lines)) => {
+            md.push_str("\nBenchmark medians that moved beyond noise (perf kernel; reported, not a pass/fail):\n");
+            for l in lines {
+                let _ = writeln!(md, "- {l}");
+            }
+        }
+        Some(Err(e)) => {
+            let _ = writeln!(md, "\nBenchmarks: not compared: {e:#}");
+        }
+        None => {}
+    }
     let md_path = out_root.join("report.md");
     fs::write(&md_path, &md)?;
     if let Some(p) = &a.report {
         fs::write(p, &md).with_context(|| format!("writing {}", p.display()))?;
     }
     println!("\n{md}\nreport: {}", md_path.display());
-    if a.keep {
-        println!("scratch tree kept: {}", scratch.keep().display());
-    }
     let any_bad = verdict.bad() || each.iter().any(|(_, _, j, _)| j.bad());
     Ok(if any_bad {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// `bench` on the base (cached like the suite's result) and on the patched tree; the
+/// medians that moved beyond noise.
+fn bench_both(
+    env: &Env,
+    a: &ValidateArgs,
+    scratch: &Scratch,
+    base: &str,
+    tip: &str,
+    out_root: &Path,
+) -> Result<Vec<String>> {
+    let args = BenchArgs {
+        vm: VmArgs {
+            kernel: KernelArgs {
+                profile: Some(Profile::Perf),
+                kernel_src: Some(scratch.path().to_path_buf()),
+                tree_id: Some(scratch.tree_id.clone()),
+            },
+            ..a.vm.clone()
+        },
+        quick: false,
+        run_timeout: 3600,
+        render: None,
+        rig: false,
+    };
+    let bench_suite = SuiteArgs {
+        patterns: vec!["bench".to_string()],
+        test_timeout: 0,
+        run_timeout: args.run_timeout,
+    };
+    let cache = ResultCache::new(env, &tree::result_key(env, base, &args.vm, &bench_suite));
+    let cached: Option<Vec<bench::Row>> = fs::read_to_string(cache.dir.join("bench.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| serde_json::from_value(v["rows"].clone()).ok());
+    let base_rows = match cached {
+        Some(r) => {
+            println!("\n== validate: base benchmarks (cached) ==");
+            r
+        }
+        None => {
+            scratch.checkout(&env.sh, base)?;
+            println!("\n== validate: base benchmarks ==");
+            let dir = out_root.join("bench-base");
+            let m = bench::measure(env, &args, &dir)?;
+            fs::create_dir_all(&cache.dir)?;
+            fs::copy(dir.join("bench.json"), cache.dir.join("bench.json"))?;
+            m.rows
+        }
+    };
+    scratch.checkout(&env.sh, tip)?;
+    println!("\n== validate: patched benchmarks ==");
+    let m = bench::measure(env, &args, &out_root.join("bench-patched"))?;
+    Ok(bench::changes(&base_rows, &m.rows))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -435,7 +568,7 @@ fn report(
         }
     }
     if !each.is_empty() {
-        let _ = writeln!(s, "\nEach commit on its own (the last is the patched run):");
+        let _ = writeln!(s, "\nEach commit on its own:");
         for (h, subj, j, t) in each {
             let _ = writeln!(
                 s,

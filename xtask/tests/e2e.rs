@@ -357,7 +357,8 @@ fn make_history() -> History {
         .unwrap();
     assert!(status.success());
     git(&path, &["init", "--quiet"]);
-    git(&path, &["add", "-A"]);
+    // -f: Debian's top-level .gitignore ignores everything but debian/.
+    git(&path, &["add", "-f", "-A", "."]);
     git(
         &path,
         &["commit", "--quiet", "-m", "Linux 6.12 with heaprig's heap"],
@@ -399,6 +400,14 @@ fn make_history() -> History {
         root,
         commits,
     }
+}
+
+/// Neither task wrote to the user's repository or checkout.
+fn untouched(h: &History) {
+    assert_eq!(git(&h.path, &["status", "--porcelain"]), "");
+    assert_eq!(git(&h.path, &["rev-parse", "HEAD"]), h.commits[11].0);
+    assert!(!h.path.join(".git/BISECT_LOG").exists());
+    assert_eq!(git(&h.path, &["worktree", "list"]).lines().count(), 1);
 }
 
 /// `validate` flags the bad patch and passes a harmless one (the base result cached by then),
@@ -467,6 +476,7 @@ fn validate_and_bisect_on_real_history() {
     );
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("stale.diff does not apply"));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("== validate: base"));
 
     // The regression, as a patch mailed in.
     let bad = patch(REGRESSION);
@@ -474,10 +484,8 @@ fn validate_and_bisect_on_real_history() {
     assert_eq!(out.status.code(), Some(1), "the bad patch was not flagged");
     let md = std::fs::read_to_string(&report).unwrap();
     assert!(md.contains("REGRESSED"), "{md}");
-    assert!(
-        md.contains("`sync_end_storm [rust_system]`: counted 1 unmatched ENDs"),
-        "{md}"
-    );
+    assert!(md.contains("- `sync_end_storm [rust_system]`: "), "{md}");
+    assert!(md.contains("counted 1 unmatched ENDs, sent 100000"), "{md}");
     assert!(
         !md.contains("sync_end_storm [system]"),
         "the C heap did not change: {md}"
@@ -492,6 +500,17 @@ fn validate_and_bisect_on_real_history() {
         md.contains("no regressions") && md.contains("base cached"),
         "{md}"
     );
+
+    // The same two commits as a range, each on its own: the first failing one is named.
+    let range = format!("{base}..{}", sha(REGRESSION + 1));
+    let out = xtask(&[&["validate"][..], &common, &["--each", &range]].concat());
+    assert_eq!(out.status.code(), Some(1));
+    let md = std::fs::read_to_string(&report).unwrap();
+    assert!(
+        md.contains(&format!("First failing commit: {}", &sha(REGRESSION)[..12])),
+        "{md}"
+    );
+    untouched(&h);
 
     // bisect over the whole history.
     let t = std::time::Instant::now();
@@ -537,9 +556,13 @@ fn validate_and_bisect_on_real_history() {
         };
         assert_eq!(s["verdict"], want, "commit {i}: {s}");
         if i == BROKEN {
-            assert!(s["why"].as_str().unwrap().contains("does not build"), "{s}");
+            assert!(
+                s["why"].as_str().unwrap().starts_with("does not build:"),
+                "{s}"
+            );
         }
     }
+    untouched(&h);
     assert!(
         steps.iter().any(|s| s["verdict"] == "skip"),
         "the history's layout should make bisect visit the broken commit: {steps:?}"
