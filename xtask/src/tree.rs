@@ -169,6 +169,41 @@ pub fn subject(sh: &Shell, git_dir: &Path, rev: &str) -> String {
         .unwrap_or_default()
 }
 
+/// An exclusive hold on one private tree and its build dir: a `validate` and a `bisect` of
+/// the same history share them, and must not rsync or make over each other.
+pub struct TreeLock {
+    _file: fs::File,
+}
+
+impl TreeLock {
+    pub fn take(env: &Env, tree_id: &str) -> Result<TreeLock> {
+        use std::os::fd::AsRawFd;
+        let dir = env.cache.join("locks");
+        fs::create_dir_all(&dir)?;
+        let path = dir.join(format!("{tree_id}.lock"));
+        let file =
+            fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        let fd = file.as_raw_fd();
+        // SAFETY: `fd` is an open descriptor owned by `file`, which outlives the call.
+        if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            println!(
+                "tree: another heaprig is using this tree's build ({}); waiting for it",
+                path.display()
+            );
+            // SAFETY: as above. Blocks until the other process ends or releases it.
+            if unsafe { libc::flock(fd, libc::LOCK_EX) } != 0 {
+                bail!(
+                    "locking {}: {}",
+                    path.display(),
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+        // Released when the file is closed (on drop, or when the process dies).
+        Ok(TreeLock { _file: file })
+    }
+}
+
 /// What one suite run on a tree came to.
 pub enum Outcome {
     /// The kernel did not build: the first error.
@@ -222,6 +257,10 @@ pub fn run_suite(
     let guest = test::build_guest(env)?;
     let selected = test::select(env, &guest, s.patterns)?;
     times.add("guest build", t.elapsed());
+    let _lock = match tree_id {
+        Some(id) => Some(TreeLock::take(env, id)?),
+        None => None,
+    };
     let t = Instant::now();
     crate::setup::ensure(env, true)?;
     let src = kernel::prepare_source(env, Some(tree), tree_id)?;

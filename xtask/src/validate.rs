@@ -499,6 +499,7 @@ fn bench_both(
         .ok()
         .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
         .and_then(|v| serde_json::from_value(v["rows"].clone()).ok());
+    let _lock = tree::TreeLock::take(env, &scratch.tree_id)?;
     let base_rows = match cached {
         Some(r) => {
             println!("\n== validate: base benchmarks (cached) ==");
