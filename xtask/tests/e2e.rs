@@ -411,8 +411,9 @@ fn untouched(h: &History) {
 }
 
 /// `validate` flags the bad patch and passes a harmless one (the base result cached by then),
-/// and `bisect` names the regression in at most ceil(log2 12)+1 = 5 steps, skipping the
-/// commit that does not build instead of blaming it.
+/// `--each` names the first failing commit of a range, and `bisect` (each bad verdict rerun
+/// once) names the regression in at most ceil(log2 12)+1 = 5 steps, skipping the commit that
+/// does not build instead of blaming it. The user's repository is left as it was.
 #[test]
 #[ignore = "builds and boots kernels from a real git history (20+ minutes cold); CI runs it with --ignored"]
 fn validate_and_bisect_on_real_history() {
@@ -520,7 +521,8 @@ fn validate_and_bisect_on_real_history() {
         &[
             &["bisect"][..],
             &common,
-            &["--good", &good, "--bad", &bad_tip],
+            // One rerun of every bad verdict: a real regression is bad both times.
+            &["--good", &good, "--bad", &bad_tip, "--retries", "1"],
         ]
         .concat(),
     );
@@ -555,6 +557,8 @@ fn validate_and_bisect_on_real_history() {
             _ => "good",
         };
         assert_eq!(s["verdict"], want, "commit {i}: {s}");
+        let runs = if want == "bad" { 2 } else { 1 };
+        assert_eq!(s["runs"], runs, "commit {i}: {s}");
         if i == BROKEN {
             assert!(
                 s["why"].as_str().unwrap().starts_with("does not build:"),
