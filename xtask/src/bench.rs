@@ -265,13 +265,16 @@ pub struct Measured {
 }
 
 /// Builds the kernel `a` names, boots it once, runs every variant; writes bench.json and
-/// bench.svg into `dir` (emptied first). `validate --bench` runs it on both trees.
+/// bench.svg into `dir` (replacing an earlier run's). `validate --bench` runs it on both trees.
 pub fn measure(env: &Env, a: &BenchArgs, dir: &std::path::Path) -> Result<Measured> {
     let mut times = Times::default();
     let guest = build_guest(env)?;
     let profile = a.vm.kernel.profile_or(Profile::Perf);
     let p = prepare(env, &a.vm, profile, &mut times)?;
-    let _ = fs::remove_dir_all(dir);
+    // Only this run's own files: `bench --rig` keeps rig.json in the same directory.
+    for f in ["guest.jsonl", "bench.json", "bench.svg", "console.log"] {
+        let _ = fs::remove_file(dir.join(f));
+    }
     fs::create_dir_all(dir)?;
     let lines = dir.join("guest.jsonl");
     let mut cmd = vec![
