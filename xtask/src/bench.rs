@@ -344,8 +344,9 @@ pub fn measure(env: &Env, a: &BenchArgs, dir: &std::path::Path) -> Result<Measur
     })
 }
 
-/// Smallest change ever called real: emulation jitter between two boots is a few percent.
-const NOISE_FLOOR: f64 = 0.05;
+/// Smallest change ever called real. Between two boots, medians drift together: a
+/// comment-only patch moved SYNC medians of both heaps by 5-6% under TCG (2026-11-26).
+const NOISE_FLOOR: f64 = 0.10;
 
 /// Medians that moved by more than the noise measured in the runs themselves: the larger of
 /// the two runs' spread below the median ((median - min) / median) and [`NOISE_FLOOR`].
@@ -419,13 +420,13 @@ mod tests {
             ours_over_c: None,
             ion_over_ours: None,
         };
-        // 3% slower with 1% spread: under the 5% floor.
-        assert!(changes(&[row(10_000, 9_900)], &[row(10_300, 10_200)]).is_empty());
+        // 6% faster with 1% spread: boot-to-boot drift, under the 10% floor.
+        assert!(changes(&[row(10_000, 9_900)], &[row(9_400, 9_300)]).is_empty());
         // 20% slower with 1% spread: reported.
         let c = changes(&[row(10_000, 9_900)], &[row(12_000, 11_900)]);
         assert_eq!(
             c,
-            ["alloc+close 4 KiB [rust_system]: 10.0 us -> 12.0 us (+20.0%, noise 5.0%)"]
+            ["alloc+close 4 KiB [rust_system]: 10.0 us -> 12.0 us (+20.0%, noise 10.0%)"]
         );
         // 20% slower but the runs themselves spread 30% below the median: noise.
         assert!(changes(&[row(10_000, 7_000)], &[row(12_000, 11_900)]).is_empty());
