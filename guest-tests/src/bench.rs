@@ -16,8 +16,7 @@ use crate::uapi::importer::{
 };
 use crate::uapi::{heap_names, Access, DmaBuf, Heap, Importer};
 
-const KIB: u64 = 1024;
-const MIB: u64 = 1024 * KIB;
+use crate::uapi::{KIB, MIB};
 /// Iterations per variant before switching to the next one.
 const BLOCK: usize = 20;
 

@@ -140,8 +140,7 @@ pub const CASES: &[Case] = &[
     finally("kmemleak", Body::Global(detectors::kmemleak)),
 ];
 
-const KIB: u64 = 1024;
-const MIB: u64 = 1024 * KIB;
+use crate::uapi::{KIB, MIB};
 
 fn heaps_present(ctx: &mut Ctx) -> Outcome {
     ensure!(

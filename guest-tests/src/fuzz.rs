@@ -26,9 +26,7 @@ use crate::uapi::{
     DMA_BUF_SYNC_START, DMA_BUF_SYNC_WRITE,
 };
 
-const PAGE: u64 = 4096;
-const KIB: u64 = 1024;
-const MIB: u64 = 1024 * KIB;
+use crate::uapi::{KIB, MIB, PAGE};
 
 /// Live buffers the model keeps at most; each is at most 2 MiB, so content tracking is cheap.
 const MAX_BUFS: usize = 8;
@@ -196,6 +194,32 @@ impl Expect {
             Expect::Any => "anything".to_string(),
         }
     }
+}
+
+fn no_importer() -> String {
+    "internal: importer op without the importer".to_string()
+}
+
+/// One importer call that fills or checksums a whole buffer and must succeed; the importer
+/// is passed in because the caller holds a buffer of the pool mutably.
+fn whole_buffer_op(
+    imp: Option<&Importer>,
+    req: u32,
+    fd: i32,
+    op: u32,
+    fill: u8,
+    label: &str,
+) -> Result<ImporterArgs, String> {
+    let imp = imp.ok_or_else(no_importer)?;
+    let mut a = ImporterArgs {
+        fd,
+        op,
+        fill: u32::from(fill),
+        count: 1,
+        ..Default::default()
+    };
+    judge(label, Expect::Ok, &imp.call(req, &mut a))?;
+    Ok(a)
 }
 
 fn judge<T>(what: &str, e: Expect, r: &io::Result<T>) -> Result<(), String> {
@@ -823,9 +847,7 @@ impl Fuzz<'_> {
     }
 
     fn importer(&self) -> Result<&Importer, String> {
-        self.imp
-            .as_ref()
-            .ok_or_else(|| "internal: importer op without the importer".to_string())
+        self.imp.as_ref().ok_or_else(no_importer)
     }
 
     /// Drops buffer `i` from the pool when nothing refers to it any more.
@@ -1027,19 +1049,7 @@ impl Fuzz<'_> {
             ),
         };
         *d = format!("importer {label} b{} fd {fd}", b.id);
-        let mut a = ImporterArgs {
-            fd,
-            op,
-            fill: u32::from(fill),
-            count: 1,
-            ..Default::default()
-        };
-        let imp = self
-            .imp
-            .as_ref()
-            .ok_or_else(|| "internal: importer op without the importer".to_string())?;
-        let r = imp.call(req, &mut a);
-        judge(&label, Expect::Ok, &r)?;
+        let a = whole_buffer_op(self.imp.as_ref(), req, fd, op, fill, &label)?;
         let want = importer::checksum(&b.content);
         if a.checksum != want {
             return Err(format!(
@@ -1071,19 +1081,8 @@ impl Fuzz<'_> {
             "KMAP_WALK checksum".to_string()
         };
         *d = format!("importer {label} b{} fd {fd}", b.id);
-        let mut a = ImporterArgs {
-            fd,
-            op: if do_fill { OP_FILL } else { OP_CHECKSUM },
-            fill: u32::from(fill),
-            count: 1,
-            ..Default::default()
-        };
-        let imp = self
-            .imp
-            .as_ref()
-            .ok_or_else(|| "internal: importer op without the importer".to_string())?;
-        let r = imp.call(IMPORTER_KMAP_WALK, &mut a);
-        judge(&label, Expect::Ok, &r)?;
+        let op = if do_fill { OP_FILL } else { OP_CHECKSUM };
+        let a = whole_buffer_op(self.imp.as_ref(), IMPORTER_KMAP_WALK, fd, op, fill, &label)?;
         if a.pages != b.size / PAGE {
             return Err(format!("walked {} pages of {}", a.pages, b.size / PAGE));
         }

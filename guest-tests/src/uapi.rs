@@ -12,6 +12,11 @@ use std::path::Path;
 /// The directory where dma-buf heaps appear.
 pub const DMA_HEAP_DIR: &str = "/dev/dma_heap";
 
+/// Sizes the tests speak in; the guest is x86_64, 4 KiB pages.
+pub const KIB: u64 = 1024;
+pub const MIB: u64 = 1024 * KIB;
+pub const PAGE: u64 = 4 * KIB;
+
 const IOC_NRBITS: u32 = 8;
 const IOC_TYPEBITS: u32 = 8;
 const IOC_SIZEBITS: u32 = 14;

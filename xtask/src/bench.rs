@@ -318,13 +318,10 @@ pub fn measure(env: &Env, a: &BenchArgs, dir: &std::path::Path) -> Result<Measur
     let text =
         fs::read_to_string(&lines).with_context(|| format!("reading {}", lines.display()))?;
     let rows = rows(&text)?;
-    let date = xshell::cmd!(env.sh, "date -u +%Y-%m-%d")
-        .quiet()
-        .read()
-        .unwrap_or_default();
+    let date = today(env);
     let machine = format!(
         "{} cores, {:?}, {} kernel, {} guest CPUs, {}{}",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        host_cores(),
         p.accel,
         profile.name(),
         a.vm.cpus,
@@ -342,6 +339,18 @@ pub fn measure(env: &Env, a: &BenchArgs, dir: &std::path::Path) -> Result<Measur
         date,
         machine,
     })
+}
+
+/// The UTC date a measurement is labelled with.
+pub fn today(env: &Env) -> String {
+    xshell::cmd!(env.sh, "date -u +%Y-%m-%d")
+        .quiet()
+        .read()
+        .unwrap_or_default()
+}
+
+pub fn host_cores() -> usize {
+    std::thread::available_parallelism().map_or(0, |n| n.get())
 }
 
 /// Smallest change ever called real. Between two boots, medians drift together: a

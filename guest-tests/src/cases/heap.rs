@@ -7,9 +7,10 @@ use crate::uapi::{
     fd_size, heap_stats, Access, Heap, IonCompat, DMA_BUF_SYNC_END, DMA_BUF_SYNC_RW,
 };
 
+use crate::uapi::PAGE;
+
 use super::{KIB, MIB};
 
-const PAGE: u64 = 4 * KIB;
 const RDWR_CLOEXEC: u32 = (libc::O_RDWR | libc::O_CLOEXEC) as u32;
 
 /// Allocation sizes and flags every heap must handle the same way. A size the kernel rounds
