@@ -25,6 +25,10 @@ pub const GOOD: u8 = 0;
 pub const BAD: u8 = 1;
 pub const SKIP: u8 = 125;
 
+/// Ends a bisection. `git bisect reset` takes a commit, not `--quiet`: given that, it printed
+/// "error: '--quiet' is not a valid commit" into a successful run's summary.
+const RESET: &[&str] = &["bisect", "reset"];
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StepVerdict {
@@ -362,7 +366,16 @@ pub fn run(env: &Env, a: BisectArgs) -> Result<ExitCode> {
     let status = child.wait().context("waiting for git bisect run")?;
     let bisect_log = scratch.git(sh, &["bisect", "log"]).unwrap_or_default();
     fs::write(out_root.join("bisect.log"), &bisect_log)?;
-    let _ = scratch.git(sh, &["bisect", "reset", "--quiet"]);
+    // The scratch tree goes away (or is kept for a look); a failed reset is only a warning.
+    match scratch.git_try(sh, RESET) {
+        Ok((true, _)) => {}
+        Ok((false, out)) => eprintln!(
+            "heaprig: warning: `git {}` failed in the scratch tree: {}",
+            RESET.join(" "),
+            out.trim()
+        ),
+        Err(e) => eprintln!("heaprig: warning: `git {}`: {e:#}", RESET.join(" ")),
+    }
     let steps = read_steps(&log);
     let found = first_bad(&output).map(|sha| {
         let subj = tree::subject(sh, &repo.dir, &sha);
@@ -448,6 +461,29 @@ mod tests {
         }
     }
 
+    /// A fuzz failure's step reason is its decisive line (the failing op, the byte, the replay
+    /// command), not the last op of the replay context. The captured self-test block stands in
+    /// for the suite's `fuzz` test, which prints the same lines (self-tests are not judged).
+    #[test]
+    fn a_fuzz_failure_is_summarised_by_its_decisive_line() {
+        let text = fixture("guest-selftests.ktap").replace("rig_selftest_fuzz", "fuzz");
+        let k = ktap::parse(&text);
+        let names: Vec<String> = k.tests.iter().map(|t| t.name.clone()).collect();
+        let r = combine(&k, &[], &names, &Ending::Exited { code: 1 });
+        let (v, why) = decide(&Outcome::Ran(r), None);
+        assert_eq!(v, StepVerdict::Bad);
+        let at = why
+            .find("fuzz: ")
+            .unwrap_or_else(|| panic!("no fuzz reason in {why}"));
+        let fuzz = &why[at..];
+        assert!(fuzz.starts_with("fuzz: fuzz seed 42 op "), "{fuzz}");
+        assert!(
+            fuzz.contains("byte ") && fuzz.contains("replay: cargo xtask fuzz"),
+            "{fuzz}"
+        );
+        assert!(!why.contains("last op"), "{why}");
+    }
+
     #[test]
     fn finds_gits_first_bad_commit_line() {
         let out = "Bisecting: 2 revisions left\nrunning foo\n\
@@ -460,6 +496,45 @@ mod tests {
             first_bad("There are only 'skip'ped commits left to test.\n"),
             None
         );
+    }
+
+    /// The reset `bisect` runs ends a real bisection quietly: no `error:` line, no bisect state.
+    #[test]
+    fn reset_ends_a_real_bisection_without_an_error_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let git = |args: &[&str]| {
+            let out = Command::new("git")
+                .arg("-C")
+                .arg(d)
+                .args([
+                    "-c",
+                    "user.name=t",
+                    "-c",
+                    "user.email=t@t",
+                    "-c",
+                    "commit.gpgsign=false",
+                ])
+                .args(args)
+                .output()
+                .unwrap();
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        };
+        assert!(git(&["init", "-q"]).0);
+        for n in ["1", "2", "3"] {
+            fs::write(d.join("f"), n).unwrap();
+            assert!(git(&["add", "f"]).0);
+            assert!(git(&["commit", "-q", "-m", n]).0);
+        }
+        assert!(git(&["bisect", "start", "HEAD", "HEAD~2"]).0);
+        assert!(d.join(".git/BISECT_START").exists());
+        let (ok, stderr) = git(RESET);
+        assert!(ok, "git {RESET:?} failed: {stderr}");
+        assert!(!stderr.lines().any(|l| l.starts_with("error:")), "{stderr}");
+        assert!(!d.join(".git/BISECT_START").exists());
     }
 
     #[test]

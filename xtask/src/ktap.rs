@@ -22,6 +22,9 @@ pub struct Node {
     pub skip_reason: Option<String>,
     pub facts: Vec<(String, String)>,
     pub diags: Vec<String>,
+    /// For `not ok`: the diagnostic printed just before it, which the runner makes the
+    /// failure's own reason (the lines above it are context, such as a fuzzer's last ops).
+    pub failure: Option<String>,
     pub time_ms: Option<u64>,
     pub subtests: Vec<Node>,
 }
@@ -158,6 +161,9 @@ pub fn parse(text: &str) -> Ktap {
                 skip_reason: skip,
                 ..Node::default()
             };
+            if node.status == Some(Status::Fail) {
+                node.failure = pending[indent].diags.last().cloned();
+            }
             pending[indent].take_into(&mut node);
             if indent == 1 {
                 subtests.push(node);
@@ -251,6 +257,32 @@ mod tests {
             .diags
             .iter()
             .any(|d| d.contains("timed out")));
+        // All nine self-tests and the whole-run kmemleak check, as the e2e test runs them.
+        assert_eq!(k.tests.len(), 10, "{:?}", k.tests);
+        assert!(k.done && k.problems.is_empty(), "{:?}", k.problems);
+        for t in &k.tests {
+            // These three fail through the kernel log (a splat) or the final scan, not in KTAP.
+            let want = if matches!(
+                t.name.as_str(),
+                "rig_selftest_kmemleak" | "rig_selftest_warning" | "rig_selftest_lockdep"
+            ) {
+                Status::Pass
+            } else {
+                Status::Fail
+            };
+            assert_eq!(t.status, Some(want), "{}", t.name);
+        }
+        // The line printed just before `not ok` is the failure's own reason, not the context
+        // above it (the fuzzer's last operations, the leak oracle's findings).
+        let failure = |n: &str| by(n).failure.clone().unwrap_or_default();
+        assert!(
+            failure("rig_selftest_fuzz").starts_with("fuzz seed 42 op "),
+            "{}",
+            failure("rig_selftest_fuzz")
+        );
+        assert!(failure("rig_selftest_leak").starts_with("leak oracle: dma-buf left behind"));
+        assert!(failure("rig_selftest_fault_leak").starts_with("importer VMAP: fault point"));
+        assert_eq!(by("rig_selftest_kmemleak").failure, None);
     }
 
     #[test]
