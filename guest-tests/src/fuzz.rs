@@ -633,10 +633,18 @@ fn has_hold(b: &Buf) -> bool {
 }
 
 /// Compares what a mapping reads with the model: whole when small, sampled when large.
-fn check_bytes(rng: &mut Rng, got: &[u8], want: &[u8], base: u64) -> Result<usize, String> {
+/// `base` is the mapping's offset and `size` the buffer's, so a mismatch names the byte's
+/// place in the buffer ("byte 8191 of 8192": the last one).
+fn check_bytes(
+    rng: &mut Rng,
+    got: &[u8],
+    want: &[u8],
+    base: u64,
+    size: u64,
+) -> Result<usize, String> {
     let mismatch = |i: usize| {
         format!(
-            "byte {} reads {:#04x}, model has {:#04x}",
+            "byte {} of {size} reads {:#04x}, model has {:#04x}",
             base + i as u64,
             got[i],
             want[i]
@@ -659,6 +667,45 @@ fn check_bytes(rng: &mut Rng, got: &[u8], want: &[u8], base: u64) -> Result<usiz
     Ok(picks.len())
 }
 
+/// Where a buffer differs from its model, read through a fresh mapping under SYNC READ: the
+/// decisive detail when a kernel checksum disagrees with the model.
+fn locate(b: &Buf) -> String {
+    for fd in &b.fds {
+        let Ok(map) = fd.mmap(0, b.size as usize) else {
+            continue;
+        };
+        if fd.sync_raw(DMA_BUF_SYNC_START | DMA_BUF_SYNC_READ).is_err() {
+            continue;
+        }
+        let got = map.as_slice();
+        let at = got.iter().zip(&b.content).position(|(g, m)| g != m);
+        let _ = fd.sync_raw(DMA_BUF_SYNC_END | DMA_BUF_SYNC_READ);
+        return match at {
+            Some(i) => format!(
+                "byte {i} of {} reads {:#04x}, model has {:#04x}",
+                b.size, got[i], b.content[i]
+            ),
+            None => "a fresh mapping reads what the model has".to_string(),
+        };
+    }
+    "not located: no fd of the buffer maps for reading".to_string()
+}
+
+/// A kernel checksum that disagrees with the model, with where the buffer differs.
+fn checksum_mismatch(what: &str, got: u64, want: u64, b: &Buf) -> String {
+    format!("{what} checksum {got:#x}, model {want:#x}: {}", locate(b))
+}
+
+/// A checksum taken before a kernel fill disagreed: what was checksummed is gone, so the
+/// buffer is located against the model of the fill instead.
+fn fill_mismatch(got: u64, want: u64, fill: u8, b: &mut Buf) -> String {
+    b.content.fill(fill);
+    format!(
+        "kernel checksum {got:#x}, model {want:#x} (before a fill with {fill:#04x}; after it: {})",
+        locate(b)
+    )
+}
+
 fn sync_ok(buf: &DmaBuf, flags: u64) -> Result<(), String> {
     buf.sync_raw(flags)
         .map_err(|e| format!("SYNC {} failed: {}", sync_name(flags), errno_name(&e)))
@@ -674,7 +721,14 @@ fn read_then_write(
 ) -> Result<String, String> {
     let range = map.range();
     sync_ok(buf, DMA_BUF_SYNC_START | DMA_BUF_SYNC_READ)?;
-    let checked = check_bytes(rng, map.as_slice(), &content[range.clone()], map.offset());
+    let size = content.len() as u64;
+    let checked = check_bytes(
+        rng,
+        map.as_slice(),
+        &content[range.clone()],
+        map.offset(),
+        size,
+    );
     sync_ok(buf, DMA_BUF_SYNC_END | DMA_BUF_SYNC_READ)?;
     let checked = checked?;
     let (start, n) = if rng.chance(10) {
@@ -1052,10 +1106,10 @@ impl Fuzz<'_> {
         let a = whole_buffer_op(self.imp.as_ref(), req, fd, op, fill, &label)?;
         let want = importer::checksum(&b.content);
         if a.checksum != want {
-            return Err(format!(
-                "kernel checksum {:#x}, model {want:#x}",
-                a.checksum
-            ));
+            if op == OP_FILL {
+                return Err(fill_mismatch(a.checksum, want, fill, b));
+            }
+            return Err(checksum_mismatch("kernel", a.checksum, want, b));
         }
         if req == IMPORTER_VMAP_TWICE {
             if a.shared != 1 {
@@ -1088,10 +1142,10 @@ impl Fuzz<'_> {
         }
         let want = importer::checksum(&b.content);
         if a.checksum != want {
-            return Err(format!(
-                "kernel checksum {:#x}, model {want:#x}",
-                a.checksum
-            ));
+            if do_fill {
+                return Err(fill_mismatch(a.checksum, want, fill, b));
+            }
+            return Err(checksum_mismatch("kernel", a.checksum, want, b));
         }
         if do_fill {
             b.content.fill(fill);
@@ -1357,10 +1411,7 @@ fn check_release(a: &ImporterArgs, kind: HoldKind, b: &Buf) -> Result<(), String
         HoldKind::Vmap => {
             let want = importer::checksum(&b.content);
             if a.checksum != want {
-                return Err(format!(
-                    "held vmap checksum {:#x}, model {want:#x}",
-                    a.checksum
-                ));
+                return Err(checksum_mismatch("held vmap", a.checksum, want, b));
             }
             if a.pages != b.size {
                 return Err(format!("held vmap covers {} bytes of {}", a.pages, b.size));
@@ -1426,16 +1477,13 @@ pub fn run(ctx: &mut Ctx, heap: &Heap, cfg: &Config) -> Outcome {
             None
         }
     };
-    let imp = match Importer::open() {
-        Ok(i) => Some(i),
-        Err(e) => {
-            ctx.diag(format!(
-                "fuzz: cannot open {} ({e}); importer operations skipped",
-                importer::IMPORTER_DEV
-            ));
-            None
-        }
-    };
+    let imp = crate::expect::optional_importer()?;
+    if imp.is_none() {
+        ctx.diag(format!(
+            "fuzz: no {} (kernel built without it); importer operations skipped",
+            importer::IMPORTER_DEV
+        ));
+    }
     let mut f = Fuzz {
         heap,
         rng: Rng::new(seed),
@@ -1814,11 +1862,11 @@ mod tests {
         let mut r = Rng::new(1);
         let want = vec![0u8; 100];
         let mut got = want.clone();
-        assert_eq!(check_bytes(&mut r, &got, &want, 0), Ok(100));
+        assert_eq!(check_bytes(&mut r, &got, &want, 0, 8192), Ok(100));
         got[42] = 7;
         assert_eq!(
-            check_bytes(&mut r, &got, &want, 4096),
-            Err("byte 4138 reads 0x07, model has 0x00".to_string())
+            check_bytes(&mut r, &got, &want, 4096, 8192),
+            Err("byte 4138 of 8192 reads 0x07, model has 0x00".to_string())
         );
     }
 }

@@ -32,8 +32,9 @@ pub fn parse_bufinfo(text: &str) -> Vec<Buffer> {
     let mut in_attached = false;
     for line in text.lines() {
         let fields: Vec<&str> = line.split('\t').collect();
+        // "%08zu": at least 8 digits, more for a buffer of 100,000,000 bytes or larger.
         if fields.len() >= 7
-            && fields[0].len() == 8
+            && fields[0].len() >= 8
             && fields[0].bytes().all(|b| b.is_ascii_digit())
         {
             let num = |s: &str| s.trim().parse::<u64>().ok();
@@ -142,6 +143,13 @@ impl Holdings {
                 let old = then.get(k).copied().unwrap_or(0);
                 if *v > old {
                     found.push(format!("{heap} heap: {k} went from {old} to {v}"));
+                } else if *v < old {
+                    // Nothing the test did not make can be freed by it: a fall is a double
+                    // release or an underflow.
+                    found.push(format!(
+                        "{heap} heap: {k} fell from {old} to {v} (released more than the test \
+                         made: a double release or an underflow)"
+                    ));
                 }
             }
         }
@@ -286,7 +294,24 @@ mod tests {
         assert_eq!(found.len(), 4, "{found:#?}");
         assert!(found[0].contains("buffer reference left behind") && found[0].contains("ino 42"));
         // A buffer freed during the test is not a leak.
-        assert!(before.leaked_since(&after).is_empty());
+        let mut fewer = after.clone();
+        fewer.counters = before.counters.clone();
+        assert!(before.leaked_since(&fewer).is_empty());
+        // A counter that falls is a double release or an underflow.
+        let fell = before.leaked_since(&after);
+        assert_eq!(fell.len(), 1, "{fell:#?}");
+        assert!(
+            fell[0].contains("current_vmaps fell from 1 to 0"),
+            "{fell:?}"
+        );
+    }
+
+    #[test]
+    fn bufinfo_sizes_wider_than_eight_digits() {
+        let text = BUFINFO_SAMPLE.replace("00065536\t", "134217728\t");
+        let b = parse_bufinfo(&text);
+        assert_eq!(b.len(), 2, "{b:#?}");
+        assert_eq!(b[0].size, 134_217_728);
     }
 
     // Captured from the debug kernel after `rig_selftest_kmemleak` (first of its four reports,

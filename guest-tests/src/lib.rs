@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod cases;
+pub mod expect;
 pub mod fuzz;
 pub mod harness;
 pub mod leaks;

@@ -1,7 +1,7 @@
 //! `heaprig-guest`: the test runner the rig starts inside the guest.
 //!
 //!   heaprig-guest list [PATTERN...]           names of the tests a run would execute
-//!   heaprig-guest run [--timeout SECS] [--results DIR] [PATTERN...]
+//!   heaprig-guest run [--timeout SECS] [--results DIR] [--kernel-config FILE] [PATTERN...]
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -14,7 +14,7 @@ use guest_tests::fuzz;
 use guest_tests::runner::{run, Options, Out};
 use guest_tests::select::select;
 
-const USAGE: &str = "usage: heaprig-guest list [PATTERN...]\n       heaprig-guest run [--timeout SECS] [--results DIR] [--heap NAME]... [--fuzz-seconds N] [--fuzz-seed S] [--fuzz-ops N] [PATTERN...]\n       heaprig-guest bench [--quick] [--out FILE]";
+const USAGE: &str = "usage: heaprig-guest list [PATTERN...]\n       heaprig-guest run [--timeout SECS] [--results DIR] [--heap NAME]... [--kernel-config FILE] [--fuzz-seconds N] [--fuzz-seed S] [--fuzz-ops N] [PATTERN...]\n       heaprig-guest bench [--quick] [--out FILE]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -116,6 +116,12 @@ fn parse_run(args: &[String]) -> Result<RunArgs, String> {
             "--fuzz-ops" => fuzz.max_ops = Some(number(&mut it, "--fuzz-ops", 1)?),
             "--results" => results = Some(PathBuf::from(value(&mut it, "--results")?)),
             "--heap" => opts.heaps.push(value(&mut it, "--heap")?),
+            "--kernel-config" => {
+                let path = value(&mut it, "--kernel-config")?;
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| format!("--kernel-config {path}: {e}"))?;
+                guest_tests::expect::set(guest_tests::expect::parse_config(&text));
+            }
             s if s.starts_with("--") => return Err(format!("unknown option {s}")),
             s => patterns.push(s.to_string()),
         }

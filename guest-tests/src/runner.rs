@@ -229,24 +229,60 @@ fn run_checked(
     out.kmsg(&format!("begin {label}"));
     let before = Holdings::read();
     let mut r = run_in_child(timeout, f);
-    let leaks = match (&before, Holdings::read()) {
-        (Ok(b), Ok(a)) => a.leaked_since(b),
-        _ => Vec::new(),
-    };
+    let after = Holdings::read();
     out.kmsg(&format!("end {label}"));
-    if let Some(first) = leaks.first() {
-        for l in &leaks {
-            r.ctx.diag(format!("leak: {l}"));
-        }
-        if r.status == Status::Pass {
-            r.status = Status::Fail(format!(
-                "leak oracle: {first} ({} finding(s) in all)",
-                leaks.len()
-            ));
-        }
-    }
+    let finding = oracle_verdict(&before, &after, &mut r.ctx);
+    r.status = with_finding(r.status, finding);
     r
 }
+
+/// A leak fails a pass and a skip alike (a test that leaked and then skipped still leaked);
+/// a failure keeps its own reason.
+fn with_finding(status: Status, finding: Option<String>) -> Status {
+    match (status, finding) {
+        (Status::Fail(why), _) => Status::Fail(why),
+        (_, Some(why)) => Status::Fail(why),
+        (s, None) => s,
+    }
+}
+
+/// The leak oracle's finding for one test: the failure reason, if any, with each finding as a
+/// diagnostic. It fails closed: a holdings read that fails around a test is a failure, unless
+/// the oracle is off for the whole run (no bufinfo on a kernel without debugfs, said at the
+/// top of the run).
+pub fn oracle_verdict(
+    before: &Result<Holdings, String>,
+    after: &Result<Holdings, String>,
+    ctx: &mut Ctx,
+) -> Option<String> {
+    let (b, a) = match (before, after) {
+        (Ok(b), Ok(a)) => (b, a),
+        (Err(e), _) | (_, Err(e)) if oracle_expected() => {
+            return Some(format!(
+                "leak oracle: cannot read the kernel's holdings {} the test: {e}",
+                if before.is_err() { "before" } else { "after" }
+            ))
+        }
+        _ => return None,
+    };
+    let leaks = a.leaked_since(b);
+    let first = leaks.first()?;
+    for l in &leaks {
+        ctx.diag(format!("leak: {l}"));
+    }
+    Some(format!(
+        "leak oracle: {first} ({} finding(s) in all)",
+        leaks.len()
+    ))
+}
+
+/// The oracle must work on a kernel with debugfs (bufinfo); without a config, it must work if
+/// it worked when the run started.
+fn oracle_expected() -> bool {
+    crate::expect::built_with("CONFIG_DEBUG_FS") || ORACLE_AT_START.get().copied().unwrap_or(false)
+}
+
+static ORACLE_AT_START: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
 
 /// Runs a per-heap body on `heap`.
 fn run_on_heap(
@@ -261,6 +297,20 @@ fn run_on_heap(
             Heap::open(heap).map_err(|e| Stop::Fail(format!("open {DMA_HEAP_DIR}/{heap}: {e}")))?;
         f(ctx, &h)
     })
+}
+
+/// The status of a case for one heap when that heap is not there: a SKIP when the run left it
+/// out (`--heap`) or the kernel was built without it, a failure when its Kconfig option is set
+/// (the heap failed to register).
+fn absent_heap_status(heap: &str, selected: &[String], option: Option<&str>) -> Status {
+    let deselected = !selected.is_empty() && !selected.iter().any(|s| s == heap);
+    match (deselected, option) {
+        (true, _) => Status::Skip(format!("heap {heap} is not selected (--heap)")),
+        (false, Some(option)) => Status::Fail(format!(
+            "heap {heap} is not registered although the kernel was built with {option}"
+        )),
+        (false, None) => Status::Skip(format!("heap {heap} is not present")),
+    }
 }
 
 /// How the runner runs the cases.
@@ -283,7 +333,9 @@ pub fn run(cases: &[&Case], opts: &Options, out: &mut Out) -> Totals {
             .filter(|h| opts.heaps.is_empty() || opts.heaps.contains(h))
             .collect::<Vec<_>>()
     });
-    if let Err(why) = Holdings::read() {
+    let oracle = Holdings::read();
+    let _ = ORACLE_AT_START.set(oracle.is_ok());
+    if let Err(why) = oracle {
         out.line(
             0,
             &format!("# heaprig-guest: WARNING: leak oracle off, cannot read {why}"),
@@ -318,14 +370,17 @@ pub fn run(cases: &[&Case], opts: &Options, out: &mut Out) -> Totals {
             Body::OnHeap(heap, f) => {
                 let present = heaps.as_ref().is_ok_and(|h| h.iter().any(|n| n == heap));
                 if !present {
-                    totals.skip += 1;
-                    out.line(
-                        0,
-                        &format!(
-                            "ok {n} {} # SKIP heap {heap} is not present or not selected",
-                            case.name
+                    let r = ChildResult {
+                        ctx: Ctx::default(),
+                        status: absent_heap_status(
+                            heap,
+                            &opts.heaps,
+                            crate::expect::heap_expected(heap),
                         ),
-                    );
+                        elapsed: Duration::ZERO,
+                    };
+                    totals.add(&r.status);
+                    report(out, 0, n, case.name, &r);
                     continue;
                 }
                 let r = run_on_heap(out, case.name, heap, f, timeout);
@@ -392,4 +447,59 @@ pub fn run(cases: &[&Case], opts: &Options, out: &mut Out) -> Totals {
         ),
     );
     totals
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_leak_fails_a_skip_too() {
+        let leak = || Some("leak oracle: x".to_string());
+        assert_eq!(
+            with_finding(Status::Skip("why".into()), leak()),
+            Status::Fail("leak oracle: x".into())
+        );
+        assert_eq!(
+            with_finding(Status::Pass, leak()),
+            Status::Fail("leak oracle: x".into())
+        );
+        assert_eq!(
+            with_finding(Status::Fail("own".into()), leak()),
+            Status::Fail("own".into())
+        );
+        assert_eq!(with_finding(Status::Pass, None), Status::Pass);
+    }
+
+    #[test]
+    fn the_oracle_fails_closed() {
+        let mut ctx = Ctx::default();
+        let ok = Ok(Holdings::default());
+        let err: Result<Holdings, String> = Err("bufinfo: EIO".into());
+        assert_eq!(oracle_verdict(&ok, &ok, &mut ctx), None);
+        // The oracle worked when the run started: a later failed read is a failure.
+        let _ = ORACLE_AT_START.set(true);
+        let why = oracle_verdict(&ok, &err, &mut ctx).expect("a failed read must fail");
+        assert!(why.contains("after the test: bufinfo: EIO"), "{why}");
+        let why = oracle_verdict(&err, &ok, &mut ctx).expect("a failed read must fail");
+        assert!(why.contains("before the test"), "{why}");
+    }
+
+    #[test]
+    fn an_absent_heap_fails_only_when_the_kernel_should_have_it() {
+        let option = Some("CONFIG_DMABUF_HEAPS_RUST_SYSTEM");
+        assert!(matches!(
+            absent_heap_status("rust_system", &[], option),
+            Status::Fail(m) if m.contains("CONFIG_DMABUF_HEAPS_RUST_SYSTEM")
+        ));
+        assert!(matches!(
+            absent_heap_status("rust_system", &[], None),
+            Status::Skip(_)
+        ));
+        // Left out with --heap: a skip even when the kernel has it.
+        assert!(matches!(
+            absent_heap_status("rust_system", &["system".into()], option),
+            Status::Skip(m) if m.contains("--heap")
+        ));
+    }
 }

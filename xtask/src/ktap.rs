@@ -285,6 +285,32 @@ mod tests {
         assert_eq!(by("rig_selftest_kmemleak").failure, None);
     }
 
+    /// The perf kernel builds no kmemleak and no fault injection: real SKIP lines, at the top
+    /// level and per heap, each with the reason naming the missing option.
+    #[test]
+    fn skips_from_a_perf_kernel_run() {
+        let k = parse(&fixture("guest-perf.ktap"));
+        assert!(k.done && k.problems.is_empty(), "{:?}", k.problems);
+        let by = |n: &str| k.tests.iter().find(|t| t.name == n).expect(n);
+        let km = by("kmemleak");
+        assert_eq!(km.status, Some(Status::Skip));
+        assert!(km
+            .skip_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("without CONFIG_DEBUG_KMEMLEAK")));
+        let fs = by("fault_sweep");
+        assert_eq!(fs.status, Some(Status::Skip));
+        assert_eq!(fs.subtests.len(), 2);
+        for h in &fs.subtests {
+            assert_eq!(h.status, Some(Status::Skip), "{}", h.name);
+            assert!(h
+                .skip_reason
+                .as_deref()
+                .is_some_and(|r| r.contains("without CONFIG_FAULT_INJECTION")));
+        }
+        assert_eq!(by("zeroing").status, Some(Status::Pass));
+    }
+
     #[test]
     fn cut_mid_test_keeps_earlier_results() {
         let full = fixture("guest-pass.ktap");

@@ -229,6 +229,9 @@ impl RunResult {
 #[derive(Debug, Serialize)]
 pub struct Snapshot {
     pub verdict: Verdict,
+    /// Why a test without heap columns was skipped (a skip for another reason differs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skip: Option<String>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub facts: BTreeMap<String, String>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -248,6 +251,8 @@ impl TestResult {
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             verdict: self.verdict,
+            skip: (self.verdict == Verdict::Skip && self.heaps.is_empty())
+                .then(|| self.reasons.join("; ")),
             facts: self.facts.iter().cloned().collect(),
             heaps: self
                 .heaps

@@ -243,6 +243,11 @@ pub fn execute(
     for h in &a.heap {
         guest_cmd.extend(["--heap".to_string(), h.clone()]);
     }
+    // What the kernel was built with: a heap or detector it has must not merely SKIP.
+    guest_cmd.extend([
+        "--kernel-config".to_string(),
+        p.built.build_dir.join(".config").display().to_string(),
+    ]);
     guest_cmd.extend(a.guest_args.iter().cloned());
     guest_cmd.extend(a.patterns.iter().cloned());
     let guest_cmd: Vec<String> = guest_cmd.iter().map(|s| vm::sh_quote(s)).collect();
@@ -288,7 +293,7 @@ pub fn execute(
         );
         vec![]
     } else {
-        check_snapshots(&result, a.accept)
+        check_snapshots(&result, a.vm.kernel.profile().name(), a.accept)
     };
     times.add("report", t.elapsed());
     Ok(Executed {
@@ -353,19 +358,24 @@ pub fn analyse(run_dir: &Path, selected: &[String], ending: &Ending) -> Result<R
     Ok(combine(&k, &splats, selected, ending))
 }
 
-fn check_snapshots(r: &RunResult, accept: bool) -> Vec<String> {
+fn check_snapshots(r: &RunResult, profile: &str, accept: bool) -> Vec<String> {
     if accept {
         // Read by insta when it decides whether to write .snap files.
         std::env::set_var("INSTA_UPDATE", "always");
     }
     r.tests
         .iter()
-        // A failure is reported as such, and a skip (a profile without the detector) says why
-        // in the table; comparing either with a recorded pass would only repeat it.
-        .filter(|t| !t.is_selftest() && t.verdict == crate::results::Verdict::Pass)
-        .filter(|t| heaprig::check(&t.name, &t.snapshot()) == heaprig::Verdict::Mismatch)
+        .filter(|t| snapshotted(t))
+        .filter(|t| heaprig::check(&t.name, profile, &t.snapshot()) == heaprig::Verdict::Mismatch)
         .map(|t| t.name.clone())
         .collect()
+}
+
+/// A failure is reported as such (comparing it would only repeat it); a pass and a SKIP are
+/// compared, so a test that starts skipping (a detector switched off, a heap gone) differs
+/// from its recorded verdict.
+fn snapshotted(t: &crate::results::TestResult) -> bool {
+    !t.is_selftest() && t.verdict != crate::results::Verdict::Fail
 }
 
 pub fn finish(
@@ -447,4 +457,35 @@ pub fn parse(env: &Env, a: ParseArgs) -> Result<ExitCode> {
         .map(str::to_string)
         .collect();
     finish(&result, &[], &console, &Times::default(), &dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixture;
+
+    #[test]
+    fn skips_are_compared_with_their_snapshots_and_failures_are_not() {
+        let k = ktap::parse(
+            "KTAP version 1\n1..3\nok 1 kmemleak # SKIP kmemleak is missing\nnot ok 2 zeroing\nok 3 set_name\n# heaprig-done: pass=1 fail=1 skip=1\n",
+        );
+        let names: Vec<String> = k.tests.iter().map(|t| t.name.clone()).collect();
+        let r = combine(&k, &[], &names, &Ending::Exited { code: 1 });
+        let compared: Vec<&str> = r
+            .tests
+            .iter()
+            .filter(|t| snapshotted(t))
+            .map(|t| t.name.as_str())
+            .collect();
+        assert_eq!(compared, ["kmemleak", "set_name"]);
+        // Self-tests are never snapshotted, whatever their verdict.
+        let s = ktap::parse(&fixture("guest-selftests.ktap"));
+        let names: Vec<String> = s.tests.iter().map(|t| t.name.clone()).collect();
+        let r = combine(&s, &[], &names, &Ending::Exited { code: 1 });
+        assert!(r
+            .tests
+            .iter()
+            .filter(|t| t.is_selftest())
+            .all(|t| !snapshotted(t)));
+    }
 }

@@ -119,6 +119,26 @@ fn detectors_catch_real_faults() {
     }
     // The kmemleak self-test itself passes: only the whole-run scan can see its leak.
     assert_eq!(test_named(&r, "rig_selftest_kmemleak")["verdict"], "pass");
+    // Every failure above is a test's own: nothing outside the tests, no rig problem.
+    for field in ["splats_outside_tests", "not_run", "problems"] {
+        assert_eq!(
+            r["result"][field].as_array().map(Vec::len),
+            Some(0),
+            "{field}: {:#}",
+            r["result"][field]
+        );
+    }
+    // The fuzzer (pinned seed) names the byte the short fill missed, the buffer's last, in
+    // its decisive line, which comes first.
+    let fuzz = test_named(&r, "rig_selftest_fuzz");
+    let decisive = fuzz["reasons"][0].as_str().unwrap_or_default();
+    assert!(decisive.starts_with("fuzz seed 42 op "), "{fuzz:#}");
+    let (byte, size) = missed_byte(decisive).unwrap_or_else(|| panic!("no byte in {decisive}"));
+    assert_eq!(
+        byte + 1,
+        size,
+        "the short fill misses the last byte: {decisive}"
+    );
     let w = test_named(&r, "rig_selftest_warning");
     assert!(
         w["splats"][0]["title"]
@@ -126,6 +146,20 @@ fn detectors_catch_real_faults() {
             .is_some_and(|t| t.contains("lkdtm")),
         "{w:#}"
     );
+}
+
+/// "byte B of S" in a fuzz failure line: (B, S).
+fn missed_byte(line: &str) -> Option<(u64, u64)> {
+    let rest = &line[line.find("byte ")? + 5..];
+    let mut words = rest.split_whitespace();
+    let byte = words.next()?.parse().ok()?;
+    (words.next()? == "of").then_some(())?;
+    let size = words
+        .next()?
+        .trim_end_matches([',', ';', ')'])
+        .parse()
+        .ok()?;
+    Some((byte, size))
 }
 
 /// `cargo xtask fuzz` replays a seed: two runs with the same seed and operation count make
@@ -532,6 +566,13 @@ fn validate_and_bisect_on_real_history() {
     assert!(
         stdout.contains(&format!("first bad commit: {}", sha(REGRESSION))),
         "bisect did not name commit {REGRESSION}"
+    );
+    // Nothing after git's verdict may read as an error (once: `git bisect reset --quiet`).
+    let tail = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let tail = &tail[tail.find("is the first bad commit").unwrap_or(0)..];
+    assert!(
+        !tail.lines().any(|l| l.trim_start().starts_with("error:")),
+        "an error line after the verdict:\n{tail}"
     );
     let steps: Vec<serde_json::Value> =
         std::fs::read_to_string(root().join("target/heaprig/bisect/steps.jsonl"))

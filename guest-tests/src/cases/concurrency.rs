@@ -11,14 +11,13 @@ use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::ensure;
 use crate::harness::{Context, Ctx, Outcome, Stop};
-use crate::uapi::importer::{checksum, IMPORTER_DEV, IMPORTER_HOLD, IMPORTER_VMAP, OP_CHECKSUM};
+use crate::uapi::importer::{checksum, IMPORTER_HOLD, IMPORTER_VMAP, OP_CHECKSUM};
 use crate::uapi::{Access, DmaBuf, Heap, Importer, Mapping};
 
 use super::{KIB, MIB};
@@ -97,25 +96,7 @@ fn jitter() -> u64 {
 // ---------------------------------------------------------------------------------------
 // The test importer
 
-/// The test importer, or a skip that says why it is absent.
-fn importer_or_skip() -> Result<Importer, Stop> {
-    match importer_if_present()? {
-        Some(imp) => Ok(imp),
-        None => Err(Stop::Skip(format!(
-            "{IMPORTER_DEV} is absent: the kernel has no CONFIG_DMABUF_TEST_IMPORTER"
-        ))),
-    }
-}
-
-/// The test importer if the kernel has one, for tests that use it only as an extra check.
-fn importer_if_present() -> Result<Option<Importer>, Stop> {
-    if !Path::new(IMPORTER_DEV).exists() {
-        return Ok(None);
-    }
-    Importer::open()
-        .map(Some)
-        .context(format!("open {IMPORTER_DEV}"))
-}
+use crate::expect::{importer as importer_or_skip, optional_importer as importer_if_present};
 
 /// `IMPORTER_VMAP` with `OP_CHECKSUM` on a raw fd: (checksum, bytes mapped).
 fn vmap_checksum(imp: &Importer, fd: RawFd) -> io::Result<(u64, u64)> {
@@ -574,8 +555,16 @@ impl Race {
             self.progress.fetch_add(1, Ordering::Relaxed);
             let now = Instant::now();
             let done = ran.iterations >= cap || now >= self.deadline;
-            if (ran.after_close > 0 && done) || now >= backstop {
+            if ran.after_close > 0 && done {
                 return Ok(ran);
+            }
+            if now >= backstop {
+                // A worker that never ran after the close did not race it: not a pass.
+                return Err(format!(
+                    "{who}: no iteration after the original fd was closed ({} before it, \
+                     stopped at the backstop)",
+                    ran.iterations
+                ));
             }
         }
     }
@@ -1295,6 +1284,23 @@ mod tests {
             "{e}"
         );
         assert_eq!(race.run("v", 10, |_| Ok(())).unwrap().iterations, 0);
+    }
+
+    #[test]
+    fn a_worker_that_never_runs_after_the_close_fails() {
+        let start = Instant::now() - PHASE * 2;
+        let race = Race {
+            start,
+            deadline: start + PHASE,
+            closed: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
+            progress: AtomicU64::new(0),
+        };
+        let e = race.run("w", 10, |_| Ok(())).unwrap_err();
+        assert!(
+            e.contains("no iteration after the original fd was closed"),
+            "{e}"
+        );
     }
 
     #[test]

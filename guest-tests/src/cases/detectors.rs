@@ -4,13 +4,16 @@
 use std::path::Path;
 use std::time::Duration;
 
+use crate::expect::{importer, missing};
 use crate::harness::{Context, Ctx, Outcome, Stop};
 use crate::leaks::{parse_kmemleak, KMEMLEAK};
 use crate::uapi::importer::{
     FAULT_LEAK_MEMORY, FAULT_LEAK_REF, FAULT_LOCK_INVERSION, FAULT_SHORT_FILL, IMPORTER_VMAP,
     OP_CHECKSUM,
 };
-use crate::uapi::{Fault, Heap, Importer};
+use crate::uapi::{Fault, Heap};
+
+const KMEMLEAK_OPTION: &str = "CONFIG_DEBUG_KMEMLEAK";
 
 /// kmemleak never reports an object younger than this (mm/kmemleak.c, jiffies_min_age).
 const KMEMLEAK_MIN_AGE: Duration = Duration::from_secs(5);
@@ -18,10 +21,7 @@ const KMEMLEAK_MIN_AGE: Duration = Duration::from_secs(5);
 /// After every test: a kmemleak scan; any report allocated on a dma-buf path fails the run.
 pub fn kmemleak(ctx: &mut Ctx) -> Outcome {
     if !Path::new(KMEMLEAK).exists() {
-        return Err(Stop::Skip(format!(
-            "{KMEMLEAK} missing: kernel built without CONFIG_DEBUG_KMEMLEAK (the debug profile \
-             has it)"
-        )));
+        return Err(missing(KMEMLEAK_OPTION, format!("{KMEMLEAK} is missing")));
     }
     // kmemleak reports an object only when two scans in a row find it unreferenced and
     // unchanged (the first records its checksum), and only once it is older than the minimum
@@ -35,9 +35,10 @@ pub fn kmemleak(ctx: &mut Ctx) -> Outcome {
         }
         if let Err(e) = std::fs::write(KMEMLEAK, "scan") {
             // kmemleak turns itself off after an internal error; that is not a pass.
-            return Err(Stop::Skip(format!(
-                "kmemleak refused a scan ({e}): it disabled itself; see the kernel log"
-            )));
+            return Err(missing(
+                KMEMLEAK_OPTION,
+                format!("kmemleak refused a scan ({e}): it disabled itself; see the kernel log"),
+            ));
         }
     }
     let text = std::fs::read_to_string(KMEMLEAK).context(format!("reading {KMEMLEAK}"))?;
@@ -60,11 +61,7 @@ pub fn kmemleak(ctx: &mut Ctx) -> Outcome {
 
 /// Switches on `knob` and vmaps a fresh 4 KiB buffer `times` times through the importer.
 fn vmap_with_fault(heap: &Heap, knob: &str, times: usize) -> Outcome {
-    let imp = Importer::open().map_err(|e| {
-        Stop::Skip(format!(
-            "no test importer ({e}): CONFIG_DMABUF_TEST_IMPORTER is off"
-        ))
-    })?;
+    let imp = importer()?;
     let _fault = Fault::set(knob).context(format!("switching on the {knob} knob"))?;
     for _ in 0..times {
         let buf = heap.alloc(4096).context("alloc 4 KiB")?;
@@ -90,15 +87,18 @@ pub fn selftest_lockdep(_ctx: &mut Ctx, heap: &Heap) -> Outcome {
     vmap_with_fault(heap, FAULT_LOCK_INVERSION, 1)
 }
 
+/// The fuzz self-test's seed (the e2e test checks the byte its failure names).
+pub const SELFTEST_FUZZ_SEED: u64 = 42;
+
 /// The fuzzer must catch a fill that misses the last byte, with a seed to replay it.
 pub fn selftest_fuzz(ctx: &mut Ctx, heap: &Heap) -> Outcome {
-    Importer::open().map_err(|e| {
-        Stop::Skip(format!(
-            "no test importer ({e}): CONFIG_DMABUF_TEST_IMPORTER is off"
-        ))
-    })?;
+    importer()?;
     let _fault = Fault::set(FAULT_SHORT_FILL).context("switching on the short_fill knob")?;
-    let mut cfg = crate::fuzz::config();
-    cfg.budget = Duration::from_secs(10);
+    // A pinned seed, so the failure (and the byte it names) is the same in every run.
+    let cfg = crate::fuzz::Config {
+        seed: SELFTEST_FUZZ_SEED,
+        budget: Duration::from_secs(10),
+        max_ops: None,
+    };
     crate::fuzz::run(ctx, heap, &cfg)
 }

@@ -11,6 +11,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use crate::ensure;
+use crate::expect::{missing, optional_importer};
 use crate::harness::{errno_name, Context, Ctx, Outcome, Stop};
 use crate::leaks::Holdings;
 use crate::uapi::importer::{
@@ -51,10 +52,14 @@ impl From<io::Error> for OpError {
 
 type OpResult = Result<(), OpError>;
 
-/// One operation to sweep; `importer` says whether it needs /dev/dmabuf_test_importer.
+/// One operation to sweep; `importer` says whether it needs /dev/dmabuf_test_importer;
+/// `floor` is the fewest fault points its sweep may find on any heap (about half of what the
+/// debug kernel showed on the C heap and ours), so a sweep that quietly stops reaching the
+/// operation's allocations fails instead of reading "clean".
 pub struct Op {
     pub name: &'static str,
     importer: bool,
+    floor: u32,
     run: fn(&Subject) -> OpResult,
 }
 
@@ -87,6 +92,7 @@ pub const OPS: &[Op] = &[
     Op {
         name: "alloc 64 KiB",
         importer: false,
+        floor: 8,
         run: |s| {
             let b = s.heap.alloc(SIZE)?;
             let size = fd_size(b.raw_fd())?;
@@ -99,6 +105,7 @@ pub const OPS: &[Op] = &[
     Op {
         name: "alloc 2 MiB",
         importer: false,
+        floor: 8,
         run: |s| {
             s.heap.alloc(2 * MIB)?;
             Ok(())
@@ -107,19 +114,33 @@ pub const OPS: &[Op] = &[
     Op {
         name: "mmap + read",
         importer: false,
+        floor: 4,
         run: |s| {
             let m = s.buf.mmap(0, SIZE as usize)?;
             check_sum("mmap", checksum(m.as_slice()), s.sum)
         },
     },
     Op {
+        // Each call maps in a fresh 1 GiB region of the address space, so the mmap must
+        // allocate page tables and the sweep fails those too (remap_pfn_range's error path).
+        name: "mmap in fresh page tables + read",
+        importer: false,
+        floor: 6,
+        run: |s| {
+            let m = s.buf.mmap_at(fresh_region(), 0, SIZE as usize)?;
+            check_sum("mmap", checksum(m.as_slice()), s.sum)
+        },
+    },
+    Op {
         name: "SET_NAME",
         importer: false,
+        floor: 1,
         run: |s| Ok(s.buf.set_name("heaprig-fault")?),
     },
     Op {
         name: "SYNC START+END",
         importer: false,
+        floor: 0,
         run: |s| {
             s.buf.sync_start(Access::ReadWrite)?;
             Ok(s.buf.sync_end(Access::ReadWrite)?)
@@ -128,11 +149,13 @@ pub const OPS: &[Op] = &[
     Op {
         name: "importer VMAP",
         importer: true,
+        floor: 3,
         run: |s| check_sum("vmap", importer_call(s, IMPORTER_VMAP, 1)?.checksum, s.sum),
     },
     Op {
         name: "importer KMAP_WALK",
         importer: true,
+        floor: 7,
         run: |s| {
             let a = importer_call(s, IMPORTER_KMAP_WALK, 1)?;
             check_sum("kmap walk", a.checksum, s.sum)
@@ -141,6 +164,7 @@ pub const OPS: &[Op] = &[
     Op {
         name: "importer ATTACH_MAP x2",
         importer: true,
+        floor: 10,
         run: |s| {
             importer_call(s, IMPORTER_ATTACH_MAP, 2)?;
             Ok(())
@@ -149,6 +173,7 @@ pub const OPS: &[Op] = &[
     Op {
         name: "importer HOLD + RELEASE",
         importer: true,
+        floor: 4,
         run: |s| {
             let held = importer_call(s, IMPORTER_HOLD, 1)?;
             let imp = s
@@ -158,6 +183,15 @@ pub const OPS: &[Op] = &[
         },
     },
 ];
+
+/// A 1 GiB-aligned address no earlier call used, far from where the kernel places mappings,
+/// so nothing maps near it and its page tables do not exist yet.
+fn fresh_region() -> usize {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    const BASE: usize = 0x5000_0000_0000;
+    BASE + NEXT.fetch_add(1, Ordering::Relaxed) * (1 << 30)
+}
 
 /// `/proc/thread-self/fail-nth`, opened before arming so opening it is not swept.
 struct FailNth(File);
@@ -187,26 +221,37 @@ impl FailNth {
 /// order 0), without their log lines and stack dumps, which would read as splats.
 fn prepare() -> Outcome {
     if !Path::new(FAIL_NTH).exists() {
-        return Err(Stop::Skip(format!(
-            "{FAIL_NTH} missing: kernel built without CONFIG_FAULT_INJECTION (the debug \
-             profile has it)"
-        )));
+        return Err(missing(
+            "CONFIG_FAULT_INJECTION",
+            format!("{FAIL_NTH} is missing"),
+        ));
     }
-    let knobs: &[(&str, &str, &str)] = &[
-        (FAILSLAB, "ignore-gfp-wait", "N"),
-        (FAILSLAB, "verbose", "0"),
-        (FAIL_PAGE_ALLOC, "ignore-gfp-wait", "N"),
-        (FAIL_PAGE_ALLOC, "ignore-gfp-highmem", "N"),
-        (FAIL_PAGE_ALLOC, "min-order", "0"),
-        (FAIL_PAGE_ALLOC, "verbose", "0"),
+    // (directory, the option that makes it, knob, value)
+    let knobs: &[(&str, &str, &str, &str)] = &[
+        (FAILSLAB, "CONFIG_FAILSLAB", "ignore-gfp-wait", "N"),
+        (FAILSLAB, "CONFIG_FAILSLAB", "verbose", "0"),
+        (
+            FAIL_PAGE_ALLOC,
+            "CONFIG_FAIL_PAGE_ALLOC",
+            "ignore-gfp-wait",
+            "N",
+        ),
+        (
+            FAIL_PAGE_ALLOC,
+            "CONFIG_FAIL_PAGE_ALLOC",
+            "ignore-gfp-highmem",
+            "N",
+        ),
+        (FAIL_PAGE_ALLOC, "CONFIG_FAIL_PAGE_ALLOC", "min-order", "0"),
+        (FAIL_PAGE_ALLOC, "CONFIG_FAIL_PAGE_ALLOC", "verbose", "0"),
     ];
-    for (dir, knob, value) in knobs {
+    for (dir, option, knob, value) in knobs {
         let path = format!("{dir}/{knob}");
         if !Path::new(dir).is_dir() {
-            return Err(Stop::Skip(format!(
-                "{dir} missing: kernel built without CONFIG_FAILSLAB, CONFIG_FAIL_PAGE_ALLOC \
-                 or CONFIG_FAULT_INJECTION_DEBUG_FS"
-            )));
+            return Err(missing(
+                option,
+                format!("{dir} is missing (it needs CONFIG_FAULT_INJECTION_DEBUG_FS too)"),
+            ));
         }
         std::fs::write(&path, value).context(format!("writing {value} to {path}"))?;
     }
@@ -279,7 +324,7 @@ fn describe(e: &OpError) -> String {
 /// Sweeps `ops` on `heap`, one fact per operation and the counts as diagnostics.
 fn sweep_all(ctx: &mut Ctx, heap: &Heap, ops: &[&Op]) -> Outcome {
     prepare()?;
-    let importer = Importer::open().ok();
+    let importer = optional_importer()?;
     let buf = heap.alloc(SIZE).context("alloc 64 KiB")?;
     {
         let mut m = buf.mmap(0, SIZE as usize).context("mmap")?;
@@ -317,15 +362,22 @@ fn sweep_all(ctx: &mut Ctx, heap: &Heap, ops: &[&Op]) -> Outcome {
         }
         let r = sweep(&s, op, &nth)?;
         total += r.points;
+        ensure!(
+            r.points >= op.floor,
+            "{}: the sweep found {} fault point(s), fewer than its floor of {}",
+            op.name,
+            r.points,
+            op.floor
+        );
         ctx.diag(format!(
             "faults: {}: {} fault points, {} errors, {} absorbed",
             op.name, r.points, r.errors, r.absorbed
         ));
         // An operation that allocates nothing has no failure to inject; say so, not "clean".
         let verdict = if r.points == 0 {
-            "no allocation to fail"
+            "no allocation to fail".to_string()
         } else {
-            "clean"
+            format!("clean (at least {} fault point(s))", op.floor)
         };
         ctx.fact(format!("{}: every injected failure", op.name), verdict);
     }

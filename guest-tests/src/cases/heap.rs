@@ -17,25 +17,31 @@ const RDWR_CLOEXEC: u32 = (libc::O_RDWR | libc::O_CLOEXEC) as u32;
 /// up records the resulting dma-buf size. Sizes that could exhaust memory are not here: the
 /// C system heap allocates until the OOM killer runs (see `rust_heap_huge_alloc`).
 pub fn alloc_sizes(ctx: &mut Ctx, heap: &Heap) -> Outcome {
-    let table: &[(&str, u64, u32, u64)] = &[
-        ("4 KiB", 4 * KIB, RDWR_CLOEXEC, 0),
-        ("1 MiB", MIB, RDWR_CLOEXEC, 0),
-        ("64 MiB", 64 * MIB, RDWR_CLOEXEC, 0),
-        ("1 byte", 1, RDWR_CLOEXEC, 0),
-        ("4097 bytes", 4097, RDWR_CLOEXEC, 0),
-        ("0 bytes", 0, RDWR_CLOEXEC, 0),
-        ("u64::MAX bytes", u64::MAX, RDWR_CLOEXEC, 0),
-        ("bad fd_flags", 4 * KIB, 0x8000_0000, 0),
-        ("bad heap_flags", 4 * KIB, RDWR_CLOEXEC, 1),
+    // (label, length, fd flags, heap flags, what the uapi promises)
+    let table: &[(&str, u64, u32, u64, &str)] = &[
+        ("4 KiB", 4 * KIB, RDWR_CLOEXEC, 0, "ok, size 4096"),
+        ("1 MiB", MIB, RDWR_CLOEXEC, 0, "ok, size 1048576"),
+        ("64 MiB", 64 * MIB, RDWR_CLOEXEC, 0, "ok, size 67108864"),
+        ("1 byte", 1, RDWR_CLOEXEC, 0, "ok, size 4096"),
+        ("4097 bytes", 4097, RDWR_CLOEXEC, 0, "ok, size 8192"),
+        ("0 bytes", 0, RDWR_CLOEXEC, 0, "EINVAL"),
+        ("u64::MAX bytes", u64::MAX, RDWR_CLOEXEC, 0, "EINVAL"),
+        ("bad fd_flags", 4 * KIB, 0x8000_0000, 0, "EINVAL"),
+        ("bad heap_flags", 4 * KIB, RDWR_CLOEXEC, 1, "EINVAL"),
     ];
-    for (label, len, fd_flags, heap_flags) in table {
+    let mut wrong = Vec::new();
+    for (label, len, fd_flags, heap_flags, want) in table {
         let r = heap.alloc_raw(*len, *fd_flags, *heap_flags);
         let v = match &r {
             Ok(b) => format!("ok, size {}", fd_size(b.raw_fd()).context("lseek")?),
             Err(_) => verdict(&r),
         };
+        if v != *want {
+            wrong.push(format!("alloc {label}: {v}, expected {want}"));
+        }
         ctx.fact(format!("alloc {label}"), v);
     }
+    ensure!(wrong.is_empty(), "{}", wrong.join("; "));
     Ok(())
 }
 
@@ -73,39 +79,62 @@ pub fn mmap_bounds(ctx: &mut Ctx, heap: &Heap) -> Outcome {
         }
         buf.sync_end(Access::Write).context("SYNC END")?;
     }
-    // (label, offset, length): a partial mapping must show the pages at its offset.
-    let table: &[(&str, u64, u64)] = &[
-        ("full", 0, len),
-        ("offset 1 page, 2 pages", PAGE, 2 * PAGE),
-        ("last page", len - PAGE, PAGE),
-        ("past the end", len, PAGE),
-        ("straddling the end", len - PAGE, 2 * PAGE),
-        ("one page too long", 0, len + PAGE),
-        ("huge offset", 1 << 50, PAGE),
+    // (label, offset, length, accepted): a partial mapping must show the pages at its
+    // offset; a mapping reaching past the buffer must be refused with EINVAL.
+    let table: &[(&str, u64, u64, bool)] = &[
+        ("full", 0, len, true),
+        ("offset 1 page, 2 pages", PAGE, 2 * PAGE, true),
+        ("last page", len - PAGE, PAGE, true),
+        ("past the end", len, PAGE, false),
+        ("straddling the end", len - PAGE, 2 * PAGE, false),
+        ("one page too long", 0, len + PAGE, false),
+        ("huge offset", 1 << 50, PAGE, false),
     ];
-    for (label, off, n) in table {
+    for (label, off, n, accepted) in table {
         let v = match buf.mmap(*off, *n as usize) {
             Ok(m) => {
-                buf.sync_start(Access::Read).context("SYNC START")?;
-                let first = m.as_slice()[0];
-                let last = m.as_slice()[*n as usize - 1];
-                buf.sync_end(Access::Read).context("SYNC END")?;
-                let want_first = (off / PAGE) as u8 + 1;
-                let want_last = ((off + n - 1) / PAGE) as u8 + 1;
                 ensure!(
-                    first == want_first && last == want_last,
-                    "{label}: pages read {first}..{last}, expected {want_first}..{want_last}"
+                    *accepted,
+                    "mmap {label} succeeded; it reaches past the buffer"
                 );
+                buf.sync_start(Access::Read).context("SYNC START")?;
+                // Every byte: each page holds its own index + 1, so a swapped or shifted
+                // page anywhere in the mapping shows.
+                let bad =
+                    m.as_slice().iter().enumerate().find(|&(i, &b)| {
+                        b != ((off / PAGE) as usize + i / PAGE as usize) as u8 + 1
+                    });
+                buf.sync_end(Access::Read).context("SYNC END")?;
+                if let Some((i, &b)) = bad {
+                    return Err(Stop::Fail(format!(
+                        "mmap {label}: byte {i} (page {}) reads {b}, expected {}",
+                        i / PAGE as usize,
+                        ((off / PAGE) as usize + i / PAGE as usize) as u8 + 1
+                    )));
+                }
                 "ok, content matches".to_string()
             }
-            Err(e) => crate::harness::errno_name(&e),
+            Err(e) => {
+                let name = crate::harness::errno_name(&e);
+                ensure!(
+                    !*accepted && name == "EINVAL",
+                    "mmap {label}: {name}, expected {}",
+                    if *accepted { "success" } else { "EINVAL" }
+                );
+                name
+            }
         };
         ctx.fact(format!("mmap {label}"), v);
     }
     let map = buf.mmap(0, PAGE as usize).context("mmap for mremap")?;
     let grown = map.mremap_grow(2 * PAGE as usize);
-    ctx.fact("mremap growth", verdict(&grown));
-    ensure!(grown.is_err(), "mremap grew a dma-buf mapping past its VMA");
+    let v = verdict(&grown);
+    ctx.fact("mremap growth", &v);
+    // The VMA covers one page and a dma-buf mapping is VM_DONTEXPAND: mremap says EFAULT.
+    ensure!(
+        v == "EFAULT",
+        "mremap growth of a dma-buf mapping: {v}, expected EFAULT"
+    );
     Ok(())
 }
 
@@ -128,6 +157,8 @@ pub fn sync_end_storm(ctx: &mut Ctx, heap: &Heap) -> Outcome {
     }
     let after = heap_stats(&heap.name);
     ctx.fact("END without START x100000", format!("{errors} errors"));
+    // user space relies on SYNC END succeeding (the C heap never fails it).
+    ensure!(errors == 0, "{errors} of {STORM} unmatched ENDs failed");
     buf.sync_start(Access::Read)
         .context("SYNC START after the storm")?;
     let intact = map.as_slice().iter().all(|&b| b == 0x42);
@@ -224,27 +255,55 @@ pub fn rust_heap_ion_compat(ctx: &mut Ctx, heap: &Heap) -> Outcome {
 pub fn rust_heap_huge_alloc(ctx: &mut Ctx, heap: &Heap) -> Outcome {
     let refused = stat(heap, "alloc_refused_too_large")?;
     for (label, len) in [("1 TiB", 1u64 << 40), ("2^62 bytes", 1u64 << 62)] {
-        ctx.fact(format!("alloc {label}"), verdict(&heap.alloc(len)));
+        let v = verdict(&heap.alloc(len));
+        ctx.fact(format!("alloc {label}"), &v);
+        ensure!(v == "ENOMEM", "alloc {label}: {v}, expected ENOMEM");
     }
-    ctx.fact(
-        "refused as too large",
-        stat(heap, "alloc_refused_too_large")? - refused,
+    // Refused up front by the size check, not after an allocation loop ran out of memory.
+    let counted = stat(heap, "alloc_refused_too_large")? - refused;
+    ctx.fact("refused as too large", counted);
+    ensure!(
+        counted == 2,
+        "{counted} of 2 huge requests were refused by the size check"
     );
     Ok(())
 }
 
 /// Live buffer and byte counters follow allocations and frees.
 pub fn rust_heap_stats_track_buffers(ctx: &mut Ctx, heap: &Heap) -> Outcome {
+    let sizes = [4 * KIB, MIB, 3 * MIB];
     let b0 = stat(heap, "live_buffers")?;
     let y0 = stat(heap, "live_bytes")?;
-    let bufs: Vec<_> = [4 * KIB, MIB, 3 * MIB]
+    let bufs: Vec<_> = sizes
         .iter()
         .map(|&n| heap.alloc(n))
         .collect::<Result<_, _>>()
         .context("alloc")?;
-    ctx.fact("live buffers with 3 open", stat(heap, "live_buffers")? - b0);
-    ctx.fact("live bytes with 3 open", stat(heap, "live_bytes")? - y0);
+    let open = (
+        stat(heap, "live_buffers")? - b0,
+        stat(heap, "live_bytes")? - y0,
+    );
+    ctx.fact("live buffers with 3 open", open.0);
+    ctx.fact("live bytes with 3 open", open.1);
     drop(bufs);
-    ctx.fact("live buffers after close", stat(heap, "live_buffers")? - b0);
+    let closed = (
+        stat(heap, "live_buffers")? - b0,
+        stat(heap, "live_bytes")? - y0,
+    );
+    ctx.fact("live buffers after close", closed.0);
+    ctx.fact("live bytes after close", closed.1);
+    let total: u64 = sizes.iter().sum();
+    ensure!(
+        open == (3, total as i64),
+        "with 3 open: {} buffers, {} bytes; expected 3, {total}",
+        open.0,
+        open.1
+    );
+    ensure!(
+        closed == (0, 0),
+        "after close: {} buffers, {} bytes still counted",
+        closed.0,
+        closed.1
+    );
     Ok(())
 }

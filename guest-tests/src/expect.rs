@@ -1,0 +1,122 @@
+//! What the kernel under test was built with: the rig passes its `.config`
+//! (`--kernel-config`), so a heap, a detector or the test importer that the kernel should have
+//! is a failure when it is missing, and a SKIP only on a kernel built without it. Without a
+//! config (the runner started by hand) nothing is expected and absences stay SKIPs.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::sync::OnceLock;
+
+use crate::harness::Stop;
+use crate::uapi::importer::IMPORTER_DEV;
+use crate::uapi::Importer;
+
+static BUILT_WITH: OnceLock<BTreeSet<String>> = OnceLock::new();
+
+/// The options a `.config` sets to `y` or `m`.
+pub fn parse_config(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter_map(|l| l.trim().split_once('='))
+        .filter(|(k, v)| k.starts_with("CONFIG_") && (*v == "y" || *v == "m"))
+        .map(|(k, _)| k.to_string())
+        .collect()
+}
+
+/// Records the kernel's options for this process and the test children it forks.
+pub fn set(options: BTreeSet<String>) {
+    let _ = BUILT_WITH.set(options);
+}
+
+/// Whether the kernel was built with `option` (`y` or `m`); false when no config was given.
+pub fn built_with(option: &str) -> bool {
+    BUILT_WITH.get().is_some_and(|o| o.contains(option))
+}
+
+/// The heap each option registers under /dev/dma_heap.
+pub const HEAPS: &[(&str, &str)] = &[
+    ("CONFIG_DMABUF_HEAPS_SYSTEM", "system"),
+    ("CONFIG_DMABUF_HEAPS_RUST_SYSTEM", "rust_system"),
+];
+
+/// The heaps this kernel must register, with the option that asks for each.
+pub fn expected_heaps() -> Vec<(&'static str, &'static str)> {
+    HEAPS
+        .iter()
+        .copied()
+        .filter(|(option, _)| built_with(option))
+        .collect()
+}
+
+/// The option that registers `heap`, if the kernel was built with it.
+pub fn heap_expected(heap: &str) -> Option<&'static str> {
+    expected_heaps()
+        .into_iter()
+        .find(|(_, h)| *h == heap)
+        .map(|(o, _)| o)
+}
+
+/// The stop for something absent: a failure when the kernel was built with `option` (the
+/// detector or device switched itself off, or never registered), else a SKIP.
+pub fn missing(option: &str, what: impl fmt::Display) -> Stop {
+    stop_for(built_with(option), option, what)
+}
+
+fn stop_for(built: bool, option: &str, what: impl fmt::Display) -> Stop {
+    if built {
+        Stop::Fail(format!(
+            "{what}; this kernel was built with {option}, so that is a failure, not a skip"
+        ))
+    } else {
+        Stop::Skip(format!("{what} (kernel built without {option})"))
+    }
+}
+
+/// The test importer: the one policy for opening it.
+pub fn importer() -> Result<Importer, Stop> {
+    Importer::open().map_err(|e| {
+        missing(
+            "CONFIG_DMABUF_TEST_IMPORTER",
+            format!("cannot open {IMPORTER_DEV}: {e}"),
+        )
+    })
+}
+
+/// The test importer for tests that use it as an extra check: `None` only on a kernel built
+/// without it.
+pub fn optional_importer() -> Result<Option<Importer>, Stop> {
+    match importer() {
+        Ok(i) => Ok(Some(i)),
+        Err(Stop::Skip(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_options_set_to_y_or_m() {
+        let c = parse_config(
+            "# comment\nCONFIG_DEBUG_KMEMLEAK=y\nCONFIG_LKDTM=m\n# CONFIG_KASAN is not set\nCONFIG_HZ=100\n",
+        );
+        assert_eq!(
+            c.into_iter().collect::<Vec<_>>(),
+            ["CONFIG_DEBUG_KMEMLEAK", "CONFIG_LKDTM"]
+        );
+    }
+
+    #[test]
+    fn absent_is_a_failure_only_when_the_kernel_was_built_with_it() {
+        assert!(matches!(
+            stop_for(false, "CONFIG_X", "x is absent"),
+            Stop::Skip(m) if m.contains("without CONFIG_X")
+        ));
+        assert!(matches!(
+            stop_for(true, "CONFIG_X", "x is absent"),
+            Stop::Fail(m) if m.starts_with("x is absent; this kernel was built with CONFIG_X")
+        ));
+        // This test process was given no config, so nothing is expected.
+        assert!(expected_heaps().is_empty());
+    }
+}
