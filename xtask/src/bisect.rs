@@ -10,7 +10,6 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 
 use crate::compare;
@@ -232,32 +231,24 @@ fn head(env: &Env, tree: &Path) -> String {
 
 /// The flags a step needs, forwarded from `bisect`'s own.
 fn step_flags(a: &BisectArgs, tree: &Path, tree_id: &str, log: &Path) -> Vec<String> {
+    let mut vm = a.vm.clone();
+    vm.kernel.profile = Some(a.vm.kernel.profile());
+    vm.kernel.kernel_src = Some(tree.to_path_buf());
+    vm.kernel.tree_id = Some(tree_id.into());
     let mut v: Vec<String> = vec![
         "bisect-step".into(),
-        "--kernel-src".into(),
-        tree.display().to_string(),
-        "--tree-id".into(),
-        tree_id.into(),
         "--log".into(),
         log.display().to_string(),
-        "--profile".into(),
-        a.vm.kernel.profile().name().into(),
-        "--memory".into(),
-        a.vm.memory.clone(),
-        "--cpus".into(),
-        a.vm.cpus.to_string(),
-        "--boot-timeout".into(),
-        a.vm.boot_timeout.to_string(),
+    ];
+    v.extend(vm.to_argv());
+    v.extend([
         "--test-timeout".into(),
         a.suite.test_timeout.to_string(),
         "--run-timeout".into(),
         a.suite.run_timeout.to_string(),
         "--retries".into(),
         a.verdict.retries.to_string(),
-    ];
-    if let Some(p) = a.vm.accel.to_possible_value() {
-        v.extend(["--accel".into(), p.get_name().to_string()]);
-    }
+    ]);
     for p in &a.suite.patterns {
         v.extend(["--test".into(), p.clone()]);
     }
@@ -495,6 +486,63 @@ mod tests {
         assert_eq!(
             first_bad("There are only 'skip'ped commits left to test.\n"),
             None
+        );
+    }
+
+    /// Every flag `bisect` takes reaches its steps: the step's parsed flags equal the run's.
+    #[test]
+    fn step_flags_carry_the_bisect_flags() {
+        use clap::Parser;
+        let parse = |argv: Vec<String>| {
+            crate::flags::Xtask::try_parse_from(
+                std::iter::once("cargo xtask".to_string()).chain(argv),
+            )
+            .unwrap()
+            .cmd
+        };
+        let crate::flags::Cmd::Bisect(b) = parse(
+            [
+                "bisect",
+                "--kernel-src",
+                "/user/tree",
+                "--good",
+                "a",
+                "--bad",
+                "b",
+                "--memory",
+                "3G",
+                "--cpus",
+                "3",
+                "--accel",
+                "tcg",
+                "--test",
+                "zeroing",
+                "--splat",
+                "kasan",
+                "--retries",
+                "2",
+                "--test-timeout",
+                "7",
+            ]
+            .map(String::from)
+            .to_vec(),
+        ) else {
+            panic!()
+        };
+        let flags = step_flags(&b, Path::new("/scratch"), "t1", Path::new("/l.jsonl"));
+        let crate::flags::Cmd::BisectStep(s) = parse(flags.clone()) else {
+            panic!("{flags:?}")
+        };
+        let mut want = b.vm.clone();
+        want.kernel.profile = Some(crate::kernel::Profile::Debug);
+        want.kernel.kernel_src = Some("/scratch".into());
+        want.kernel.tree_id = Some("t1".into());
+        assert_eq!(s.vm, want);
+        assert_eq!(s.suite.patterns, ["zeroing"]);
+        assert_eq!(s.suite.test_timeout, 7);
+        assert_eq!(
+            (s.verdict.retries, s.verdict.splat.as_deref()),
+            (2, Some("kasan"))
         );
     }
 

@@ -200,7 +200,7 @@ pub struct BenchArgs {
     pub rig: bool,
 }
 
-#[derive(Args, Clone)]
+#[derive(Args, Clone, Debug, PartialEq)]
 pub struct KernelArgs {
     /// Kernel profile: debug (detectors on) or perf (no debugging). Default: debug, and
     /// perf for `bench`.
@@ -215,7 +215,7 @@ pub struct KernelArgs {
     pub tree_id: Option<String>,
 }
 
-#[derive(Args, Clone)]
+#[derive(Args, Clone, Debug, PartialEq)]
 pub struct VmArgs {
     #[command(flatten)]
     pub kernel: KernelArgs,
@@ -231,6 +231,35 @@ pub struct VmArgs {
     /// Limit from starting QEMU to the guest running its command.
     #[arg(long, default_value_t = 180, value_name = "SECS", value_parser = clap::value_parser!(u64).range(10..=3600))]
     pub boot_timeout: u64,
+}
+
+impl VmArgs {
+    /// These flags as a child `cargo xtask` takes them: the one place a child's VM and kernel
+    /// flags are written (`bench --rig` and `bisect` start children), round-trip tested.
+    pub fn to_argv(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        if let Some(p) = self.kernel.profile {
+            v.extend(["--profile".into(), p.name().into()]);
+        }
+        if let Some(src) = &self.kernel.kernel_src {
+            v.extend(["--kernel-src".into(), src.display().to_string()]);
+        }
+        if let Some(id) = &self.kernel.tree_id {
+            v.extend(["--tree-id".into(), id.clone()]);
+        }
+        if let Some(a) = clap::ValueEnum::to_possible_value(&self.accel) {
+            v.extend(["--accel".into(), a.get_name().to_string()]);
+        }
+        v.extend([
+            "--memory".into(),
+            self.memory.clone(),
+            "--cpus".into(),
+            self.cpus.to_string(),
+            "--boot-timeout".into(),
+            self.boot_timeout.to_string(),
+        ]);
+        v
+    }
 }
 
 #[derive(Args)]
@@ -286,4 +315,42 @@ pub struct ParseArgs {
     /// A run directory holding guest.ktap, console.log and selected.txt.
     #[arg(value_name = "DIR")]
     pub dir: Option<PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vm_of(cmd: &[&str]) -> VmArgs {
+        let x = Xtask::try_parse_from(["cargo xtask"].iter().chain(cmd)).unwrap();
+        match x.cmd {
+            Cmd::Test(t) => t.vm,
+            Cmd::Bench(b) => b.vm,
+            Cmd::BisectStep(s) => s.vm,
+            _ => panic!("not a VM command: {cmd:?}"),
+        }
+    }
+
+    #[test]
+    fn vm_flags_round_trip_through_clap() {
+        for flags in [
+            &[][..],
+            &[
+                "--memory",
+                "4G",
+                "--cpus",
+                "4",
+                "--accel",
+                "tcg",
+                "--boot-timeout",
+                "99",
+            ][..],
+            &["--profile", "perf", "--kernel-src", "/k", "--tree-id", "t1"][..],
+        ] {
+            let vm = vm_of(&[&["test"][..], flags].concat());
+            let argv = vm.to_argv();
+            let again: Vec<&str> = argv.iter().map(String::as_str).collect();
+            assert_eq!(vm_of(&[&["test"][..], &again].concat()), vm, "{argv:?}");
+        }
+    }
 }

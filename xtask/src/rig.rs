@@ -9,11 +9,10 @@ use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use clap::ValueEnum;
 use serde::Serialize;
 
 use crate::env::{fmt_duration, Env};
-use crate::flags::BenchArgs;
+use crate::flags::{BenchArgs, VmArgs};
 use crate::kernel::{self, Profile};
 
 /// The file the edit-to-verdict measurement touches, and restores.
@@ -101,18 +100,25 @@ struct TestRun {
     accel: String,
 }
 
+/// The child `cargo xtask test` that `bench --rig` times: the debug kernel (the profile flag
+/// only limits the cold builds), with every other VM flag as given (guest size included, which
+/// the rows are labelled with).
+fn child_test_argv(vm: &VmArgs) -> Vec<String> {
+    let mut vm = vm.clone();
+    vm.kernel.profile = Some(Profile::Debug);
+    if let Some(src) = &vm.kernel.kernel_src {
+        // The child runs in the project root; a relative path would point elsewhere there.
+        vm.kernel.kernel_src = Some(src.canonicalize().unwrap_or_else(|_| src.clone()));
+    }
+    std::iter::once("test".to_string())
+        .chain(vm.to_argv())
+        .collect()
+}
+
 fn xtask_test(env: &Env, a: &BenchArgs) -> Result<TestRun> {
     let exe = std::env::current_exe().context("finding the xtask binary")?;
     let mut cmd = Command::new(exe);
-    cmd.current_dir(&env.root).arg("test");
-    if let Some(v) = a.vm.accel.to_possible_value() {
-        cmd.args(["--accel", v.get_name()]);
-    }
-    if let Some(src) = &a.vm.kernel.kernel_src {
-        // The child runs in the project root; a relative path would point elsewhere there.
-        let src = src.canonicalize().unwrap_or_else(|_| src.clone());
-        cmd.arg("--kernel-src").arg(src);
-    }
+    cmd.current_dir(&env.root).args(child_test_argv(&a.vm));
     // A child that dies before writing must not be credited with an older run's stages.
     let _ = fs::remove_file(env.run_dir().join("results.json"));
     let t = Instant::now();
@@ -251,6 +257,40 @@ mod tests {
         assert_eq!(t.len(), 3);
         assert_eq!(t[1], ("boot".to_string(), 21.9));
         assert!(stage_times("not json").is_empty());
+    }
+
+    /// `bench --rig --memory 4G --cpus 4` labels its rows with that guest size; the child
+    /// test must run with it too (it once ran with the 2 CPU / 2G defaults).
+    #[test]
+    fn the_timed_child_gets_the_guest_size_it_is_labelled_with() {
+        use clap::Parser;
+        let x = crate::flags::Xtask::try_parse_from([
+            "cargo xtask",
+            "bench",
+            "--rig",
+            "--memory",
+            "4G",
+            "--cpus",
+            "4",
+            "--accel",
+            "tcg",
+        ])
+        .unwrap();
+        let crate::flags::Cmd::Bench(b) = x.cmd else {
+            panic!("not bench")
+        };
+        let argv = child_test_argv(&b.vm);
+        let child = crate::flags::Xtask::try_parse_from(
+            std::iter::once("cargo xtask".to_string()).chain(argv.clone()),
+        )
+        .unwrap();
+        let crate::flags::Cmd::Test(t) = child.cmd else {
+            panic!("not test: {argv:?}")
+        };
+        // clap normalises 4G to 4096M on both sides.
+        assert_eq!((t.vm.memory.as_str(), t.vm.cpus), ("4096M", 4), "{argv:?}");
+        assert_eq!(t.vm.accel, b.vm.accel);
+        assert_eq!(t.vm.kernel.profile, Some(Profile::Debug));
     }
 
     #[test]
