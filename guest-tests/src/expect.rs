@@ -3,13 +3,13 @@
 //! is a failure when it is missing, and a SKIP only on a kernel built without it. Without a
 //! config (the runner started by hand) nothing is expected and absences stay SKIPs.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::OnceLock;
 
 use crate::harness::Stop;
 use crate::uapi::importer::IMPORTER_DEV;
-use crate::uapi::Importer;
+use crate::uapi::{heap_stats, Importer};
 
 static BUILT_WITH: OnceLock<BTreeSet<String>> = OnceLock::new();
 
@@ -38,6 +38,29 @@ pub const HEAPS: &[(&str, &str)] = &[
     ("CONFIG_DMABUF_HEAPS_RUST_SYSTEM", "rust_system"),
 ];
 
+/// Heaps that publish counters in debugfs (`/sys/kernel/debug/<heap>_heap/stats`).
+const COUNTED: &[(&str, &str)] = &[("CONFIG_DMABUF_HEAPS_RUST_SYSTEM", "rust_system")];
+
+/// Whether `heap`'s counters must be readable on this kernel.
+pub fn counters_expected(heap: &str) -> bool {
+    built_with("CONFIG_DEBUG_FS")
+        && COUNTED
+            .iter()
+            .any(|(option, h)| *h == heap && built_with(option))
+}
+
+/// A heap's counters: `None` for a heap without them, a failure when they should be there
+/// (a check that needs them must not quietly do nothing).
+pub fn stats(heap: &str) -> Result<Option<BTreeMap<String, u64>>, Stop> {
+    match heap_stats(heap) {
+        None if counters_expected(heap) => Err(Stop::Fail(format!(
+            "{heap}'s counters (/sys/kernel/debug/{heap}_heap/stats) are unreadable, though \
+             this kernel has the heap and debugfs"
+        ))),
+        s => Ok(s),
+    }
+}
+
 /// The heaps this kernel must register, with the option that asks for each.
 pub fn expected_heaps() -> Vec<(&'static str, &'static str)> {
     HEAPS
@@ -58,7 +81,16 @@ pub fn heap_expected(heap: &str) -> Option<&'static str> {
 /// The stop for something absent: a failure when the kernel was built with `option` (the
 /// detector or device switched itself off, or never registered), else a SKIP.
 pub fn missing(option: &str, what: impl fmt::Display) -> Stop {
-    stop_for(built_with(option), option, what)
+    missing_all(&[option], what)
+}
+
+/// As [`missing`] for something that needs every one of `options`.
+pub fn missing_all(options: &[&str], what: impl fmt::Display) -> Stop {
+    stop_for(
+        options.iter().all(|o| built_with(o)),
+        &options.join(" and "),
+        what,
+    )
 }
 
 fn stop_for(built: bool, option: &str, what: impl fmt::Display) -> Stop {

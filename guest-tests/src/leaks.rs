@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::uapi::{heap_names, heap_stats};
+use crate::uapi::{heap_names, heap_stats, DMA_HEAP_DIR};
 
 pub const BUFINFO: &str = "/sys/kernel/debug/dma_buf/bufinfo";
 pub const KMEMLEAK: &str = "/sys/kernel/debug/kmemleak";
@@ -87,13 +87,20 @@ impl Holdings {
             .map(|b| (b.ino, b))
             .collect();
         let mut counters = BTreeMap::new();
-        for heap in heap_names().unwrap_or_default() {
-            if let Some(stats) = heap_stats(&heap) {
-                let held = stats
-                    .into_iter()
-                    .filter(|(k, _)| HELD_COUNTERS.contains(&k.as_str()))
-                    .collect();
-                counters.insert(heap, held);
+        let heaps = heap_names().map_err(|e| format!("{DMA_HEAP_DIR}: {e}"))?;
+        for heap in heaps {
+            match heap_stats(&heap) {
+                Some(stats) => {
+                    let held = stats
+                        .into_iter()
+                        .filter(|(k, _)| HELD_COUNTERS.contains(&k.as_str()))
+                        .collect();
+                    counters.insert(heap, held);
+                }
+                None if crate::expect::counters_expected(&heap) => {
+                    return Err(format!("{heap}'s counters are unreadable"))
+                }
+                None => {}
             }
         }
         Ok(Holdings { buffers, counters })
@@ -135,6 +142,13 @@ impl Holdings {
                 }
             }
         }
+        for heap in before.counters.keys() {
+            if !self.counters.contains_key(heap) {
+                found.push(format!(
+                    "{heap} heap: its counters were there before and not after"
+                ));
+            }
+        }
         for (heap, now) in &self.counters {
             let Some(then) = before.counters.get(heap) else {
                 continue;
@@ -148,7 +162,8 @@ impl Holdings {
                     // release or an underflow.
                     found.push(format!(
                         "{heap} heap: {k} fell from {old} to {v} (released more than the test \
-                         made: a double release or an underflow)"
+                         made: a double release or an underflow, or an earlier test's leak \
+                         freed late)"
                     ));
                 }
             }

@@ -2,7 +2,8 @@
 //!
 //! `uapi` wraps the kernel interfaces once; `harness` is the tiny vocabulary tests use
 //! (facts, failures, skips); `cases` is the table of tests; `runner` runs them in child
-//! processes with timeouts and prints KTAP v1.
+//! processes with timeouts and prints KTAP v1; `process` forks, waits for and passes fds to
+//! child processes for the runner, the tests and the fuzzer.
 
 pub mod bench;
 pub mod cases;
@@ -10,6 +11,9 @@ pub mod expect;
 pub mod fuzz;
 pub mod harness;
 pub mod leaks;
+/// Child processes (fork, bounded wait, signal names) and SCM_RIGHTS fd passing, shared by
+/// the runner, the concurrency tests and the fuzzer.
+pub mod process;
 pub mod runner;
 pub mod select;
 pub mod uapi;

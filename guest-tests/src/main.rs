@@ -1,7 +1,8 @@
 //! `heaprig-guest`: the test runner the rig starts inside the guest.
 //!
 //!   heaprig-guest list [PATTERN...]           names of the tests a run would execute
-//!   heaprig-guest run [--timeout SECS] [--results DIR] [--kernel-config FILE] [PATTERN...]
+//!   heaprig-guest run ...                      the suite (`heaprig_protocol::guest::RunArgs`)
+//!   heaprig-guest bench ...                    benchmarks (`heaprig_protocol::guest::BenchArgs`)
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -13,8 +14,9 @@ use guest_tests::cases::CASES;
 use guest_tests::fuzz;
 use guest_tests::runner::{run, Options, Out};
 use guest_tests::select::select;
+use heaprig_protocol::guest::{BenchArgs, RunArgs};
 
-const USAGE: &str = "usage: heaprig-guest list [PATTERN...]\n       heaprig-guest run [--timeout SECS] [--results DIR] [--heap NAME]... [--kernel-config FILE] [--fuzz-seconds N] [--fuzz-seed S] [--fuzz-ops N] [PATTERN...]\n       heaprig-guest bench [--quick] [--out FILE]";
+const USAGE: &str = "usage: heaprig-guest list [PATTERN...]\n       heaprig-guest run [--timeout SECS] [--results DIR] [--heap NAME]... [--kernel-config FILE] [--fuzz-seconds N] [--fuzz-seed S] [--fuzz-ops N] [--] [PATTERN...]\n       heaprig-guest bench [--quick] [--out FILE]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -26,14 +28,16 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some("bench") => {
-            let quick = args.iter().any(|a| a == "--quick");
-            let out = args
-                .iter()
-                .position(|a| a == "--out")
-                .and_then(|i| args.get(i + 1));
-            let r = match out {
-                Some(path) => File::create(path).and_then(|mut f| bench::run(quick, &mut f)),
-                None => bench::run(quick, &mut std::io::stdout()),
+            let b = match BenchArgs::parse(&args[1..]) {
+                Ok(b) => b,
+                Err(msg) => {
+                    eprintln!("heaprig-guest: {msg}\n{USAGE}");
+                    return ExitCode::from(2);
+                }
+            };
+            let r = match &b.out {
+                Some(path) => File::create(path).and_then(|mut f| bench::run(b.quick, &mut f)),
+                None => bench::run(b.quick, &mut std::io::stdout()),
             };
             match r {
                 Ok(()) => ExitCode::SUCCESS,
@@ -44,7 +48,7 @@ fn main() -> ExitCode {
             }
         }
         Some("run") => match parse_run(&args[1..]) {
-            Ok(RunArgs {
+            Ok(Run {
                 opts,
                 results,
                 patterns,
@@ -87,7 +91,7 @@ fn main() -> ExitCode {
     }
 }
 
-struct RunArgs {
+struct Run {
     opts: Options,
     results: Option<PathBuf>,
     patterns: Vec<String>,
@@ -97,54 +101,28 @@ struct RunArgs {
 /// The fuzzer's budget inside the suite, per heap (`cargo xtask fuzz` asks for more).
 const SUITE_FUZZ_SECONDS: u64 = 10;
 
-fn parse_run(args: &[String]) -> Result<RunArgs, String> {
-    let mut opts = Options {
-        timeout: Duration::from_secs(60),
-        heaps: Vec::new(),
-    };
-    let mut results = None;
-    let mut patterns = Vec::new();
-    let mut fuzz = fuzz::Config::from_time(Duration::from_secs(SUITE_FUZZ_SECONDS));
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--timeout" => opts.timeout = Duration::from_secs(number(&mut it, "--timeout", 1)?),
-            "--fuzz-seconds" => {
-                fuzz.budget = Duration::from_secs(number(&mut it, "--fuzz-seconds", 1)?)
-            }
-            "--fuzz-seed" => fuzz.seed = number(&mut it, "--fuzz-seed", 0)?,
-            "--fuzz-ops" => fuzz.max_ops = Some(number(&mut it, "--fuzz-ops", 1)?),
-            "--results" => results = Some(PathBuf::from(value(&mut it, "--results")?)),
-            "--heap" => opts.heaps.push(value(&mut it, "--heap")?),
-            "--kernel-config" => {
-                let path = value(&mut it, "--kernel-config")?;
-                let text = std::fs::read_to_string(&path)
-                    .map_err(|e| format!("--kernel-config {path}: {e}"))?;
-                guest_tests::expect::set(guest_tests::expect::parse_config(&text));
-            }
-            s if s.starts_with("--") => return Err(format!("unknown option {s}")),
-            s => patterns.push(s.to_string()),
-        }
+/// The host's `heaprig_protocol::guest::RunArgs`, turned into the runner's options.
+fn parse_run(args: &[String]) -> Result<Run, String> {
+    let a = RunArgs::parse(args)?;
+    if let Some(path) = &a.kernel_config {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("--kernel-config {path}: {e}"))?;
+        guest_tests::expect::set(guest_tests::expect::parse_config(&text));
     }
-    Ok(RunArgs {
-        opts,
-        results,
-        patterns,
+    let mut fuzz = fuzz::Config::from_time(Duration::from_secs(
+        a.fuzz_seconds.unwrap_or(SUITE_FUZZ_SECONDS),
+    ));
+    if let Some(seed) = a.fuzz_seed {
+        fuzz.seed = seed;
+    }
+    fuzz.max_ops = a.fuzz_ops;
+    Ok(Run {
+        opts: Options {
+            timeout: Duration::from_secs(a.timeout),
+            heaps: a.heaps,
+        },
+        results: a.results.map(PathBuf::from),
+        patterns: a.patterns,
         fuzz,
     })
-}
-
-fn value(it: &mut std::slice::Iter<String>, what: &str) -> Result<String, String> {
-    it.next().cloned().ok_or(format!("{what} needs a value"))
-}
-
-fn number(it: &mut std::slice::Iter<String>, what: &str, min: u64) -> Result<u64, String> {
-    let v = value(it, what)?;
-    let n: u64 = v
-        .parse()
-        .map_err(|_| format!("{what} takes a whole number, not {v:?}"))?;
-    if n < min {
-        return Err(format!("{what} must be at least {min}"));
-    }
-    Ok(n)
 }

@@ -1,16 +1,19 @@
 //! Runs test cases, each in its own child process with its own timeout, and prints KTAP v1
 //! as it goes so a crash mid-suite loses nothing already reported.
 //!
-//! Test boundaries are also written to /dev/kmsg ("heaprig: begin NAME" / "heaprig: end
-//! NAME") so the host can attribute kernel splats to the test that caused them.
+//! Test boundaries are also written to /dev/kmsg (`heaprig_protocol::kmsg` markers) so the host
+//! can attribute kernel splats to the test that caused them; heaprig's KTAP notes come from
+//! `heaprig_protocol::note`, whose parser the host uses.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
+
+use heaprig_protocol::{kmsg, note};
 
 use crate::harness::{Body, Case, Ctx, Stop};
 use crate::leaks::Holdings;
+use crate::process::{self, signal_name, Exit};
 use crate::uapi::{heap_names, Heap, DMA_HEAP_DIR};
 
 /// Where KTAP goes: stdout (streamed to the host) and optionally a copy in the results dir.
@@ -41,9 +44,10 @@ impl Out {
         }
     }
 
-    fn kmsg(&mut self, text: &str) {
+    /// Writes one kernel-log line (a `heaprig_protocol::kmsg` marker).
+    fn kmsg(&mut self, line: &str) {
         if let Some(k) = &mut self.kmsg {
-            let _ = k.write_all(format!("heaprig: {text}\n").as_bytes());
+            let _ = k.write_all(format!("{line}\n").as_bytes());
         }
     }
 }
@@ -73,32 +77,19 @@ pub fn run_in_child(
     f: impl FnOnce(&mut Ctx) -> Result<(), Stop>,
 ) -> ChildResult {
     let start = Instant::now();
-    let mut fds = [0; 2];
-    // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return ChildResult {
-            ctx: Ctx::default(),
-            status: Status::Fail(format!("pipe2: {}", io::Error::last_os_error())),
-            elapsed: start.elapsed(),
-        };
-    }
-    // SAFETY: pipe2 succeeded, so both fds are open and owned by nothing else.
-    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    let _ = io::stdout().flush();
-    // SAFETY: the runner is single-threaded, so the child may run arbitrary code after fork.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return ChildResult {
-            ctx: Ctx::default(),
-            status: Status::Fail(format!("fork: {}", io::Error::last_os_error())),
-            elapsed: start.elapsed(),
-        };
-    }
-    if pid == 0 {
+    let (rd, wr) = match process::pipe() {
+        Ok(ends) => ends,
+        Err(e) => {
+            return ChildResult {
+                ctx: Ctx::default(),
+                status: Status::Fail(format!("pipe2: {e}")),
+                elapsed: start.elapsed(),
+            }
+        }
+    };
+    // The runner is single-threaded, so the child may run arbitrary code after fork.
+    let spawned = process::spawn_with(timeout, (rd, wr), move |(rd, wr)| {
         drop(rd);
-        let secs = timeout.as_secs().max(1) as libc::c_uint;
-        // SAFETY: alarm has no memory-safety preconditions.
-        unsafe { libc::alarm(secs) };
         let mut ctx = Ctx::default();
         let result = f(&mut ctx);
         let mut w = File::from(wr);
@@ -115,9 +106,22 @@ pub fn run_in_child(
             Err(Stop::Skip(m)) => format!("S {}\n", one_line(&m)),
         });
         let ok = w.write_all(msg.as_bytes()).is_ok();
-        // SAFETY: _exit ends the child without running the parent's atexit handlers twice.
-        unsafe { libc::_exit(if ok { 0 } else { 1 }) };
-    }
+        if ok {
+            0
+        } else {
+            1
+        }
+    });
+    let (mut child, (rd, wr)) = match spawned {
+        Ok(spawned) => spawned,
+        Err(e) => {
+            return ChildResult {
+                ctx: Ctx::default(),
+                status: Status::Fail(format!("fork: {e}")),
+                elapsed: start.elapsed(),
+            }
+        }
+    };
     drop(wr);
     let mut ctx = Ctx::default();
     let mut status = None;
@@ -137,26 +141,22 @@ pub fn run_in_child(
             _ => ctx.diag(format!("unexpected child output: {line}")),
         }
     }
-    let mut wstatus = 0;
-    // SAFETY: `pid` is our child and `wstatus` is a valid out-pointer.
-    unsafe { libc::waitpid(pid, &mut wstatus, 0) };
-    let status = if libc::WIFSIGNALED(wstatus) {
-        let sig = libc::WTERMSIG(wstatus);
-        if sig == libc::SIGALRM {
+    // A failed waitpid leaves a zero status: exited, with status 0.
+    let exit = child.wait_exit().unwrap_or(Exit::Code(0));
+    let status = match exit {
+        Exit::Signal(libc::SIGALRM) => {
             Status::Fail(format!("timed out after {}s", timeout.as_secs()))
-        } else {
-            Status::Fail(format!(
-                "crashed: killed by signal {sig} ({})",
-                signal_name(sig)
-            ))
         }
-    } else {
-        status.unwrap_or_else(|| {
+        Exit::Signal(sig) => Status::Fail(format!(
+            "crashed: killed by signal {sig} ({})",
+            signal_name(sig)
+        )),
+        Exit::Code(code) => status.unwrap_or_else(|| {
             Status::Fail(format!(
                 "child exited with status {} without reporting a result",
-                libc::WEXITSTATUS(wstatus)
+                code
             ))
-        })
+        }),
     };
     ChildResult {
         ctx,
@@ -165,22 +165,10 @@ pub fn run_in_child(
     }
 }
 
-fn signal_name(sig: i32) -> &'static str {
-    match sig {
-        libc::SIGSEGV => "SIGSEGV",
-        libc::SIGBUS => "SIGBUS",
-        libc::SIGABRT => "SIGABRT",
-        libc::SIGKILL => "SIGKILL",
-        libc::SIGILL => "SIGILL",
-        libc::SIGFPE => "SIGFPE",
-        _ => "signal",
-    }
-}
-
 /// Prints one result line plus its facts and diagnostics at `indent`.
 fn report(out: &mut Out, indent: usize, n: usize, name: &str, r: &ChildResult) {
     for (k, v) in &r.ctx.facts {
-        out.line(indent, &format!("# fact: {k} = {v}"));
+        out.line(indent, &note::fact(k, v));
     }
     for d in &r.ctx.diags {
         out.line(indent, &format!("# {d}"));
@@ -193,10 +181,7 @@ fn report(out: &mut Out, indent: usize, n: usize, name: &str, r: &ChildResult) {
             out.line(indent, &format!("not ok {n} {name}"));
         }
     }
-    out.line(
-        indent,
-        &format!("# time: {name} {}ms", r.elapsed.as_millis()),
-    );
+    out.line(indent, &note::time(name, r.elapsed.as_millis()));
 }
 
 /// Totals for the closing sentinel line.
@@ -226,12 +211,12 @@ fn run_checked(
     timeout: Duration,
     f: impl FnOnce(&mut Ctx) -> Result<(), Stop>,
 ) -> ChildResult {
-    out.kmsg(&format!("begin {label}"));
+    out.kmsg(&kmsg::begin(label));
     let before = Holdings::read();
     let mut r = run_in_child(timeout, f);
     let after = Holdings::read();
-    out.kmsg(&format!("end {label}"));
-    let finding = oracle_verdict(&before, &after, &mut r.ctx);
+    out.kmsg(&kmsg::end(label));
+    let finding = oracle_verdict(&before, &after, oracle_expected(), &mut r.ctx);
     r.status = with_finding(r.status, finding);
     r
 }
@@ -253,11 +238,12 @@ fn with_finding(status: Status, finding: Option<String>) -> Status {
 pub fn oracle_verdict(
     before: &Result<Holdings, String>,
     after: &Result<Holdings, String>,
+    expected: bool,
     ctx: &mut Ctx,
 ) -> Option<String> {
     let (b, a) = match (before, after) {
         (Ok(b), Ok(a)) => (b, a),
-        (Err(e), _) | (_, Err(e)) if oracle_expected() => {
+        (Err(e), _) | (_, Err(e)) if expected => {
             return Some(format!(
                 "leak oracle: cannot read the kernel's holdings {} the test: {e}",
                 if before.is_err() { "before" } else { "after" }
@@ -313,6 +299,22 @@ fn absent_heap_status(heap: &str, selected: &[String], option: Option<&str>) -> 
     }
 }
 
+/// Heaps the kernel was built with, selected by `--heap` (or all), that are not `present`:
+/// (heap, the option that asks for it).
+fn absent_expected(
+    expected: &[(&'static str, &'static str)],
+    present: &[String],
+    selected: &[String],
+) -> Vec<(&'static str, &'static str)> {
+    expected
+        .iter()
+        .copied()
+        .filter(|(_, h)| !present.iter().any(|p| p == h))
+        .filter(|(_, h)| selected.is_empty() || selected.iter().any(|s| s == h))
+        .map(|(option, heap)| (heap, option))
+        .collect()
+}
+
 /// How the runner runs the cases.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -338,29 +340,27 @@ pub fn run(cases: &[&Case], opts: &Options, out: &mut Out) -> Totals {
     if let Err(why) = oracle {
         out.line(
             0,
-            &format!("# heaprig-guest: WARNING: leak oracle off, cannot read {why}"),
+            &note::warning(&format!("leak oracle off, cannot read {why}")),
         );
     }
     match &heaps {
         Ok(h) => {
-            out.line(0, &format!("# heaprig-guest: heaps: {}", h.join(", ")));
+            out.line(0, &note::heaps(h));
             for want in opts.heaps.iter().filter(|w| !h.contains(w)) {
                 out.line(
                     0,
-                    &format!(
-                        "# heaprig-guest: WARNING: --heap {want}: no such heap under {DMA_HEAP_DIR}"
-                    ),
+                    &note::warning(&format!("--heap {want}: no such heap under {DMA_HEAP_DIR}")),
                 );
             }
         }
         Err(e) => out.line(
             0,
-            &format!("# heaprig-guest: cannot list {DMA_HEAP_DIR}: {e}"),
+            &note::warning(&format!("cannot list {DMA_HEAP_DIR}: {e}")),
         ),
     }
     for (i, case) in cases.iter().enumerate() {
         let n = i + 1;
-        out.line(0, &format!("# heaprig-begin: {}", case.name));
+        out.line(0, &note::begin(case.name));
         match case.body {
             Body::Global(f) => {
                 let r = run_checked(out, case.name, timeout, f);
@@ -388,8 +388,16 @@ pub fn run(cases: &[&Case], opts: &Options, out: &mut Out) -> Totals {
                 report(out, 0, n, case.name, &r);
             }
             Body::PerHeap(f) => {
+                // A heap the kernel was built with but that is not there is a failing column,
+                // not a missing one: runs of a few tests (bisect steps) never see heaps_present.
+                let absent = absent_expected(
+                    &crate::expect::expected_heaps(),
+                    heaps.as_deref().unwrap_or_default(),
+                    &opts.heaps,
+                );
                 let names = match &heaps {
-                    Ok(h) if !h.is_empty() => h.clone(),
+                    Ok(h) if !h.is_empty() || !absent.is_empty() => h.clone(),
+                    Err(_) if !absent.is_empty() => Vec::new(),
                     Ok(_) => {
                         totals.skip += 1;
                         out.line(
@@ -412,17 +420,28 @@ pub fn run(cases: &[&Case], opts: &Options, out: &mut Out) -> Totals {
                 };
                 out.line(1, "KTAP version 1");
                 out.line(1, &format!("# Subtest: {}", case.name));
-                out.line(1, &format!("1..{}", names.len()));
+                out.line(1, &format!("1..{}", names.len() + absent.len()));
                 let mut any_fail = false;
                 let mut all_skip = true;
                 let started = Instant::now();
                 for (j, heap) in names.iter().enumerate() {
-                    out.line(1, &format!("# heaprig-begin: {}/{heap}", case.name));
+                    out.line(1, &note::begin(&format!("{}/{heap}", case.name)));
                     let r = run_on_heap(out, case.name, heap, f, timeout);
                     totals.add(&r.status);
                     any_fail |= matches!(r.status, Status::Fail(_));
                     all_skip &= matches!(r.status, Status::Skip(_));
                     report(out, 1, j + 1, heap, &r);
+                }
+                for (j, (heap, option)) in absent.iter().enumerate() {
+                    let r = ChildResult {
+                        ctx: Ctx::default(),
+                        status: absent_heap_status(heap, &opts.heaps, Some(option)),
+                        elapsed: Duration::ZERO,
+                    };
+                    totals.add(&r.status);
+                    any_fail = true;
+                    all_skip = false;
+                    report(out, 1, names.len() + j + 1, heap, &r);
                 }
                 let line = if any_fail {
                     format!("not ok {n} {}", case.name)
@@ -432,20 +451,11 @@ pub fn run(cases: &[&Case], opts: &Options, out: &mut Out) -> Totals {
                     format!("ok {n} {}", case.name)
                 };
                 out.line(0, &line);
-                out.line(
-                    0,
-                    &format!("# time: {} {}ms", case.name, started.elapsed().as_millis()),
-                );
+                out.line(0, &note::time(case.name, started.elapsed().as_millis()));
             }
         }
     }
-    out.line(
-        0,
-        &format!(
-            "# heaprig-done: pass={} fail={} skip={}",
-            totals.pass, totals.fail, totals.skip
-        ),
-    );
+    out.line(0, &note::done(totals.pass, totals.fail, totals.skip));
     totals
 }
 
@@ -476,13 +486,32 @@ mod tests {
         let mut ctx = Ctx::default();
         let ok = Ok(Holdings::default());
         let err: Result<Holdings, String> = Err("bufinfo: EIO".into());
-        assert_eq!(oracle_verdict(&ok, &ok, &mut ctx), None);
-        // The oracle worked when the run started: a later failed read is a failure.
-        let _ = ORACLE_AT_START.set(true);
-        let why = oracle_verdict(&ok, &err, &mut ctx).expect("a failed read must fail");
+        assert_eq!(oracle_verdict(&ok, &ok, true, &mut ctx), None);
+        // Expected (debugfs in the kernel, or it worked at the start): a failed read fails.
+        let why = oracle_verdict(&ok, &err, true, &mut ctx).expect("a failed read must fail");
         assert!(why.contains("after the test: bufinfo: EIO"), "{why}");
-        let why = oracle_verdict(&err, &ok, &mut ctx).expect("a failed read must fail");
+        let why = oracle_verdict(&err, &ok, true, &mut ctx).expect("a failed read must fail");
         assert!(why.contains("before the test"), "{why}");
+        // Off for the whole run (no debugfs, said at the top): nothing to judge.
+        assert_eq!(oracle_verdict(&err, &err, false, &mut ctx), None);
+    }
+
+    #[test]
+    fn every_expected_heap_gets_a_column() {
+        let expected = [
+            ("CONFIG_DMABUF_HEAPS_SYSTEM", "system"),
+            ("CONFIG_DMABUF_HEAPS_RUST_SYSTEM", "rust_system"),
+        ];
+        let present = ["system".to_string()];
+        assert_eq!(
+            absent_expected(&expected, &present, &[]),
+            [("rust_system", "CONFIG_DMABUF_HEAPS_RUST_SYSTEM")]
+        );
+        // --heap system leaves rust_system out on purpose.
+        assert!(absent_expected(&expected, &present, &["system".into()]).is_empty());
+        assert!(
+            absent_expected(&expected, &["system".into(), "rust_system".into()], &[]).is_empty()
+        );
     }
 
     #[test]

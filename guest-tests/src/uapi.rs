@@ -508,8 +508,10 @@ mod tests {
             IMPORTER_CPU_ACCESS,
             IMPORTER_ATTACH_HOLD,
         ];
+        // The last request is IMPORTER_ATTACH_HOLD, number 8; a ninth must join this list.
+        assert_eq!(all.len() as u32, IMPORTER_ATTACH_HOLD & 0xff);
         for (i, a) in all.iter().enumerate() {
-            // Numbered 1.. in order, so a request left out of this list shows as a gap.
+            // Numbered 1.. in order, so a request left out of the middle shows as a gap.
             assert_eq!(a & 0xff, i as u32 + 1, "request number");
             assert_eq!(a >> 30, 3, "_IOWR direction");
             assert_eq!((a >> 16) & 0x3fff, 48, "argument size");

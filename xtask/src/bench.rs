@@ -7,29 +7,17 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::env::Env;
 use crate::flags::BenchArgs;
-use crate::kernel::Profile;
-use crate::results::describe_ending;
-use crate::test::{build_guest, prepare, spec, Times};
-use crate::vm::{self, Ending, Event, Limits};
+use crate::pipeline::{self, build_guest, Times};
+use crate::plan::BenchPlan;
+use crate::vm::{Accel, Ending, Event, Limits};
 
-const OURS: &str = "rust_system";
-const C_HEAP: &str = "system";
-const ION: &str = "rust_system+ion_compat";
-
-#[derive(Deserialize)]
-struct Line {
-    variant: String,
-    op: String,
-    size: u64,
-    nanos: Vec<u64>,
-}
+use heaprig_protocol::bench::{ion_variant, Record, C_HEAP, OURS};
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
 pub struct Summary {
@@ -55,7 +43,7 @@ pub fn summarise(nanos: &[u64]) -> Option<Summary> {
     })
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, Debug)]
 pub struct Row {
     pub op: String,
     pub size: u64,
@@ -76,18 +64,28 @@ pub fn rows(text: &str) -> Result<Vec<Row>> {
     let mut order: Vec<(String, u64)> = Vec::new();
     let mut by: BTreeMap<(String, u64), BTreeMap<String, Summary>> = BTreeMap::new();
     let mut done = false;
-    for l in text.lines().filter(|l| l.starts_with('{')) {
-        if l.contains("\"done\"") {
-            done = true;
-            continue;
-        }
-        let line: Line = serde_json::from_str(l).with_context(|| format!("bad bench line: {l}"))?;
-        let key = (line.op.clone(), line.size);
+    for record in text.lines().filter_map(Record::parse) {
+        let (variant, op, size, nanos) = match record
+            .map_err(anyhow::Error::msg)
+            .context("bad bench line")?
+        {
+            Record::Done { .. } => {
+                done = true;
+                continue;
+            }
+            Record::Series {
+                variant,
+                op,
+                size,
+                nanos,
+            } => (variant, op, size, nanos),
+        };
+        let key = (op, size);
         if !order.contains(&key) {
             order.push(key.clone());
         }
-        if let Some(s) = summarise(&line.nanos) {
-            by.entry(key).or_default().insert(line.variant, s);
+        if let Some(s) = summarise(&nanos) {
+            by.entry(key).or_default().insert(variant, s);
         }
     }
     if !done {
@@ -99,7 +97,7 @@ pub fn rows(text: &str) -> Result<Vec<Row>> {
             let by_variant = by.remove(&(op.clone(), size)).unwrap_or_default();
             Row {
                 ours_over_c: ratio(&by_variant, OURS, C_HEAP),
-                ion_over_ours: ratio(&by_variant, ION, OURS),
+                ion_over_ours: ratio(&by_variant, &ion_variant(OURS), OURS),
                 op,
                 size,
                 by_variant,
@@ -129,7 +127,8 @@ pub fn table(rows: &[Row]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| operation | size | {OURS} median (p99, min) | {C_HEAP} median | {ION} median | ours / C | ION / ours |"
+        "| operation | size | {OURS} median (p99, min) | {C_HEAP} median | {} median | ours / C | ION / ours |",
+        ion_variant(OURS)
     );
     let _ = writeln!(out, "| --- | --- | --- | --- | --- | --- | --- |");
     for r in rows {
@@ -149,7 +148,7 @@ pub fn table(rows: &[Row]) -> String {
             r.op,
             size_label(r.size),
             med(C_HEAP),
-            med(ION),
+            med(&ion_variant(OURS)),
             ratio(r.ours_over_c),
             ratio(r.ion_over_ours)
         );
@@ -159,7 +158,12 @@ pub fn table(rows: &[Row]) -> String {
 
 /// A horizontal bar chart, log scale, one group per operation and size.
 pub fn svg(rows: &[Row], title: &str) -> String {
-    let variants = [(OURS, "#d9534f"), (C_HEAP, "#5b7fbd"), (ION, "#e8a33d")];
+    let ion = ion_variant(OURS);
+    let variants = [
+        (OURS, "#d9534f"),
+        (C_HEAP, "#5b7fbd"),
+        (ion.as_str(), "#e8a33d"),
+    ];
     let bar_h = 10.0;
     let group_h = bar_h * 3.0 + 12.0;
     let left = 300.0;
@@ -221,16 +225,7 @@ pub fn svg(rows: &[Row], title: &str) -> String {
 
 /// Re-renders the table and chart of a saved `bench.json` (no kernel, no guest).
 fn render(path: &std::path::Path) -> Result<ExitCode> {
-    #[derive(Deserialize)]
-    struct Saved {
-        date: String,
-        machine: String,
-        rows: Vec<Row>,
-    }
-    let saved: Saved = serde_json::from_str(
-        &fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
-    )
-    .with_context(|| format!("{} is not a heaprig bench.json", path.display()))?;
+    let saved = Measured::read(path)?;
     let title = format!("heaprig bench {}: {}", saved.date, saved.machine);
     let out = path.with_extension("svg");
     fs::write(&out, svg(&saved.rows, &title))?;
@@ -250,57 +245,71 @@ pub fn run(env: &Env, a: BenchArgs) -> Result<ExitCode> {
         return crate::rig::run(env, &a);
     }
     let dir = env.root.join("target/heaprig/bench");
-    let m = measure(env, &a, &dir)?;
+    let m = measure(env, &a.plan(), &dir)?;
     let title = format!("heaprig bench {}: {}", m.date, m.machine);
     println!("\n{title}\n\n{}", table(&m.rows));
     println!("written: {}/bench.json, bench.svg", dir.display());
     Ok(ExitCode::SUCCESS)
 }
 
-/// One benchmark run's rows and where they were measured.
+/// One benchmark run: its rows and where they were measured. This is bench.json.
+#[derive(Serialize, Deserialize, Debug)]
 pub struct Measured {
-    pub rows: Vec<Row>,
     pub date: String,
     pub machine: String,
+    pub accel: Accel,
+    pub quick: bool,
+    pub rows: Vec<Row>,
+}
+
+impl Measured {
+    /// A saved bench.json, read back through this type.
+    pub fn read(path: &std::path::Path) -> Result<Measured> {
+        let text =
+            fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a heaprig bench.json", path.display()))
+    }
 }
 
 /// Builds the kernel `a` names, boots it once, runs every variant; writes bench.json and
 /// bench.svg into `dir` (replacing an earlier run's). `validate --bench` runs it on both trees.
-pub fn measure(env: &Env, a: &BenchArgs, dir: &std::path::Path) -> Result<Measured> {
+pub fn measure(env: &Env, plan: &BenchPlan, dir: &std::path::Path) -> Result<Measured> {
     let mut times = Times::default();
     let guest = build_guest(env)?;
-    let profile = a.vm.kernel.profile_or(Profile::Perf);
-    let p = prepare(env, &a.vm, profile, &mut times)?;
+    let profile = plan.kernel.profile;
+    let p = pipeline::prepare(env, &plan.kernel, &plan.vm, &mut times)?;
     // Only this run's own files: `bench --rig` keeps rig.json in the same directory.
     for f in ["guest.jsonl", "bench.json", "bench.svg", "console.log"] {
         let _ = fs::remove_file(dir.join(f));
     }
     fs::create_dir_all(dir)?;
     let lines = dir.join("guest.jsonl");
-    let mut cmd = vec![
-        guest.display().to_string(),
-        "bench".into(),
-        "--out".into(),
-        lines.display().to_string(),
-    ];
-    if a.quick {
-        cmd.push("--quick".into());
-    }
+    let args = heaprig_protocol::guest::BenchArgs {
+        quick: plan.quick,
+        out: Some(lines.display().to_string()),
+    };
+    let cmd: Vec<String> = std::iter::once(guest.display().to_string())
+        .chain(args.to_argv())
+        .collect();
     let limits = Limits {
-        boot: Duration::from_secs(a.vm.boot_timeout),
+        boot: plan.vm.boot_timeout,
         test: None,
-        run: Duration::from_secs(a.run_timeout),
+        run: plan.run_timeout,
     };
     println!(
         "bench: {} kernel under {:?}{}",
         profile.name(),
         p.accel,
-        if a.quick { ", --quick" } else { "" }
+        if plan.quick { ", --quick" } else { "" }
     );
-    let session = vm::run(
-        &spec(env, &a.vm, &p, Some(dir.to_path_buf())),
-        &cmd.join(" "),
+    let session = pipeline::boot_and_run(
+        env,
+        &plan.vm,
+        &p,
+        &cmd,
         limits,
+        Some(dir.to_path_buf()),
         &mut |ev| {
             if let Event::Guest(l) = ev {
                 println!("  {l}");
@@ -311,46 +320,34 @@ pub fn measure(env: &Env, a: &BenchArgs, dir: &std::path::Path) -> Result<Measur
     if session.ending != (Ending::Exited { code: 0 }) {
         bail!(
             "the guest benchmark did not complete: {}; console in {}",
-            describe_ending(&session.ending),
+            session.ending,
             dir.join("console.log").display()
         );
     }
     let text =
         fs::read_to_string(&lines).with_context(|| format!("reading {}", lines.display()))?;
     let rows = rows(&text)?;
-    let date = today(env);
+    let date = crate::env::today(env);
     let machine = format!(
         "{} cores, {:?}, {} kernel, {} guest CPUs, {}{}",
-        host_cores(),
+        crate::env::host_cores(),
         p.accel,
         profile.name(),
-        a.vm.cpus,
-        a.vm.memory,
-        if a.quick { ", quick" } else { "" }
+        plan.vm.cpus,
+        plan.vm.memory,
+        if plan.quick { ", quick" } else { "" }
     );
-    let json = serde_json::json!({
-        "date": date, "machine": machine, "accel": p.accel, "quick": a.quick, "rows": &rows,
-    });
-    fs::write(dir.join("bench.json"), serde_json::to_string_pretty(&json)?)?;
     let title = format!("heaprig bench {date}: {machine}");
     fs::write(dir.join("bench.svg"), svg(&rows, &title))?;
-    Ok(Measured {
-        rows,
+    let m = Measured {
         date,
         machine,
-    })
-}
-
-/// The UTC date a measurement is labelled with.
-pub fn today(env: &Env) -> String {
-    xshell::cmd!(env.sh, "date -u +%Y-%m-%d")
-        .quiet()
-        .read()
-        .unwrap_or_default()
-}
-
-pub fn host_cores() -> usize {
-    std::thread::available_parallelism().map_or(0, |n| n.get())
+        accel: p.accel,
+        quick: plan.quick,
+        rows,
+    };
+    fs::write(dir.join("bench.json"), serde_json::to_string_pretty(&m)?)?;
+    Ok(m)
 }
 
 /// Smallest change ever called real. Between two boots, medians drift together: a
@@ -446,12 +443,38 @@ mod tests {
         );
     }
 
+    /// The runs published in docs/ read back through the type that wrote them.
+    #[test]
+    fn published_runs_read_back() {
+        let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
+        for name in ["bench-2026-11-25-tcg.json", "bench-2026-11-30-tcg.json"] {
+            let m = Measured::read(&docs.join(name)).unwrap();
+            assert!(!m.quick && m.accel == Accel::Tcg, "{name}");
+            assert!(
+                m.rows.iter().any(|r| r.op == "kernel read: kmap walk"),
+                "{name}"
+            );
+        }
+    }
+
     #[test]
     fn rows_ratios_and_outputs() {
-        let text = "{\"variant\":\"rust_system\",\"op\":\"alloc+close\",\"size\":4096,\"nanos\":[10,20,30]}\n\
-                    {\"variant\":\"system\",\"op\":\"alloc+close\",\"size\":4096,\"nanos\":[40]}\n\
-                    {\"variant\":\"rust_system+ion_compat\",\"op\":\"alloc+close\",\"size\":4096,\"nanos\":[20]}\n\
-                    {\"done\":true,\"seconds\":1.0}\n";
+        // Written as the guest writes them, with boot chatter in between.
+        let series = |variant: &str, nanos: &[u64]| Record::Series {
+            variant: variant.into(),
+            op: "alloc+close".into(),
+            size: 4096,
+            nanos: nanos.to_vec(),
+        };
+        let text = [
+            series(OURS, &[10, 20, 30]).to_line(),
+            "[ 1.0] some kernel line".into(),
+            series(C_HEAP, &[40]).to_line(),
+            series(&ion_variant(OURS), &[20]).to_line(),
+            Record::Done { seconds: 1.0 }.to_line(),
+        ]
+        .join("\n");
+        let text = text.as_str();
         let r = rows(text).unwrap();
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].ours_over_c, Some(0.5));
@@ -462,8 +485,15 @@ mod tests {
         // A saved run re-renders to the same chart.
         let dir = tempfile::tempdir().unwrap();
         let json = dir.path().join("bench.json");
-        let saved = serde_json::json!({"date": "d", "machine": "m", "rows": &r});
-        fs::write(&json, saved.to_string()).unwrap();
+        let saved = Measured {
+            date: "d".into(),
+            machine: "m".into(),
+            accel: Accel::Tcg,
+            quick: false,
+            rows: r,
+        };
+        fs::write(&json, serde_json::to_string(&saved).unwrap()).unwrap();
+        let r = saved.rows;
         render(&json).unwrap();
         let chart = fs::read_to_string(dir.path().join("bench.svg")).unwrap();
         assert_eq!(chart, svg(&r, "heaprig bench d: m"));

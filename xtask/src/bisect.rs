@@ -13,11 +13,12 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::compare;
-use crate::env::{fmt_duration, Env};
-use crate::flags::{BisectArgs, StepArgs, SuiteArgs, VmArgs};
+use crate::env::Env;
+use crate::flags::{BisectArgs, StepArgs};
+use crate::report::fmt_duration;
 use crate::results::Verdict;
 use crate::splat;
-use crate::tree::{self, Outcome, Repo, Scratch, SuiteSpec};
+use crate::tree::{self, short, Outcome, Repo, Scratch};
 use crate::vm::Ending;
 
 pub const GOOD: u8 = 0;
@@ -74,7 +75,7 @@ pub fn decide(outcome: &Outcome, splat_text: Option<&str>) -> (StepVerdict, Stri
                 StepVerdict::Skip,
                 format!(
                     "no splat matching {text:?}, but the run ended early ({})",
-                    crate::results::describe_ending(&r.ending)
+                    r.ending
                 ),
             ),
             None => (StepVerdict::Good, format!("no splat matching {text:?}")),
@@ -112,15 +113,6 @@ pub struct StepRecord {
     pub runs: u32,
 }
 
-fn suite<'a>(vm: &'a VmArgs, s: &'a SuiteArgs) -> SuiteSpec<'a> {
-    SuiteSpec {
-        vm,
-        patterns: &s.patterns,
-        test_timeout: s.test_timeout,
-        run_timeout: s.run_timeout,
-    }
-}
-
 /// Runs until the verdict is not bad or the retries are used; bad only if every run was.
 fn judge_with_retries(
     env: &Env,
@@ -128,13 +120,12 @@ fn judge_with_retries(
     tree: &Path,
     out: &Path,
 ) -> Result<(StepVerdict, String, u32)> {
-    let spec = suite(&a.vm, &a.suite);
-    let tree_id = a.vm.kernel.tree_id.as_deref();
+    let plan = tree::suite_plan(&a.vm, &a.suite, tree, a.vm.kernel.tree_id.as_deref());
     let mut runs = 0;
     let mut first_bad = String::new();
     loop {
         runs += 1;
-        let (outcome, times) = tree::run_suite(env, &spec, tree, tree_id, out)?;
+        let (outcome, times) = tree::run_suite(env, &plan, out)?;
         println!("time: {}", times.line());
         let (v, why) = decide(&outcome, a.verdict.splat.as_deref());
         match v {
@@ -168,10 +159,7 @@ pub fn step(env: &Env, a: StepArgs) -> ExitCode {
     let tree = given.canonicalize().unwrap_or(given);
     let commit = head(env, &tree);
     let subject = tree::subject(&env.sh, &tree, "HEAD");
-    let out = env
-        .root
-        .join("target/heaprig/bisect")
-        .join(&commit[..commit.len().min(12)]);
+    let out = env.root.join("target/heaprig/bisect").join(short(&commit));
     let (verdict, why, runs) = match crate::kernel::validate_tree(&tree)
         .and_then(|()| judge_with_retries(env, &a, &tree, &out))
     {
@@ -198,7 +186,7 @@ pub fn step(env: &Env, a: StepArgs) -> ExitCode {
             StepVerdict::Bad => "BAD",
             StepVerdict::Skip => "SKIP",
         },
-        &rec.commit[..rec.commit.len().min(12)],
+        short(&rec.commit),
         rec.subject,
         rec.why,
         rec.verdict.code(),
@@ -290,7 +278,7 @@ pub fn summary(steps: &[StepRecord], found: Option<(&str, &str)>, total: Duratio
         s.push_str(&format!(
             "  {:>2}. {} {:<4} {:>7}  {}  ({})\n",
             i + 1,
-            &r.commit[..r.commit.len().min(12)],
+            short(&r.commit),
             match r.verdict {
                 StepVerdict::Good => "good",
                 StepVerdict::Bad => "bad",
@@ -330,8 +318,8 @@ pub fn run(env: &Env, a: BisectArgs) -> Result<ExitCode> {
     let _ = fs::remove_file(&log);
     println!(
         "bisect: {}..{} in scratch tree {}",
-        &good[..12],
-        &bad[..12],
+        short(&good),
+        short(&bad),
         scratch.path().display()
     );
     scratch.git(sh, &["bisect", "start", &bad, &good])?;

@@ -46,14 +46,15 @@ fn cache_dir() -> Result<PathBuf> {
     Ok(PathBuf::from(home).join(".cache/heaprig"))
 }
 
-/// Formats a duration the way the reports show it: `4m12s`, `9.3s`, `120ms`.
-pub fn fmt_duration(d: std::time::Duration) -> String {
-    let ms = d.as_millis();
-    if ms < 1000 {
-        format!("{ms}ms")
-    } else if ms < 60_000 {
-        format!("{:.1}s", d.as_secs_f64())
-    } else {
-        format!("{}m{:02}s", ms / 60_000, (ms / 1000) % 60)
-    }
+/// The UTC date a measurement is labelled with.
+pub fn today(env: &Env) -> String {
+    xshell::cmd!(env.sh, "date -u +%Y-%m-%d")
+        .quiet()
+        .read()
+        .unwrap_or_default()
+}
+
+/// The host's cores, for labelling measurements.
+pub fn host_cores() -> usize {
+    std::thread::available_parallelism().map_or(0, |n| n.get())
 }

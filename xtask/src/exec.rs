@@ -3,32 +3,30 @@
 
 use std::fs;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{bail, Result};
 
 use crate::env::Env;
-use crate::flags::{ExecArgs, VmArgs};
-use crate::results::describe_ending;
+use crate::pipeline::{self, console_tail, Times};
+use crate::plan::{ExecPlan, KernelPlan, VmPlan};
 use crate::splat;
-use crate::test::{prepare, spec, Times};
+use crate::test::CONSOLE_TAIL;
 use crate::vm::{self, Ending, Event, Limits};
 
-pub fn exec(env: &Env, a: ExecArgs) -> Result<ExitCode> {
+pub fn exec(env: &Env, plan: ExecPlan) -> Result<ExitCode> {
     let mut times = Times::default();
-    let p = prepare(env, &a.vm, a.vm.kernel.profile(), &mut times)?;
-    let spec = spec(env, &a.vm, &p, None);
-    let command: Vec<String> = a.command.iter().map(|s| vm::sh_quote(s)).collect();
+    let p = pipeline::prepare(env, &plan.kernel, &plan.vm, &mut times)?;
     let limits = Limits {
-        boot: Duration::from_secs(a.vm.boot_timeout),
+        boot: plan.vm.boot_timeout,
         test: None,
-        run: Duration::from_secs(a.run_timeout),
+        run: plan.run_timeout,
     };
-    let session = vm::run(&spec, &command.join(" "), limits, &mut |ev| {
-        if let Event::Guest(l) = ev {
-            println!("{l}");
-        }
-    })?;
+    let session =
+        pipeline::boot_and_run(env, &plan.vm, &p, &plan.command, limits, None, &mut |ev| {
+            if let Event::Guest(l) = ev {
+                println!("{l}");
+            }
+        })?;
     let log = env.root.join("target/heaprig/exec-console.log");
     if let Some(dir) = log.parent() {
         fs::create_dir_all(dir)?;
@@ -50,22 +48,21 @@ pub fn exec(env: &Env, a: ExecArgs) -> Result<ExitCode> {
             Ok(ExitCode::from(code.clamp(0, 255) as u8))
         }
         other => {
-            let tail: Vec<&String> = session.console.iter().rev().take(20).collect();
-            for l in tail.into_iter().rev() {
+            for l in console_tail(&session.console, CONSOLE_TAIL) {
                 eprintln!("  {l}");
             }
             bail!(
                 "{}; the kernel console tail is above, the full log is {}",
-                describe_ending(&other),
+                other,
                 log.display()
             )
         }
     }
 }
 
-pub fn shell(env: &Env, v: VmArgs) -> Result<ExitCode> {
+pub fn shell(env: &Env, kernel: KernelPlan, v: VmPlan) -> Result<ExitCode> {
     let mut times = Times::default();
-    let p = prepare(env, &v, v.kernel.profile(), &mut times)?;
-    let code = vm::interactive(&spec(env, &v, &p, None))?;
+    let p = pipeline::prepare(env, &kernel, &v, &mut times)?;
+    let code = vm::interactive(&pipeline::vm_spec(env, &v, &p, None))?;
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
 }

@@ -5,7 +5,13 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use std::time::Duration;
+
 use crate::kernel::Profile;
+use crate::plan::{
+    BenchPlan, ExecPlan, FuzzPlan, KernelPlan, Outputs, SkipWhy, Snapshots, SuitePlan, TestPlan,
+    VmPlan,
+};
 use crate::vm::{parse_memory, AccelChoice};
 
 #[derive(Parser)]
@@ -177,6 +183,130 @@ impl KernelArgs {
     pub fn profile(&self) -> Profile {
         self.profile_or(Profile::Debug)
     }
+
+    /// The kernel plan, `default` being the command's profile when none was given.
+    pub fn plan(&self, default: Profile) -> KernelPlan {
+        KernelPlan {
+            profile: self.profile_or(default),
+            src: self.kernel_src.clone(),
+            tree_id: self.tree_id.clone(),
+        }
+    }
+}
+
+impl VmArgs {
+    pub fn plan(&self) -> VmPlan {
+        VmPlan {
+            accel: self.accel,
+            memory: self.memory.clone(),
+            cpus: self.cpus,
+            boot_timeout: Duration::from_secs(self.boot_timeout),
+        }
+    }
+}
+
+impl SuiteArgs {
+    /// The suite as `validate` and `bisect` run it: all heaps, the suite's own fuzz budget.
+    pub fn plan(&self) -> SuitePlan {
+        SuitePlan {
+            patterns: self.patterns.clone(),
+            test_timeout: Duration::from_secs(self.test_timeout),
+            run_timeout: Duration::from_secs(self.run_timeout),
+            heaps: Vec::new(),
+            fuzz: None,
+        }
+    }
+}
+
+/// Snapshots hold every heap: a run narrowed with `--heap` is not compared with them.
+fn snapshots_for(heaps: &[String], accept: bool) -> Snapshots {
+    if heaps.is_empty() {
+        Snapshots::Compare { accept }
+    } else {
+        Snapshots::Skip(SkipWhy::HeapSubset)
+    }
+}
+
+impl TestArgs {
+    pub fn plan(self) -> TestPlan {
+        let snapshots = snapshots_for(&self.heap, self.accept);
+        TestPlan {
+            kernel: self.vm.kernel.plan(Profile::Debug),
+            vm: self.vm.plan(),
+            suite: SuitePlan {
+                patterns: self.patterns,
+                test_timeout: Duration::from_secs(self.test_timeout),
+                run_timeout: Duration::from_secs(self.run_timeout),
+                heaps: self.heap,
+                fuzz: None,
+            },
+            snapshots,
+            outputs: Outputs {
+                ktap: self.ktap,
+                json: self.json,
+                junit: self.junit,
+            },
+        }
+    }
+}
+
+/// The guest's own limits: time to set up and tear down around each heap's fuzz budget.
+const FUZZ_SLACK_PER_HEAP: u64 = 60;
+/// Heaps the debug kernel has; sizes the fuzz run's limit when `--heap` is not given.
+const HEAPS_IN_KERNEL: u64 = 2;
+
+impl FuzzArgs {
+    /// The suite's `fuzz` test alone, with this budget and `seed` (a fresh one unless given).
+    pub fn plan(self, seed: u64) -> TestPlan {
+        let heaps = if self.heap.is_empty() {
+            HEAPS_IN_KERNEL
+        } else {
+            self.heap.len() as u64
+        };
+        let per_test = self.seconds + FUZZ_SLACK_PER_HEAP;
+        // Boot, every heap's budget, and the whole-run checks (kmemleak) after them.
+        let run = self.vm.boot_timeout + per_test * heaps + 120;
+        let snapshots = snapshots_for(&self.heap, false);
+        TestPlan {
+            kernel: self.vm.kernel.plan(Profile::Debug),
+            vm: self.vm.plan(),
+            suite: SuitePlan {
+                patterns: vec!["fuzz".to_string()],
+                test_timeout: Duration::from_secs(per_test),
+                run_timeout: Duration::from_secs(run),
+                heaps: self.heap,
+                fuzz: Some(FuzzPlan {
+                    seconds: self.seconds,
+                    seed,
+                    ops: self.ops,
+                }),
+            },
+            snapshots,
+            outputs: Outputs::default(),
+        }
+    }
+}
+
+impl BenchArgs {
+    pub fn plan(&self) -> BenchPlan {
+        BenchPlan {
+            kernel: self.vm.kernel.plan(Profile::Perf),
+            vm: self.vm.plan(),
+            quick: self.quick,
+            run_timeout: Duration::from_secs(self.run_timeout),
+        }
+    }
+}
+
+impl ExecArgs {
+    pub fn plan(self) -> ExecPlan {
+        ExecPlan {
+            kernel: self.vm.kernel.plan(Profile::Debug),
+            vm: self.vm.plan(),
+            command: self.command,
+            run_timeout: Duration::from_secs(self.run_timeout),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -287,12 +417,6 @@ pub struct TestArgs {
     /// Run per-heap tests on this heap only (repeatable); snapshots are then not compared.
     #[arg(long, value_parser = parse_heap)]
     pub heap: Vec<String>,
-    /// Further arguments for the guest runner (set by other tasks, e.g. `fuzz`).
-    #[arg(skip)]
-    pub guest_args: Vec<String>,
-    /// Do not compare with the recorded snapshots (`validate` compares base with patched).
-    #[arg(skip)]
-    pub no_snapshots: bool,
     /// Tests to run: names, substrings or globs (`vmap`, `alloc_*`). Default: all.
     #[arg(last = true, value_name = "PATTERN")]
     pub patterns: Vec<String>,
@@ -329,6 +453,46 @@ mod tests {
             Cmd::BisectStep(s) => s.vm,
             _ => panic!("not a VM command: {cmd:?}"),
         }
+    }
+
+    fn cmd(argv: &[&str]) -> Cmd {
+        Xtask::try_parse_from(["cargo xtask"].iter().chain(argv))
+            .unwrap()
+            .cmd
+    }
+
+    /// `--heap` narrows the run, so it is never compared with the all-heap snapshots, in
+    /// `test` and in `fuzz` alike (fuzz once compared and failed).
+    #[test]
+    fn a_heap_subset_is_not_compared_with_snapshots() {
+        let Cmd::Test(t) = cmd(&["test", "--heap", "system", "--accept"]) else {
+            panic!()
+        };
+        assert_eq!(t.plan().snapshots, Snapshots::Skip(SkipWhy::HeapSubset));
+        let Cmd::Fuzz(f) = cmd(&["fuzz", "--heap", "system"]) else {
+            panic!()
+        };
+        assert_eq!(f.plan(1).snapshots, Snapshots::Skip(SkipWhy::HeapSubset));
+        let Cmd::Fuzz(f) = cmd(&["fuzz", "--seconds", "5"]) else {
+            panic!()
+        };
+        let p = f.plan(9);
+        assert_eq!(p.snapshots, Snapshots::Compare { accept: false });
+        assert_eq!(p.suite.patterns, ["fuzz"]);
+        assert_eq!(
+            p.suite.fuzz.as_ref().map(|f| (f.seconds, f.seed)),
+            Some((5, 9))
+        );
+        let Cmd::Test(t) = cmd(&["test", "--accept", "--", "zeroing"]) else {
+            panic!()
+        };
+        let p = t.plan();
+        assert_eq!(p.snapshots, Snapshots::Compare { accept: true });
+        assert_eq!(p.kernel.profile, Profile::Debug);
+        let Cmd::Bench(b) = cmd(&["bench", "--quick"]) else {
+            panic!()
+        };
+        assert_eq!(b.plan().kernel.profile, Profile::Perf);
     }
 
     #[test]

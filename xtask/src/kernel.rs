@@ -13,8 +13,9 @@ use clap::ValueEnum;
 use sha2::{Digest, Sha256};
 use xshell::cmd;
 
-use crate::env::{fmt_duration, Env};
+use crate::env::Env;
 use crate::kconfig::{describe_missing, Kconfig};
+use crate::report::fmt_duration;
 
 const DEBIAN_TARBALL: &str = "/usr/src/linux-source-6.12.tar.xz";
 const DEBIAN_PACKAGE: &str = "linux-source-6.12";

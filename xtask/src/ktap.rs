@@ -1,10 +1,11 @@
 //! KTAP v1 parser for what `heaprig-guest` prints (Documentation/dev-tools/ktap.rst), plus
-//! heaprig's diagnostic conventions: `# fact: K = V`, `# time: NAME Nms`,
-//! `# heaprig-begin: NAME` and the closing `# heaprig-done: ...` sentinel.
+//! heaprig's own notes (facts, times, test begins, the closing sentinel), which the
+//! `heaprig-protocol` crate writes and parses for both sides.
 //!
 //! The input may be cut anywhere (a guest crash); what was reported survives, a begun test
 //! without a result is reported as interrupted, and plan entries never reached as not run.
 
+use heaprig_protocol::note::{self, Note};
 use serde::Serialize;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -112,45 +113,32 @@ pub fn parse(text: &str) -> Ktap {
             continue;
         }
         if let Some(d) = line.strip_prefix("#") {
-            let d = d.trim();
-            if let Some(rest) = d.strip_prefix("heaprig-begin:") {
-                begun = Some(rest.trim().to_string());
-            } else if let Some(rest) = d.strip_prefix("heaprig-done:") {
-                if k.done {
-                    k.problems
-                        .push(format!("duplicate sentinel: {}", rest.trim()));
+            match note::parse(d) {
+                Note::Begin(label) => begun = Some(label.to_string()),
+                Note::Done(totals) => {
+                    if k.done {
+                        k.problems.push(format!("duplicate sentinel: {totals}"));
+                    }
+                    k.done = true;
                 }
-                k.done = true;
-            } else if let Some(rest) = d.strip_prefix("heaprig-guest: heaps:") {
-                k.heaps = rest
-                    .split(',')
-                    .map(|s| s.trim().to_string())
-                    .filter(|s| !s.is_empty())
-                    .collect();
-            } else if let Some(rest) = d.strip_prefix("fact:") {
-                let (key, v) = rest.split_once(" = ").unwrap_or((rest, ""));
-                pending[indent]
-                    .facts
-                    .push((key.trim().to_string(), v.trim().to_string()));
-            } else if let Some(rest) = d.strip_prefix("time:") {
-                // `# time: NAME Nms` follows the result it times.
-                let ms = rest
-                    .trim()
-                    .rsplit_once(' ')
-                    .and_then(|(_, t)| t.strip_suffix("ms"))
-                    .and_then(|t| t.parse().ok());
-                let target = if indent == 1 {
-                    subtests.last_mut()
-                } else {
-                    last_level0.and_then(|i| k.tests.get_mut(i))
-                };
-                if let Some(node) = target {
-                    node.time_ms = ms;
+                Note::Heaps(heaps) => k.heaps = heaps,
+                Note::Fact(key, v) => pending[indent].facts.push((key.to_string(), v.to_string())),
+                // A time follows the result it times.
+                Note::Time(ms) => {
+                    let target = if indent == 1 {
+                        subtests.last_mut()
+                    } else {
+                        last_level0.and_then(|i| k.tests.get_mut(i))
+                    };
+                    if let Some(node) = target {
+                        node.time_ms = ms;
+                    }
                 }
-            } else if d.starts_with("Subtest:") {
-                subtests.clear();
-            } else {
-                pending[indent].diags.push(d.to_string());
+                Note::Diagnostic(t) if t.starts_with("Subtest:") => subtests.clear(),
+                // A warning is shown with the first test's diagnostics, as any other line.
+                Note::Warning(_) | Note::Diagnostic(_) => {
+                    pending[indent].diags.push(d.trim().to_string())
+                }
             }
             continue;
         }

@@ -11,6 +11,8 @@ mod fuzz;
 mod kconfig;
 mod kernel;
 mod ktap;
+mod pipeline;
+mod plan;
 mod report;
 mod results;
 mod rig;
@@ -26,6 +28,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use flags::{Cmd, Xtask};
+use kernel::Profile;
 
 /// A captured log from `xtask/tests/fixtures/`, for the parser tests.
 #[cfg(test)]
@@ -71,25 +74,27 @@ fn main() -> ExitCode {
             }
         }),
         Cmd::Build(k) => {
-            let mut times = test::Times::default();
-            test::build_kernel(&env, &k, k.profile(), &mut times).map(|(b, _)| {
-                println!("kernel: {}", b.bzimage.display());
-                println!("source: {}", b.source.display());
-                println!(
-                    "build dir: {} (log: {})",
-                    b.build_dir.display(),
-                    b.log.display()
-                );
-                println!("time: {}", times.line());
-                ExitCode::SUCCESS
-            })
+            let mut times = pipeline::Times::default();
+            let (b, _) = pipeline::build(&env, &k.plan(Profile::Debug), &mut times)?;
+            println!("kernel: {}", b.bzimage.display());
+            println!("source: {}", b.source.display());
+            println!(
+                "build dir: {} (log: {})",
+                b.build_dir.display(),
+                b.log.display()
+            );
+            println!("time: {}", times.line());
+            Ok(ExitCode::SUCCESS)
         }
-        Cmd::Test(a) => test::run(&env, a),
-        Cmd::Exec(a) => exec::exec(&env, a),
-        Cmd::Shell(v) => exec::shell(&env, v),
+        Cmd::Test(a) => test::run(&env, a.plan()),
+        Cmd::Exec(a) => exec::exec(&env, a.plan()),
+        Cmd::Shell(v) => exec::shell(&env, v.kernel.plan(Profile::Debug), v.plan()),
         Cmd::Parse(a) => test::parse(&env, a),
         Cmd::Bench(a) => bench::run(&env, a),
-        Cmd::Fuzz(a) => fuzz::run(&env, a),
+        Cmd::Fuzz(a) => {
+            let seed = a.seed.unwrap_or_else(fuzz::fresh_seed);
+            fuzz::run(&env, a.plan(seed))
+        }
         Cmd::Validate(a) => validate::run(&env, a),
         Cmd::Bisect(a) => bisect::run(&env, a),
         // Never exits 2 (a "bad" verdict to git): rig failures are skips, see bisect.rs.

@@ -7,6 +7,18 @@ use serde::Serialize;
 
 use crate::results::{RunResult, Verdict};
 
+/// Formats a duration the way the reports show it: `4m12s`, `9.3s`, `120ms`.
+pub fn fmt_duration(d: std::time::Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        format!("{:.1}s", d.as_secs_f64())
+    } else {
+        format!("{}m{:02}s", ms / 60_000, (ms / 1000) % 60)
+    }
+}
+
 fn cell(v: Verdict) -> &'static str {
     match v {
         Verdict::Pass => "PASS",

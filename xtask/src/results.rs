@@ -164,13 +164,13 @@ pub fn combine(ktap: &Ktap, splats: &[Splat], selected: &[String], ending: &Endi
     } else if !ktap.done {
         problems.push(format!(
             "the guest runner's closing line never arrived (the run ended: {})",
-            describe_ending(ending)
+            ending
         ));
     }
     match ending {
         Ending::Exited { code: 0 | 1 } => {}
         Ending::Exited { code } => problems.push(format!("the guest command exited with {code}")),
-        other => problems.push(describe_ending(other)),
+        other => problems.push(other.to_string()),
     }
     RunResult {
         tests,
@@ -180,21 +180,6 @@ pub fn combine(ktap: &Ktap, splats: &[Splat], selected: &[String], ending: &Endi
         problems,
         ending: ending.clone(),
         boot_failed,
-    }
-}
-
-pub fn describe_ending(e: &Ending) -> String {
-    match e {
-        Ending::Exited { code } => format!("vng exited with {code}"),
-        Ending::Signalled { signal } => format!("vng was killed by signal {signal}"),
-        Ending::BootTimeout { secs } => format!("the guest did not boot within {secs}s"),
-        Ending::TestTimeout { test, secs } => {
-            format!("test {test} hung past its {secs}s limit; QEMU was stopped")
-        }
-        Ending::RunTimeout { secs } => {
-            format!("the run passed its {secs}s limit; QEMU was stopped")
-        }
-        Ending::Panic => "the guest kernel panicked; QEMU was stopped".into(),
     }
 }
 

@@ -9,16 +9,18 @@ use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::env::{fmt_duration, Env};
+use crate::env::Env;
 use crate::flags::{BenchArgs, VmArgs};
 use crate::kernel::{self, Profile};
+use crate::report::fmt_duration;
+use crate::test::RunInfo;
 
 /// The file the edit-to-verdict measurement touches, and restores.
 const EDITED: &str = "heap/rust_system_heap.rs";
 
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
 pub struct RigRow {
     pub what: String,
     pub seconds: f64,
@@ -48,17 +50,12 @@ pub fn table(rows: &[RigRow]) -> String {
     s
 }
 
-/// Stage times a `cargo xtask test` run saved in its results.json.
-pub fn stage_times(results_json: &str) -> Vec<(String, f64)> {
-    let v: serde_json::Value = serde_json::from_str(results_json).unwrap_or_default();
-    v["run"]["times"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|p| Some((p[0].as_str()?.to_string(), p[1].as_f64()?)))
-                .collect()
-        })
-        .unwrap_or_default()
+/// What `bench --rig` writes: rig.json.
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+pub struct RigReport {
+    pub date: String,
+    pub machine: String,
+    pub rig: Vec<RigRow>,
 }
 
 /// Restores the edited heap source on drop, whatever happens in between.
@@ -96,8 +93,16 @@ impl Drop for Edit {
 struct TestRun {
     wall: Duration,
     code: Option<i32>,
-    stages: Vec<(String, f64)>,
-    accel: String,
+    /// How the child's run went, read back from its results.json (None if it wrote none).
+    run: Option<RunInfo>,
+}
+
+impl TestRun {
+    fn accel(&self) -> String {
+        self.run.as_ref().map_or("unknown".into(), |r| {
+            format!("{:?}", r.accel).to_uppercase()
+        })
+    }
 }
 
 /// The child `cargo xtask test` that `bench --rig` times: the debug kernel (the profile flag
@@ -124,22 +129,15 @@ fn xtask_test(env: &Env, a: &BenchArgs) -> Result<TestRun> {
     let t = Instant::now();
     let status = cmd.status().context("running `cargo xtask test`")?;
     let wall = t.elapsed();
-    let json = fs::read_to_string(env.run_dir().join("results.json")).unwrap_or_default();
-    let accel = serde_json::from_str::<serde_json::Value>(&json).unwrap_or_default()["run"]
-        ["accel"]
-        .as_str()
-        .unwrap_or("unknown")
-        .to_uppercase();
     Ok(TestRun {
         wall,
         code: status.code(),
-        stages: stage_times(&json),
-        accel,
+        run: RunInfo::read(&env.run_dir().join("results.json")).ok(),
     })
 }
 
 fn stage(r: &TestRun, name: &str) -> Option<f64> {
-    r.stages.iter().find(|(s, _)| s == name).map(|(_, t)| *t)
+    r.run.as_ref()?.times.get(name)
 }
 
 fn verdict(r: &TestRun) -> String {
@@ -151,7 +149,11 @@ fn verdict(r: &TestRun) -> String {
 }
 
 fn stages_line(r: &TestRun) -> String {
-    r.stages
+    let Some(run) = &r.run else {
+        return "no results.json".into();
+    };
+    run.times
+        .0
         .iter()
         .filter(|(s, _)| s != "total")
         .map(|(s, t)| format!("{s} {}", fmt_duration(Duration::from_secs_f64(*t))))
@@ -214,7 +216,11 @@ pub fn run(env: &Env, a: &BenchArgs) -> Result<ExitCode> {
     ));
     // A build is enough to bring the cache back; no boot needed.
     println!("rig: rebuilding the unedited heap so the cache matches the project (not timed)");
-    crate::test::build_kernel(env, &a.vm.kernel, Profile::Debug, &mut Default::default())?;
+    crate::pipeline::build(
+        env,
+        &a.vm.kernel.plan(Profile::Debug),
+        &mut Default::default(),
+    )?;
     if warm.code != Some(0) || same.code != Some(0) || run.code != Some(0) {
         println!(
             "rig: note: a suite run did not pass (warm-up: {}, unchanged: {}, edited: {}); the \
@@ -225,22 +231,28 @@ pub fn run(env: &Env, a: &BenchArgs) -> Result<ExitCode> {
         );
     }
 
-    let date = crate::bench::today(env);
+    let date = crate::env::today(env);
     let machine = format!(
         "{} cores, {}, {} guest CPUs, {}",
-        crate::bench::host_cores(),
-        same.accel,
+        crate::env::host_cores(),
+        same.accel(),
         a.vm.cpus,
         a.vm.memory
     );
     let dir = env.root.join("target/heaprig/bench");
     fs::create_dir_all(&dir)?;
-    let json = serde_json::json!({ "date": date, "machine": machine, "rig": &rows });
+    let report = RigReport {
+        date,
+        machine,
+        rig: rows,
+    };
     let out = dir.join("rig.json");
-    fs::write(&out, serde_json::to_string_pretty(&json)?)?;
+    fs::write(&out, serde_json::to_string_pretty(&report)?)?;
     println!(
-        "\nheaprig rig speed {date}: {machine}\n\n{}\nwritten: {}",
-        table(&rows),
+        "\nheaprig rig speed {}: {}\n\n{}\nwritten: {}",
+        report.date,
+        report.machine,
+        table(&report.rig),
         out.display()
     );
     Ok(ExitCode::SUCCESS)
@@ -251,12 +263,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_stage_times_from_a_results_json() {
-        let json = r#"{"result": {}, "run": {"times": [["build (cached)", 1.5], ["boot", 21.9], ["total", 65.0]]}}"#;
-        let t = stage_times(json);
-        assert_eq!(t.len(), 3);
-        assert_eq!(t[1], ("boot".to_string(), 21.9));
-        assert!(stage_times("not json").is_empty());
+    fn the_published_rig_run_reads_back() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/rig-2026-11-26-tcg.json");
+        let r: RigReport = serde_json::from_str(&fs::read_to_string(path).unwrap()).unwrap();
+        assert!(r.rig.iter().any(|row| row.what == "boot to first test"));
+    }
+
+    #[test]
+    fn rig_json_reads_back_through_its_type() {
+        let r = RigReport {
+            date: "2026-11-30".into(),
+            machine: "2 cores".into(),
+            rig: vec![RigRow::new("boot", Duration::from_millis(21_900), "x")],
+        };
+        let text = serde_json::to_string_pretty(&r).unwrap();
+        assert_eq!(serde_json::from_str::<RigReport>(&text).unwrap(), r);
     }
 
     /// `bench --rig --memory 4G --cpus 4` labels its rows with that guest size; the child

@@ -163,13 +163,11 @@ fn continues(current: Kind, next: Kind) -> bool {
     )
 }
 
-/// Marker parsed from a `heaprig: begin|end NAME` line.
+/// A test-boundary marker the guest wrote to the kernel log: (begin?, label).
 fn marker(line: &str) -> Option<(bool, &str)> {
-    let rest = line.trim_start().strip_prefix("heaprig: ")?;
-    if let Some(n) = rest.strip_prefix("begin ") {
-        Some((true, n.trim()))
-    } else {
-        rest.strip_prefix("end ").map(|n| (false, n.trim()))
+    match heaprig_protocol::kmsg::parse(line)? {
+        heaprig_protocol::kmsg::Marker::Begin(n) => Some((true, n)),
+        heaprig_protocol::kmsg::Marker::End(n) => Some((false, n)),
     }
 }
 

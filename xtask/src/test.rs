@@ -5,144 +5,20 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use serde::Serialize;
-use xshell::cmd;
+use heaprig_protocol::guest::RunArgs;
+use serde::{Deserialize, Serialize};
 
-use crate::env::{fmt_duration, Env};
-use crate::flags::{KernelArgs, ParseArgs, TestArgs, VmArgs};
-use crate::kernel::{self, Built};
-use crate::results::{combine, describe_ending, RunResult};
-use crate::vm::{self, Accel, Ending, Event, Limits, VmSpec};
-use crate::{ktap, report, setup, splat};
-
-/// Stage timings, printed at the end of every run and kept in the JSON report.
-#[derive(Default, Serialize)]
-pub struct Times(pub Vec<(String, f64)>);
-
-impl Times {
-    pub fn add(&mut self, stage: &str, d: Duration) {
-        self.0.push((stage.to_string(), d.as_secs_f64()));
-    }
-
-    pub fn line(&self) -> String {
-        self.0
-            .iter()
-            .map(|(s, t)| format!("{s} {}", fmt_duration(Duration::from_secs_f64(*t))))
-            .collect::<Vec<_>>()
-            .join(" | ")
-    }
-}
-
-/// What every VM-using task needs before it boots.
-pub struct Prepared {
-    pub built: Built,
-    pub accel: Accel,
-    pub accel_why: String,
-    pub identity: String,
-}
-
-pub fn build_kernel(
-    env: &Env,
-    k: &KernelArgs,
-    profile: kernel::Profile,
-    times: &mut Times,
-) -> Result<(Built, String)> {
-    let t = Instant::now();
-    setup::ensure(env, true)?;
-    times.add("setup", t.elapsed());
-    let t = Instant::now();
-    let src = kernel::prepare_source(env, k.kernel_src.as_deref(), k.tree_id.as_deref())?;
-    times.add("source", t.elapsed());
-    let t = Instant::now();
-    let built = kernel::build(env, &src, profile)?;
-    let stage = if built.rebuilt {
-        "build"
-    } else {
-        "build (cached)"
-    };
-    times.add(stage, t.elapsed());
-    Ok((built, src.identity))
-}
-
-pub fn prepare(
-    env: &Env,
-    v: &VmArgs,
-    profile: kernel::Profile,
-    times: &mut Times,
-) -> Result<Prepared> {
-    let (built, identity) = build_kernel(env, &v.kernel, profile, times)?;
-    let t = Instant::now();
-    let (accel, accel_why) = vm::resolve_accel(v.accel, &built.bzimage, &env.cache, &env.root)?;
-    times.add("accel", t.elapsed());
-    println!("accel: {accel:?} ({accel_why})");
-    Ok(Prepared {
-        built,
-        accel,
-        accel_why,
-        identity,
-    })
-}
-
-pub fn spec(env: &Env, v: &VmArgs, p: &Prepared, rwdir: Option<PathBuf>) -> VmSpec {
-    VmSpec {
-        kernel: p.built.bzimage.clone(),
-        accel: p.accel,
-        memory: v.memory.clone(),
-        cpus: v.cpus,
-        rwdir,
-        cwd: env.root.clone(),
-    }
-}
-
-/// Builds the guest test runner and returns its path, as cargo reports it.
-pub fn build_guest(env: &Env) -> Result<PathBuf> {
-    let sh = &env.sh;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = cmd!(
-        sh,
-        "{cargo} build --release --package guest-tests --bin heaprig-guest --message-format=json-render-diagnostics"
-    )
-    .quiet()
-    .ignore_status()
-    .output()
-    .context("running cargo to build the guest tests")?;
-    if !out.status.success() {
-        bail!(
-            "building the guest tests failed (cargo build -p guest-tests):\n{}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        if v["reason"] == "compiler-artifact" && v["target"]["name"] == "heaprig-guest" {
-            if let Some(exe) = v["executable"].as_str() {
-                return Ok(PathBuf::from(exe));
-            }
-        }
-    }
-    bail!("cargo built guest-tests but reported no heaprig-guest executable")
-}
-
-/// The tests a pattern list selects, asked of the runner itself (it runs on the host too).
-pub fn select(env: &Env, guest: &Path, patterns: &[String]) -> Result<Vec<String>> {
-    let sh = &env.sh;
-    let out = cmd!(sh, "{guest} list {patterns...}").quiet().read()?;
-    let names: Vec<String> = out.lines().map(str::to_string).collect();
-    if names.is_empty() {
-        let all = cmd!(sh, "{guest} list").quiet().read()?;
-        bail!(
-            "no guest test matches {patterns:?}. Patterns are names, substrings or globs; the \
-             tests are: {}",
-            all.lines().collect::<Vec<_>>().join(", ")
-        );
-    }
-    Ok(names)
-}
+use crate::env::Env;
+use crate::flags::ParseArgs;
+use crate::pipeline::{self, console_tail, Prepared, Times};
+use crate::plan::{SkipWhy, Snapshots, TestPlan};
+use crate::report::fmt_duration;
+use crate::results::{combine, RunResult};
+use crate::vm::{Accel, Ending, Event, Limits};
+use crate::{ktap, report, splat};
 
 /// Progress on the terminal while the guest runs.
 fn show(ev: &Event, boot_shown: &mut bool, started: Instant) {
@@ -177,19 +53,35 @@ fn show(ev: &Event, boot_shown: &mut bool, started: Instant) {
     }
 }
 
-#[derive(Serialize)]
-struct RunInfo<'a> {
-    profile: &'a str,
-    kernel: &'a str,
-    accel: Accel,
-    accel_why: &'a str,
-    kernel_rebuilt: bool,
-    times: &'a Times,
-    snapshot_mismatches: &'a [String],
+/// How a run was made: the `run` half of results.json.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct RunInfo {
+    pub profile: String,
+    pub kernel: String,
+    pub accel: Accel,
+    pub accel_why: String,
+    pub kernel_rebuilt: bool,
+    pub times: Times,
+    pub snapshot_mismatches: Vec<String>,
 }
 
-pub fn run(env: &Env, a: TestArgs) -> Result<ExitCode> {
-    run_and_report(env, a).map(|(_, code)| code)
+impl RunInfo {
+    /// The `run` half of a saved results.json, read back through this type.
+    pub fn read(path: &Path) -> Result<RunInfo> {
+        #[derive(Deserialize)]
+        struct Saved {
+            run: RunInfo,
+        }
+        let text =
+            fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let saved: Saved = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a heaprig results.json", path.display()))?;
+        Ok(saved.run)
+    }
+}
+
+pub fn run(env: &Env, plan: TestPlan) -> Result<ExitCode> {
+    run_and_report(env, &plan).map(|(_, code)| code)
 }
 
 /// A finished guest run: the typed result and where its artefacts are.
@@ -201,27 +93,46 @@ pub struct Executed {
 }
 
 /// [`run`], also returning the typed result for tasks built on the suite (`fuzz`).
-pub fn run_and_report(env: &Env, a: TestArgs) -> Result<(RunResult, ExitCode)> {
+pub fn run_and_report(env: &Env, plan: &TestPlan) -> Result<(RunResult, ExitCode)> {
     let total = Instant::now();
     let mut times = Times::default();
     let t = Instant::now();
-    let guest = build_guest(env)?;
-    let selected = select(env, &guest, &a.patterns)?;
+    let guest = pipeline::build_guest(env)?;
+    let selected = pipeline::select(env, &guest, &plan.suite.patterns)?;
     times.add("guest build", t.elapsed());
-    let p = prepare(env, &a.vm, a.vm.kernel.profile(), &mut times)?;
-    let x = execute(env, &a, &p, &guest, &selected, &env.run_dir(), &mut times)?;
+    let p = pipeline::prepare(env, &plan.kernel, &plan.vm, &mut times)?;
+    let x = execute(env, plan, &p, &guest, &selected, &env.run_dir(), &mut times)?;
     times.add("total", total.elapsed());
-    let json = save_report(&a, &p, &x, &times)?;
-    write_outputs(&a, &x.run_dir, &x.result, &json)?;
+    let json = save_report(plan, &p, &x, &times)?;
+    write_outputs(plan, &x.run_dir, &x.result, &json)?;
     let code = finish(&x.result, &x.mismatches, &x.console, &times, &x.run_dir)?;
     Ok((x.result, code))
 }
 
+/// The runner's command line for `plan`, artefacts in `run_dir`.
+fn guest_command(plan: &TestPlan, p: &Prepared, guest: &Path, run_dir: &Path) -> Vec<String> {
+    let s = &plan.suite;
+    let args = RunArgs {
+        timeout: s.test_timeout.as_secs(),
+        results: Some(run_dir.display().to_string()),
+        heaps: s.heaps.clone(),
+        // What the kernel was built with: a heap or detector it has must not merely SKIP.
+        kernel_config: Some(p.built.build_dir.join(".config").display().to_string()),
+        fuzz_seconds: s.fuzz.as_ref().map(|f| f.seconds),
+        fuzz_seed: s.fuzz.as_ref().map(|f| f.seed),
+        fuzz_ops: s.fuzz.as_ref().and_then(|f| f.ops),
+        patterns: s.patterns.clone(),
+    };
+    std::iter::once(guest.display().to_string())
+        .chain(args.to_argv())
+        .collect()
+}
+
 /// Boot and run stages on a built kernel, then parse; artefacts go to `run_dir` (emptied
-/// first). Snapshots are compared unless `a.heap` narrows the run or `a.no_snapshots`.
+/// first). Snapshots are compared as the plan says.
 pub fn execute(
     env: &Env,
-    a: &TestArgs,
+    plan: &TestPlan,
     p: &Prepared,
     guest: &Path,
     selected: &[String],
@@ -232,42 +143,28 @@ pub fn execute(
     fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
     fs::write(run_dir.join("selected.txt"), selected.join("\n") + "\n")?;
 
-    let mut guest_cmd = vec![
-        guest.display().to_string(),
-        "run".into(),
-        "--timeout".into(),
-        a.test_timeout.to_string(),
-        "--results".into(),
-        run_dir.display().to_string(),
-    ];
-    for h in &a.heap {
-        guest_cmd.extend(["--heap".to_string(), h.clone()]);
-    }
-    // What the kernel was built with: a heap or detector it has must not merely SKIP.
-    guest_cmd.extend([
-        "--kernel-config".to_string(),
-        p.built.build_dir.join(".config").display().to_string(),
-    ]);
-    guest_cmd.extend(a.guest_args.iter().cloned());
-    guest_cmd.extend(a.patterns.iter().cloned());
-    let guest_cmd: Vec<String> = guest_cmd.iter().map(|s| vm::sh_quote(s)).collect();
     let limits = Limits {
-        boot: Duration::from_secs(a.vm.boot_timeout),
-        test: Some(Duration::from_secs(a.test_timeout)),
-        run: Duration::from_secs(a.run_timeout),
+        boot: plan.vm.boot_timeout,
+        test: Some(plan.suite.test_timeout),
+        run: plan.suite.run_timeout,
     };
     println!(
         "run: {} test(s) on the {} kernel under {:?}",
         selected.len(),
-        a.vm.kernel.profile().name(),
+        plan.kernel.profile.name(),
         p.accel
     );
-    let spec = spec(env, &a.vm, p, Some(run_dir.to_path_buf()));
     let started = Instant::now();
     let mut boot_shown = false;
-    let session = vm::run(&spec, &guest_cmd.join(" "), limits, &mut |ev| {
-        show(ev, &mut boot_shown, started)
-    })?;
+    let session = pipeline::boot_and_run(
+        env,
+        &plan.vm,
+        p,
+        &guest_command(plan, p, guest, run_dir),
+        limits,
+        Some(run_dir.to_path_buf()),
+        &mut |ev| show(ev, &mut boot_shown, started),
+    )?;
     let boot = session.boot.unwrap_or(session.total);
     times.add("boot", boot);
     times.add("tests", session.total.saturating_sub(boot));
@@ -284,16 +181,19 @@ pub fn execute(
 
     let t = Instant::now();
     let result = analyse(run_dir, selected, &session.ending)?;
-    let mismatches = if result.boot_failed || a.no_snapshots {
-        vec![]
-    } else if !a.heap.is_empty() {
-        println!(
-            "snapshots: not compared (--heap {} leaves the other heaps out)",
-            a.heap.join(", ")
-        );
-        vec![]
-    } else {
-        check_snapshots(&result, a.vm.kernel.profile().name(), a.accept)
+    let mismatches = match &plan.snapshots {
+        _ if result.boot_failed => vec![],
+        Snapshots::Compare { accept } => {
+            check_snapshots(&result, plan.kernel.profile.name(), *accept)
+        }
+        Snapshots::Skip(SkipWhy::HeapSubset) => {
+            println!(
+                "snapshots: not compared (--heap {} leaves the other heaps out)",
+                plan.suite.heaps.join(", ")
+            );
+            vec![]
+        }
+        Snapshots::Skip(SkipWhy::ComparedElsewhere) => vec![],
     };
     times.add("report", t.elapsed());
     Ok(Executed {
@@ -305,15 +205,15 @@ pub fn execute(
 }
 
 /// Writes results.json into the run directory; returns its text.
-pub fn save_report(a: &TestArgs, p: &Prepared, x: &Executed, times: &Times) -> Result<String> {
+pub fn save_report(plan: &TestPlan, p: &Prepared, x: &Executed, times: &Times) -> Result<String> {
     let info = RunInfo {
-        profile: a.vm.kernel.profile().name(),
-        kernel: &p.identity,
+        profile: plan.kernel.profile.name().to_string(),
+        kernel: p.identity.clone(),
         accel: p.accel,
-        accel_why: &p.accel_why,
+        accel_why: p.accel_why.clone(),
         kernel_rebuilt: p.built.rebuilt,
-        times,
-        snapshot_mismatches: &x.mismatches,
+        times: times.clone(),
+        snapshot_mismatches: x.mismatches.clone(),
     };
     let json = serde_json::to_string_pretty(&report::JsonReport {
         result: &x.result,
@@ -323,17 +223,18 @@ pub fn save_report(a: &TestArgs, p: &Prepared, x: &Executed, times: &Times) -> R
     Ok(json)
 }
 
-fn write_outputs(a: &TestArgs, run_dir: &Path, result: &RunResult, json: &str) -> Result<()> {
+fn write_outputs(plan: &TestPlan, run_dir: &Path, result: &RunResult, json: &str) -> Result<()> {
     let write = |dest: &Option<PathBuf>, data: &[u8]| -> Result<()> {
         if let Some(d) = dest {
             fs::write(d, data).with_context(|| format!("writing {}", d.display()))?;
         }
         Ok(())
     };
-    write(&a.json, json.as_bytes())?;
-    write(&a.junit, report::junit(result).as_bytes())?;
-    if a.ktap.is_some() {
-        write(&a.ktap, &fs::read(ktap_path(run_dir))?)?;
+    let o = &plan.outputs;
+    write(&o.json, json.as_bytes())?;
+    write(&o.junit, report::junit(result).as_bytes())?;
+    if o.ktap.is_some() {
+        write(&o.ktap, &fs::read(ktap_path(run_dir))?)?;
     }
     Ok(())
 }
@@ -378,6 +279,9 @@ fn snapshotted(t: &crate::results::TestResult) -> bool {
     !t.is_selftest() && t.verdict != crate::results::Verdict::Fail
 }
 
+/// Console lines shown when a run stopped early (every report of a console tail uses it).
+pub const CONSOLE_TAIL: usize = 30;
+
 pub fn finish(
     r: &RunResult,
     mismatches: &[String],
@@ -395,14 +299,7 @@ pub fn finish(
     let stopped_early = !matches!(r.ending, Ending::Exited { .. });
     if stopped_early || r.boot_failed {
         println!("\nlast kernel console lines:");
-        for l in console
-            .iter()
-            .rev()
-            .take(30)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-        {
+        for l in console_tail(console, CONSOLE_TAIL) {
             println!("  {l}");
         }
     }
@@ -422,7 +319,7 @@ pub fn finish(
         bail!(
             "the guest never ran the test suite ({}). The kernel console tail is above; the \
              full log is {}/console.log.",
-            describe_ending(&r.ending),
+            r.ending,
             run_dir.display()
         );
     }

@@ -13,11 +13,17 @@ use xshell::{cmd, Shell};
 use crate::env::Env;
 use clap::ValueEnum;
 
-use crate::flags::{KernelArgs, SuiteArgs, TestArgs, VmArgs};
+use crate::flags::{SuiteArgs, VmArgs};
 use crate::kernel;
+use crate::pipeline::{self, StageError, Times};
+use crate::plan::{Outputs, SkipWhy, Snapshots, TestPlan, VmPlan};
 use crate::results::RunResult;
-use crate::test::{self, Prepared, Times};
-use crate::vm;
+use crate::test;
+
+/// A commit as reports show it: its first 12 hex digits (all of a shorter name).
+pub fn short(sha: &str) -> &str {
+    sha.get(..12).unwrap_or(sha)
+}
 
 /// Commits in scratch trees need an identity (they never leave the scratch); the user's
 /// signing and hooks must not prompt or fail there.
@@ -154,8 +160,8 @@ impl Scratch {
         self.git(sh, &["checkout", "--quiet", "--detach", "--force", rev])?;
         println!(
             "tree: checked out {} in {}",
-            &rev[..rev.len().min(12)],
-            crate::env::fmt_duration(t.elapsed())
+            short(rev),
+            crate::report::fmt_duration(t.elapsed())
         );
         Ok(())
     }
@@ -213,97 +219,47 @@ pub enum Outcome {
     Ran(RunResult),
 }
 
-/// How to run the suite on a tree (validate and bisect-step share it).
-pub struct SuiteSpec<'a> {
-    pub vm: &'a VmArgs,
-    pub patterns: &'a [String],
-    pub test_timeout: u64,
-    pub run_timeout: u64,
-}
-
-impl SuiteSpec<'_> {
-    fn test_args(&self, kernel: KernelArgs) -> TestArgs {
-        TestArgs {
-            vm: VmArgs {
-                kernel,
-                ..self.vm.clone()
-            },
-            test_timeout: self.test_timeout,
-            run_timeout: self.run_timeout,
-            ktap: None,
-            json: None,
-            junit: None,
-            accept: false,
-            heap: vec![],
-            guest_args: vec![],
-            no_snapshots: true,
-            patterns: self.patterns.to_vec(),
-        }
+/// The plan of a suite run on a scratch or user tree: the suite compared with another run
+/// (validate's base, bisect's verdicts), never with the snapshots.
+pub fn suite_plan(vm: &VmArgs, suite: &SuiteArgs, tree: &Path, tree_id: Option<&str>) -> TestPlan {
+    let mut kernel = vm.kernel.plan(crate::kernel::Profile::Debug);
+    kernel.src = Some(tree.to_path_buf());
+    kernel.tree_id = tree_id.map(str::to_string);
+    TestPlan {
+        kernel,
+        vm: vm.plan(),
+        suite: suite.plan(),
+        snapshots: Snapshots::Skip(SkipWhy::ComparedElsewhere),
+        outputs: Outputs::default(),
     }
 }
 
-/// Builds and runs the suite on `tree` (the kernel source as checked out), artefacts in
-/// `out`. Err only when the rig itself failed (setup, copying, the guest runner).
-pub fn run_suite(
-    env: &Env,
-    s: &SuiteSpec,
-    tree: &Path,
-    tree_id: Option<&str>,
-    out: &Path,
-) -> Result<(Outcome, Times)> {
+/// Builds and runs the suite on the plan's tree, artefacts in `out`. Err only when the rig
+/// itself failed (setup, copying, the guest runner).
+pub fn run_suite(env: &Env, plan: &TestPlan, out: &Path) -> Result<(Outcome, Times)> {
     let mut times = Times::default();
-    let profile = s.vm.kernel.profile();
     let t = Instant::now();
-    let guest = test::build_guest(env)?;
-    let selected = test::select(env, &guest, s.patterns)?;
+    let guest = pipeline::build_guest(env)?;
+    let selected = pipeline::select(env, &guest, &plan.suite.patterns)?;
     times.add("guest build", t.elapsed());
-    let _lock = match tree_id {
+    let _lock = match &plan.kernel.tree_id {
         Some(id) => Some(TreeLock::take(env, id)?),
         None => None,
     };
-    let t = Instant::now();
-    crate::setup::ensure(env, true)?;
-    let src = kernel::prepare_source(env, Some(tree), tree_id)?;
-    times.add("source", t.elapsed());
-    let t = Instant::now();
-    let built = match kernel::build(env, &src, profile) {
-        Ok(b) => b,
-        Err(e) => {
-            times.add("build (failed)", t.elapsed());
-            return Ok((Outcome::NoBuild(format!("{e:#}")), times));
-        }
+    let p = match pipeline::prepare(env, &plan.kernel, &plan.vm, &mut times) {
+        Ok(p) => p,
+        Err(StageError::NoBuild(e)) => return Ok((Outcome::NoBuild(format!("{e:#}")), times)),
+        Err(StageError::Rig(e)) => return Err(e),
     };
-    times.add(
-        if built.rebuilt {
-            "build"
-        } else {
-            "build (cached)"
-        },
-        t.elapsed(),
-    );
-    let (accel, accel_why) = vm::resolve_accel(s.vm.accel, &built.bzimage, &env.cache, &env.root)?;
-    let p = Prepared {
-        built,
-        accel,
-        accel_why,
-        identity: src.identity,
-    };
-    let args = s.test_args(KernelArgs {
-        profile: Some(profile),
-        kernel_src: Some(tree.to_path_buf()),
-        tree_id: tree_id.map(str::to_string),
-    });
-    let x = test::execute(env, &args, &p, &guest, &selected, out, &mut times)?;
-    test::save_report(&args, &p, &x, &times)?;
+    let x = test::execute(env, plan, &p, &guest, &selected, out, &mut times)?;
+    test::save_report(plan, &p, &x, &times)?;
     // No test reported at all: the suite never ran (a panic or hang during boot included).
     if x.result.boot_failed || x.result.tests.is_empty() {
-        let tail: Vec<&String> = x.console.iter().rev().take(15).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().map(String::as_str).collect();
         return Ok((
             Outcome::NoBoot(format!(
                 "{}; console tail:\n{}",
-                crate::results::describe_ending(&x.result.ending),
-                tail.join("\n")
+                x.result.ending,
+                pipeline::console_tail(&x.console, test::CONSOLE_TAIL).join("\n")
             )),
             times,
         ));
@@ -334,10 +290,16 @@ pub fn rig_version(env: &Env) -> String {
     format!("{head}+{}", &kernel::hex(&h.finalize())[..12])
 }
 
-/// Key for a cached base result: what was tested, on what, and how (every flag that can
-/// change a verdict: profile, accelerator, guest size, limits, test selection).
-pub fn result_key(env: &Env, commit: &str, vm: &VmArgs, suite: &SuiteArgs) -> String {
-    let profile = vm.kernel.profile();
+/// Key for a cached base result: what was tested, on what, and how (everything that can
+/// change a verdict: profile, accelerator, guest size, and `what` ran: the suite's selection
+/// and limits, or the benchmark's settings).
+pub fn result_key(
+    env: &Env,
+    commit: &str,
+    profile: kernel::Profile,
+    vm: &VmPlan,
+    what: &str,
+) -> String {
     let accel = vm
         .accel
         .to_possible_value()
@@ -350,9 +312,8 @@ pub fn result_key(env: &Env, commit: &str, vm: &VmArgs, suite: &SuiteArgs) -> St
         rig_version(env),
         kernel::config_identity(env, profile).unwrap_or_default(),
         accel,
-        format!("{} {} {}", vm.memory, vm.cpus, vm.boot_timeout),
-        format!("{} {}", suite.test_timeout, suite.run_timeout),
-        suite.patterns.join("\u{1f}"),
+        format!("{} {} {}", vm.memory, vm.cpus, vm.boot_timeout.as_secs()),
+        what.to_string(),
     ] {
         h.update(part.as_bytes());
         h.update([0]);

@@ -13,12 +13,14 @@ use xshell::{cmd, Shell};
 
 use crate::bench;
 use crate::compare::{self, Diff};
-use crate::env::{fmt_duration, Env};
-use crate::flags::{BenchArgs, KernelArgs, SuiteArgs, ValidateArgs, VmArgs};
+use crate::env::Env;
+use crate::flags::ValidateArgs;
 use crate::kernel::Profile;
+use crate::plan::{BenchPlan, KernelPlan, TestPlan};
+use crate::report::fmt_duration;
 use crate::results::RunResult;
 use crate::test;
-use crate::tree::{self, Outcome, Repo, Scratch, SuiteSpec};
+use crate::tree::{self, short, Outcome, Repo, Scratch};
 use crate::vm::Ending;
 
 /// What the user passed as PATCH.
@@ -197,7 +199,7 @@ struct Side {
 
 fn run_side(
     env: &Env,
-    spec: &SuiteSpec,
+    plan: &TestPlan,
     s: &Scratch,
     rev: &str,
     label: &str,
@@ -206,7 +208,7 @@ fn run_side(
     s.checkout(&env.sh, rev)?;
     println!("\n== validate: {label} ==");
     let t = Instant::now();
-    let (outcome, times) = tree::run_suite(env, spec, s.path(), Some(&s.tree_id), out)?;
+    let (outcome, times) = tree::run_suite(env, plan, out)?;
     println!("time: {}", times.line());
     Ok(Side {
         label: label.to_string(),
@@ -214,10 +216,6 @@ fn run_side(
         time: t.elapsed(),
         cached: false,
     })
-}
-
-fn short(sha: &str) -> &str {
-    &sha[..sha.len().min(12)]
 }
 
 /// The verdict on one patched side against the base.
@@ -338,14 +336,16 @@ fn validate_in(
         println!("  {} {s}", short(h));
     }
 
-    let spec = SuiteSpec {
-        vm: &a.vm,
-        patterns: &a.suite.patterns,
-        test_timeout: a.suite.test_timeout,
-        run_timeout: a.suite.run_timeout,
-    };
+    let plan = tree::suite_plan(&a.vm, &a.suite, scratch.path(), Some(&scratch.tree_id));
     // Base: from the cache, or run once and cached.
-    let cache = ResultCache::new(env, &tree::result_key(env, &base, &a.vm, &a.suite));
+    let key = tree::result_key(
+        env,
+        &base,
+        plan.kernel.profile,
+        &plan.vm,
+        &plan.suite.cache_part(),
+    );
+    let cache = ResultCache::new(env, &key);
     let base_side = match cache.load() {
         Some(r) => {
             println!(
@@ -362,7 +362,7 @@ fn validate_in(
         }
         None => {
             let out = out_root.join("base");
-            let side = run_side(env, &spec, scratch, &base, "base", &out)?;
+            let side = run_side(env, &plan, scratch, &base, "base", &out)?;
             // Only a complete run is worth reusing; a flaky or cut-short one is not cached.
             if let Outcome::Ran(r) = &side.outcome {
                 let complete = matches!(r.ending, Ending::Exited { code: 0 | 1 })
@@ -386,7 +386,7 @@ fn validate_in(
 
     let patched = run_side(
         env,
-        &spec,
+        &plan,
         scratch,
         &tip,
         "patched",
@@ -409,7 +409,7 @@ fn validate_in(
             }
             let label = format!("commit {}/{}", i + 1, series.len());
             let out = out_root.join(format!("commit-{}", i + 1));
-            let side = run_side(env, &spec, scratch, h, &label, &out)?;
+            let side = run_side(env, &plan, scratch, h, &label, &out)?;
             each.push((
                 h.clone(),
                 subj.clone(),
@@ -475,30 +475,21 @@ fn bench_both(
     tip: &str,
     out_root: &Path,
 ) -> Result<Vec<String>> {
-    let args = BenchArgs {
-        vm: VmArgs {
-            kernel: KernelArgs {
-                profile: Some(Profile::Perf),
-                kernel_src: Some(scratch.path().to_path_buf()),
-                tree_id: Some(scratch.tree_id.clone()),
-            },
-            ..a.vm.clone()
+    let plan = BenchPlan {
+        kernel: KernelPlan {
+            profile: Profile::Perf,
+            src: Some(scratch.path().to_path_buf()),
+            tree_id: Some(scratch.tree_id.clone()),
         },
+        vm: a.vm.plan(),
         quick: false,
-        run_timeout: 3600,
-        render: None,
-        rig: false,
+        run_timeout: Duration::from_secs(3600),
     };
-    let bench_suite = SuiteArgs {
-        patterns: vec!["bench".to_string()],
-        test_timeout: 0,
-        run_timeout: args.run_timeout,
-    };
-    let cache = ResultCache::new(env, &tree::result_key(env, base, &args.vm, &bench_suite));
-    let cached: Option<Vec<bench::Row>> = fs::read_to_string(cache.dir.join("bench.json"))
+    let key = tree::result_key(env, base, Profile::Perf, &plan.vm, &plan.cache_part());
+    let cache = ResultCache::new(env, &key);
+    let cached = bench::Measured::read(&cache.dir.join("bench.json"))
         .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| serde_json::from_value(v["rows"].clone()).ok());
+        .map(|m| m.rows);
     let _lock = tree::TreeLock::take(env, &scratch.tree_id)?;
     let base_rows = match cached {
         Some(r) => {
@@ -509,7 +500,7 @@ fn bench_both(
             scratch.checkout(&env.sh, base)?;
             println!("\n== validate: base benchmarks ==");
             let dir = out_root.join("bench-base");
-            let m = bench::measure(env, &args, &dir)?;
+            let m = bench::measure(env, &plan, &dir)?;
             fs::create_dir_all(&cache.dir)?;
             fs::copy(dir.join("bench.json"), cache.dir.join("bench.json"))?;
             m.rows
@@ -517,7 +508,7 @@ fn bench_both(
     };
     scratch.checkout(&env.sh, tip)?;
     println!("\n== validate: patched benchmarks ==");
-    let m = bench::measure(env, &args, &out_root.join("bench-patched"))?;
+    let m = bench::measure(env, &plan, &out_root.join("bench-patched"))?;
     Ok(bench::changes(&base_rows, &m.rows))
 }
 

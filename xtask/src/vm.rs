@@ -23,7 +23,7 @@ pub enum AccelChoice {
     Tcg,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Accel {
     Kvm,
@@ -131,6 +131,27 @@ pub enum Ending {
     RunTimeout { secs: u64 },
     /// The kernel panicked; QEMU was stopped.
     Panic,
+}
+
+/// How a session ended, in words for reports.
+impl std::fmt::Display for Ending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ending::Exited { code } => write!(f, "vng exited with {code}"),
+            Ending::Signalled { signal } => write!(f, "vng was killed by signal {signal}"),
+            Ending::BootTimeout { secs } => write!(f, "the guest did not boot within {secs}s"),
+            Ending::TestTimeout { test, secs } => {
+                write!(
+                    f,
+                    "test {test} hung past its {secs}s limit; QEMU was stopped"
+                )
+            }
+            Ending::RunTimeout { secs } => {
+                write!(f, "the run passed its {secs}s limit; QEMU was stopped")
+            }
+            Ending::Panic => write!(f, "the guest kernel panicked; QEMU was stopped"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -332,9 +353,9 @@ pub fn run(
                         if boot.is_none() {
                             boot = Some(start.elapsed());
                         }
-                        if let Some(rest) = l.trim_start().strip_prefix("# heaprig-begin: ") {
-                            test = Some((rest.to_string(), Instant::now()));
-                        } else if l.starts_with("# heaprig-done") {
+                        if let Some(label) = heaprig_protocol::note::begun(l) {
+                            test = Some((label.to_string(), Instant::now()));
+                        } else if heaprig_protocol::note::is_done(l) {
                             test = None;
                         }
                         guest.push(l.clone());

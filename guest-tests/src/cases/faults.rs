@@ -11,7 +11,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use crate::ensure;
-use crate::expect::{missing, optional_importer};
+use crate::expect::{missing, missing_all, optional_importer};
 use crate::harness::{errno_name, Context, Ctx, Outcome, Stop};
 use crate::leaks::Holdings;
 use crate::uapi::importer::{
@@ -248,9 +248,9 @@ fn prepare() -> Outcome {
     for (dir, option, knob, value) in knobs {
         let path = format!("{dir}/{knob}");
         if !Path::new(dir).is_dir() {
-            return Err(missing(
-                option,
-                format!("{dir} is missing (it needs CONFIG_FAULT_INJECTION_DEBUG_FS too)"),
+            return Err(missing_all(
+                &[option, "CONFIG_FAULT_INJECTION_DEBUG_FS"],
+                format!("{dir} is missing"),
             ));
         }
         std::fs::write(&path, value).context(format!("writing {value} to {path}"))?;

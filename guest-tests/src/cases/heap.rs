@@ -2,6 +2,7 @@
 //! and (for heaps with counters) what the heap did in the kernel.
 
 use crate::ensure;
+use crate::expect::stats;
 use crate::harness::{verdict, Context, Ctx, Outcome, Stop};
 use crate::uapi::{
     fd_size, heap_stats, Access, Heap, IonCompat, DMA_BUF_SYNC_END, DMA_BUF_SYNC_RW,
@@ -148,14 +149,14 @@ pub fn sync_end_storm(ctx: &mut Ctx, heap: &Heap) -> Outcome {
     buf.sync_start(Access::Write).context("SYNC START")?;
     map.as_mut_slice().fill(0x42);
     buf.sync_end(Access::Write).context("SYNC END")?;
-    let before = heap_stats(&heap.name);
+    let before = stats(&heap.name)?;
     let mut errors = 0u64;
     for _ in 0..STORM {
         if buf.sync_raw(DMA_BUF_SYNC_END | DMA_BUF_SYNC_RW).is_err() {
             errors += 1;
         }
     }
-    let after = heap_stats(&heap.name);
+    let after = stats(&heap.name)?;
     ctx.fact("END without START x100000", format!("{errors} errors"));
     // user space relies on SYNC END succeeding (the C heap never fails it).
     ensure!(errors == 0, "{errors} of {STORM} unmatched ENDs failed");

@@ -2,12 +2,13 @@
 //! vmap, page-by-page kmap walks, device attachments, and a vmap held past the fd's close.
 
 use crate::ensure;
+use crate::expect::stats;
 use crate::harness::{Context, Ctx, Outcome, Stop};
 use crate::uapi::importer::{
     checksum, ImporterArgs, IMPORTER_ATTACH_MAP, IMPORTER_CPU_ACCESS, IMPORTER_HOLD,
     IMPORTER_KMAP_WALK, IMPORTER_RELEASE, IMPORTER_VMAP, IMPORTER_VMAP_TWICE, OP_CHECKSUM, OP_FILL,
 };
-use crate::uapi::{heap_stats, Access, DmaBuf, Heap};
+use crate::uapi::{Access, DmaBuf, Heap};
 
 use super::MIB;
 
@@ -37,8 +38,8 @@ fn count_not(buf: &DmaBuf, byte: u8) -> Result<usize, Stop> {
     Ok(bad)
 }
 
-fn current_vmaps(heap: &Heap) -> Option<u64> {
-    heap_stats(&heap.name).map(|s| s["current_vmaps"])
+fn current_vmaps(heap: &Heap) -> Result<Option<u64>, Stop> {
+    Ok(stats(&heap.name)?.map(|s| s["current_vmaps"]))
 }
 
 /// What user space wrote is what the kernel reads through vmap.
@@ -78,7 +79,7 @@ pub fn vmap_writes_visible_to_user(ctx: &mut Ctx, heap: &Heap) -> Outcome {
 pub fn vmap_nested(ctx: &mut Ctx, heap: &Heap) -> Outcome {
     let imp = importer()?;
     let (buf, sum) = patterned(heap, 0x22)?;
-    let before = current_vmaps(heap);
+    let before = current_vmaps(heap)?;
     let a = imp
         .on(IMPORTER_VMAP_TWICE, &buf, OP_CHECKSUM, 0)
         .context("IMPORTER_VMAP_TWICE")?;
@@ -91,7 +92,7 @@ pub fn vmap_nested(ctx: &mut Ctx, heap: &Heap) -> Outcome {
         a.checksum == sum,
         "outer mapping unusable after the inner vunmap"
     );
-    if let (Some(b), Some(after)) = (before, current_vmaps(heap)) {
+    if let (Some(b), Some(after)) = (before, current_vmaps(heap)?) {
         ensure!(
             b == after,
             "current_vmaps {b} -> {after} after a balanced pair"
@@ -171,12 +172,12 @@ pub fn attach_map(ctx: &mut Ctx, heap: &Heap) -> Outcome {
 pub fn hold_after_close(ctx: &mut Ctx, heap: &Heap) -> Outcome {
     let imp = importer()?;
     let (buf, sum) = patterned(heap, 0x44)?;
-    let live = heap_stats(&heap.name).map(|s| s["live_buffers"]);
+    let live = stats(&heap.name)?.map(|s| s["live_buffers"]);
     let held = imp
         .on(IMPORTER_HOLD, &buf, OP_CHECKSUM, 0)
         .context("IMPORTER_HOLD")?;
     drop(buf);
-    let live_while_held = heap_stats(&heap.name).map(|s| s["live_buffers"]);
+    let live_while_held = stats(&heap.name)?.map(|s| s["live_buffers"]);
     let mut r = ImporterArgs {
         handle: held.handle,
         ..Default::default()
@@ -192,7 +193,7 @@ pub fn hold_after_close(ctx: &mut Ctx, heap: &Heap) -> Outcome {
     if let (Some(l0), Some(l1), Some(l2)) = (
         live,
         live_while_held,
-        heap_stats(&heap.name).map(|s| s["live_buffers"]),
+        stats(&heap.name)?.map(|s| s["live_buffers"]),
     ) {
         ctx.fact("buffer alive while held", l1 == l0);
         ctx.fact("buffer freed after release", l2 + 1 == l0);

@@ -1,0 +1,223 @@
+//! The pipeline every booting command is made of: setup → source → build → accel (one
+//! `prepare`), then boot and run one guest command (one `boot_and_run`). Each stage is timed;
+//! a kernel that does not build is told apart from the rig failing, so `validate` and
+//! `bisect` can call it a verdict and everyone else an error.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use xshell::cmd;
+
+use crate::env::Env;
+use crate::kernel::{self, Built};
+use crate::plan::{KernelPlan, VmPlan};
+use crate::report::fmt_duration;
+use crate::setup;
+use crate::vm::{self, Accel, Event, Limits, Session, VmSpec};
+
+/// Stage timings, printed at the end of every run and kept in the JSON report.
+#[derive(Default, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Times(pub Vec<(String, f64)>);
+
+impl Times {
+    pub fn add(&mut self, stage: &str, d: Duration) {
+        self.0.push((stage.to_string(), d.as_secs_f64()));
+    }
+
+    /// A stage's time, by name.
+    pub fn get(&self, stage: &str) -> Option<f64> {
+        self.0.iter().find(|(s, _)| s == stage).map(|(_, t)| *t)
+    }
+
+    pub fn line(&self) -> String {
+        self.0
+            .iter()
+            .map(|(s, t)| format!("{s} {}", fmt_duration(Duration::from_secs_f64(*t))))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    }
+}
+
+/// Why the pipeline stopped before the guest ran.
+#[derive(Debug)]
+pub enum StageError {
+    /// The kernel does not build (configure or make failed): a property of the tree.
+    NoBuild(anyhow::Error),
+    /// The rig could not do its job (setup, copying the source, the accelerator probe).
+    Rig(anyhow::Error),
+}
+
+impl fmt::Display for StageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StageError::NoBuild(e) | StageError::Rig(e) => write!(f, "{e:#}"),
+        }
+    }
+}
+
+impl std::error::Error for StageError {}
+
+/// A built kernel, ready to boot.
+pub struct Prepared {
+    pub built: Built,
+    pub accel: Accel,
+    pub accel_why: String,
+    /// What the kernel source is (tarball version, or commit and diff hash).
+    pub identity: String,
+}
+
+/// Setup, source and build stages.
+pub fn build(env: &Env, k: &KernelPlan, times: &mut Times) -> Result<(Built, String), StageError> {
+    let t = Instant::now();
+    setup::ensure(env, true).map_err(StageError::Rig)?;
+    times.add("setup", t.elapsed());
+    let t = Instant::now();
+    let src = kernel::prepare_source(env, k.src.as_deref(), k.tree_id.as_deref())
+        .map_err(StageError::Rig)?;
+    times.add("source", t.elapsed());
+    let t = Instant::now();
+    match kernel::build(env, &src, k.profile) {
+        Ok(built) => {
+            let stage = if built.rebuilt {
+                "build"
+            } else {
+                "build (cached)"
+            };
+            times.add(stage, t.elapsed());
+            Ok((built, src.identity))
+        }
+        Err(e) => {
+            times.add("build (failed)", t.elapsed());
+            Err(StageError::NoBuild(e))
+        }
+    }
+}
+
+/// Every stage before the boot: build, then choose the accelerator.
+pub fn prepare(
+    env: &Env,
+    k: &KernelPlan,
+    v: &VmPlan,
+    times: &mut Times,
+) -> Result<Prepared, StageError> {
+    let (built, identity) = build(env, k, times)?;
+    let t = Instant::now();
+    let (accel, accel_why) = vm::resolve_accel(v.accel, &built.bzimage, &env.cache, &env.root)
+        .map_err(StageError::Rig)?;
+    times.add("accel", t.elapsed());
+    println!("accel: {accel:?} ({accel_why})");
+    Ok(Prepared {
+        built,
+        accel,
+        accel_why,
+        identity,
+    })
+}
+
+/// The machine a prepared kernel boots in; `rwdir` is shared read-write with the guest.
+pub fn vm_spec(env: &Env, v: &VmPlan, p: &Prepared, rwdir: Option<PathBuf>) -> VmSpec {
+    VmSpec {
+        kernel: p.built.bzimage.clone(),
+        accel: p.accel,
+        memory: v.memory.clone(),
+        cpus: v.cpus,
+        rwdir,
+        cwd: env.root.clone(),
+    }
+}
+
+/// Boots the prepared kernel and runs `command` (already split into words) in the guest.
+pub fn boot_and_run(
+    env: &Env,
+    v: &VmPlan,
+    p: &Prepared,
+    command: &[String],
+    limits: Limits,
+    rwdir: Option<PathBuf>,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<Session> {
+    let line: Vec<String> = command.iter().map(|s| vm::sh_quote(s)).collect();
+    vm::run(
+        &vm_spec(env, v, p, rwdir),
+        &line.join(" "),
+        limits,
+        on_event,
+    )
+}
+
+/// Builds the guest test runner and returns its path, as cargo reports it.
+pub fn build_guest(env: &Env) -> Result<PathBuf> {
+    let sh = &env.sh;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = cmd!(
+        sh,
+        "{cargo} build --release --package guest-tests --bin heaprig-guest --message-format=json-render-diagnostics"
+    )
+    .quiet()
+    .ignore_status()
+    .output()
+    .context("running cargo to build the guest tests")?;
+    if !out.status.success() {
+        bail!(
+            "building the guest tests failed (cargo build -p guest-tests):\n{}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if v["reason"] == "compiler-artifact" && v["target"]["name"] == "heaprig-guest" {
+            if let Some(exe) = v["executable"].as_str() {
+                return Ok(PathBuf::from(exe));
+            }
+        }
+    }
+    bail!("cargo built guest-tests but reported no heaprig-guest executable")
+}
+
+/// The tests a pattern list selects, asked of the runner itself (it runs on the host too).
+pub fn select(env: &Env, guest: &Path, patterns: &[String]) -> Result<Vec<String>> {
+    let sh = &env.sh;
+    let out = cmd!(sh, "{guest} list {patterns...}").quiet().read()?;
+    let names: Vec<String> = out.lines().map(str::to_string).collect();
+    if names.is_empty() {
+        let all = cmd!(sh, "{guest} list").quiet().read()?;
+        bail!(
+            "no guest test matches {patterns:?}. Patterns are names, substrings or globs; the \
+             tests are: {}",
+            all.lines().collect::<Vec<_>>().join(", ")
+        );
+    }
+    Ok(names)
+}
+
+/// The last `n` lines of a kernel console, oldest first (for failure reports).
+pub fn console_tail(console: &[String], n: usize) -> Vec<&str> {
+    let start = console.len().saturating_sub(n);
+    console[start..].iter().map(String::as_str).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn console_tail_keeps_the_last_lines_in_order() {
+        let c: Vec<String> = (1..=5).map(|i| i.to_string()).collect();
+        assert_eq!(console_tail(&c, 2), ["4", "5"]);
+        assert_eq!(console_tail(&c, 9).len(), 5);
+    }
+
+    #[test]
+    fn times_are_kept_in_order_and_found_by_name() {
+        let mut t = Times::default();
+        t.add("boot", Duration::from_millis(1500));
+        t.add("tests", Duration::from_secs(2));
+        assert_eq!(t.get("boot"), Some(1.5));
+        assert_eq!(t.line(), "boot 1.5s | tests 2.0s");
+    }
+}

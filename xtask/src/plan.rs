@@ -1,0 +1,124 @@
+//! Typed plans: what a command will do, built once from its flags (`flags.rs`, the CLI
+//! boundary) and handed to the stages, as kunit_tool turns argparse into request dataclasses.
+//! No stage sees a flag struct.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::kernel::Profile;
+use crate::vm::AccelChoice;
+
+/// Which kernel to build.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KernelPlan {
+    pub profile: Profile,
+    /// A Linux tree to test (never written to); Debian's 6.12 source when None.
+    pub src: Option<PathBuf>,
+    /// Cache identity of a rig scratch tree (validate, bisect): its steps share one private
+    /// copy and build dir.
+    pub tree_id: Option<String>,
+}
+
+/// The guest machine, and how long it may take to reach its command.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmPlan {
+    pub accel: AccelChoice,
+    /// QEMU's size syntax, validated (`2048M`).
+    pub memory: String,
+    pub cpus: u32,
+    pub boot_timeout: Duration,
+}
+
+/// The fuzzer's budget and seed when a command asks for more than the suite gives it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FuzzPlan {
+    pub seconds: u64,
+    pub seed: u64,
+    pub ops: Option<u64>,
+}
+
+/// Which tests run, and for how long.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SuitePlan {
+    /// Names, substrings or globs; all tests when empty.
+    pub patterns: Vec<String>,
+    pub test_timeout: Duration,
+    /// The whole guest run, boot included.
+    pub run_timeout: Duration,
+    /// Per-heap tests on these heaps only; all when empty.
+    pub heaps: Vec<String>,
+    pub fuzz: Option<FuzzPlan>,
+}
+
+impl SuitePlan {
+    /// What of this plan decides a result, for result-cache keys.
+    pub fn cache_part(&self) -> String {
+        format!(
+            "suite {} {} {}",
+            self.test_timeout.as_secs(),
+            self.run_timeout.as_secs(),
+            self.patterns.join("\u{1f}")
+        )
+    }
+}
+
+/// Whether a run is compared with the recorded snapshots.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Snapshots {
+    Compare {
+        accept: bool,
+    },
+    /// Not compared, and why (said on the terminal when it is the user's choice).
+    Skip(SkipWhy),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SkipWhy {
+    /// `--heap` leaves the other heaps out, and snapshots hold every heap.
+    HeapSubset,
+    /// `validate` and `bisect` compare runs with each other, not with snapshots.
+    ComparedElsewhere,
+}
+
+/// Copies of the results the user asked for.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Outputs {
+    pub ktap: Option<PathBuf>,
+    pub json: Option<PathBuf>,
+    pub junit: Option<PathBuf>,
+}
+
+/// `cargo xtask test`, and the suite runs of `fuzz`, `validate` and `bisect-step`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TestPlan {
+    pub kernel: KernelPlan,
+    pub vm: VmPlan,
+    pub suite: SuitePlan,
+    pub snapshots: Snapshots,
+    pub outputs: Outputs,
+}
+
+/// `cargo xtask bench` (and `validate --bench`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BenchPlan {
+    pub kernel: KernelPlan,
+    pub vm: VmPlan,
+    pub quick: bool,
+    pub run_timeout: Duration,
+}
+
+impl BenchPlan {
+    /// What of this plan decides a result, for result-cache keys.
+    pub fn cache_part(&self) -> String {
+        format!("bench {} {}", self.quick, self.run_timeout.as_secs())
+    }
+}
+
+/// `cargo xtask exec`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecPlan {
+    pub kernel: KernelPlan,
+    pub vm: VmPlan,
+    pub command: Vec<String>,
+    pub run_timeout: Duration,
+}
