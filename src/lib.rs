@@ -11,7 +11,7 @@ use serde::Serialize;
 
 /// The result of comparing one value with its stored snapshot.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Verdict {
+pub enum SnapshotMatch {
     Match,
     /// Different or missing; insta has printed the diff and, unless in CI, written
     /// `snapshots/<name>.snap.new` for `cargo insta review`.
@@ -35,7 +35,7 @@ pub fn snapshot_dir(profile: &str, name: &str) -> String {
 }
 
 /// Compares `value` with `name`'s snapshot for `profile` (see [`snapshot_dir`]).
-pub fn check(name: &str, profile: &str, value: &impl Serialize) -> Verdict {
+pub fn check(name: &str, profile: &str, value: &impl Serialize) -> SnapshotMatch {
     let mut settings = insta::Settings::clone_current();
     settings.set_snapshot_path(snapshot_dir(profile, name));
     settings.set_prepend_module_to_snapshot(false);
@@ -51,8 +51,8 @@ pub fn check(name: &str, profile: &str, value: &impl Serialize) -> Verdict {
     }));
     panic::set_hook(hook);
     match result {
-        Ok(()) => Verdict::Match,
-        Err(_) => Verdict::Mismatch,
+        Ok(()) => SnapshotMatch::Match,
+        Err(_) => SnapshotMatch::Mismatch,
     }
 }
 

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use crate::ensure;
-use crate::harness::{errno_name, verdict, Body, Case, Context, Ctx, Kind, Outcome, Stop};
+use crate::harness::{errno_name, result_name, Body, Case, CaseKind, Context, Ctx, Outcome, Stop};
 use crate::uapi::{
     heap_names, Access, Heap, DMA_BUF_SYNC_END, DMA_BUF_SYNC_READ, DMA_BUF_SYNC_RW,
     DMA_BUF_SYNC_START, DMA_BUF_SYNC_WRITE, DMA_HEAP_DIR,
@@ -20,7 +20,7 @@ mod importer;
 const fn case(name: &'static str, body: Body) -> Case {
     Case {
         name,
-        kind: Kind::Test,
+        kind: CaseKind::Test,
         body,
     }
 }
@@ -28,7 +28,7 @@ const fn case(name: &'static str, body: Body) -> Case {
 /// A check over the whole run, after every selected test.
 const fn finally(name: &'static str, body: Body) -> Case {
     Case {
-        kind: Kind::Finally,
+        kind: CaseKind::Finally,
         ..case(name, body)
     }
 }
@@ -36,7 +36,7 @@ const fn finally(name: &'static str, body: Body) -> Case {
 /// A rig self-test: runs only when named, must make the rig report a failure.
 const fn selftest(name: &'static str, body: Body) -> Case {
     Case {
-        kind: Kind::SelfTest,
+        kind: CaseKind::SelfTest,
         ..case(name, body)
     }
 }
@@ -257,7 +257,7 @@ fn sync_flag_validation(ctx: &mut Ctx, heap: &Heap) -> Outcome {
     let buf = heap.alloc(64 * KIB).context("alloc 64 KiB")?;
     for (label, flags) in sync_flag_table() {
         let got = buf.sync_raw(flags);
-        ctx.fact(format!("sync {label}"), verdict(&got));
+        ctx.fact(format!("sync {label}"), result_name(&got));
         match (sync_flags_valid(flags), &got) {
             (true, Ok(())) => {}
             (false, Err(e)) if e.raw_os_error() == Some(libc::EINVAL) => {}

@@ -44,7 +44,7 @@ pub enum Body {
 
 /// When a case runs.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Kind {
+pub enum CaseKind {
     /// Whenever selected (all of them by default).
     Test,
     /// Rig self-tests prove the detectors fire; they run only when asked for by name.
@@ -57,7 +57,7 @@ pub enum Kind {
 #[derive(Clone, Copy)]
 pub struct Case {
     pub name: &'static str,
-    pub kind: Kind,
+    pub kind: CaseKind,
     pub body: Body,
 }
 
@@ -106,7 +106,7 @@ pub fn errno_name(err: &std::io::Error) -> String {
 }
 
 /// Describes a result as `ok` or the errno name, for tables of expected outcomes.
-pub fn verdict<T>(r: &std::io::Result<T>) -> String {
+pub fn result_name<T>(r: &std::io::Result<T>) -> String {
     match r {
         Ok(_) => "ok".to_string(),
         Err(e) => errno_name(e),

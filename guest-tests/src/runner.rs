@@ -56,12 +56,12 @@ impl Out {
 #[derive(Debug)]
 pub struct ChildResult {
     pub ctx: Ctx,
-    pub status: Status,
+    pub status: ChildStatus,
     pub elapsed: Duration,
 }
 
 #[derive(Debug, PartialEq, Eq)]
-pub enum Status {
+pub enum ChildStatus {
     Pass,
     Fail(String),
     Skip(String),
@@ -82,7 +82,7 @@ pub fn run_in_child(
         Err(e) => {
             return ChildResult {
                 ctx: Ctx::default(),
-                status: Status::Fail(format!("pipe2: {e}")),
+                status: ChildStatus::Fail(format!("pipe2: {e}")),
                 elapsed: start.elapsed(),
             }
         }
@@ -117,7 +117,7 @@ pub fn run_in_child(
         Err(e) => {
             return ChildResult {
                 ctx: Ctx::default(),
-                status: Status::Fail(format!("fork: {e}")),
+                status: ChildStatus::Fail(format!("fork: {e}")),
                 elapsed: start.elapsed(),
             }
         }
@@ -135,9 +135,9 @@ pub fn run_in_child(
                 ctx.fact(k, v);
             }
             "D" => ctx.diag(rest),
-            "P" => status = Some(Status::Pass),
-            "X" => status = Some(Status::Fail(rest.to_string())),
-            "S" => status = Some(Status::Skip(rest.to_string())),
+            "P" => status = Some(ChildStatus::Pass),
+            "X" => status = Some(ChildStatus::Fail(rest.to_string())),
+            "S" => status = Some(ChildStatus::Skip(rest.to_string())),
             _ => ctx.diag(format!("unexpected child output: {line}")),
         }
     }
@@ -145,14 +145,14 @@ pub fn run_in_child(
     let exit = child.wait_exit().unwrap_or(Exit::Code(0));
     let status = match exit {
         Exit::Signal(libc::SIGALRM) => {
-            Status::Fail(format!("timed out after {}s", timeout.as_secs()))
+            ChildStatus::Fail(format!("timed out after {}s", timeout.as_secs()))
         }
-        Exit::Signal(sig) => Status::Fail(format!(
+        Exit::Signal(sig) => ChildStatus::Fail(format!(
             "crashed: killed by signal {sig} ({})",
             signal_name(sig)
         )),
         Exit::Code(code) => status.unwrap_or_else(|| {
-            Status::Fail(format!(
+            ChildStatus::Fail(format!(
                 "child exited with status {} without reporting a result",
                 code
             ))
@@ -174,9 +174,9 @@ fn report(out: &mut Out, indent: usize, n: usize, name: &str, r: &ChildResult) {
         out.line(indent, &format!("# {d}"));
     }
     match &r.status {
-        Status::Pass => out.line(indent, &format!("ok {n} {name}")),
-        Status::Skip(why) => out.line(indent, &format!("ok {n} {name} # SKIP {why}")),
-        Status::Fail(why) => {
+        ChildStatus::Pass => out.line(indent, &format!("ok {n} {name}")),
+        ChildStatus::Skip(why) => out.line(indent, &format!("ok {n} {name} # SKIP {why}")),
+        ChildStatus::Fail(why) => {
             out.line(indent, &format!("# {why}"));
             out.line(indent, &format!("not ok {n} {name}"));
         }
@@ -193,11 +193,11 @@ pub struct Totals {
 }
 
 impl Totals {
-    fn add(&mut self, s: &Status) {
+    fn add(&mut self, s: &ChildStatus) {
         match s {
-            Status::Pass => self.pass += 1,
-            Status::Fail(_) => self.fail += 1,
-            Status::Skip(_) => self.skip += 1,
+            ChildStatus::Pass => self.pass += 1,
+            ChildStatus::Fail(_) => self.fail += 1,
+            ChildStatus::Skip(_) => self.skip += 1,
         }
     }
 }
@@ -223,10 +223,10 @@ fn run_checked(
 
 /// A leak fails a pass and a skip alike (a test that leaked and then skipped still leaked);
 /// a failure keeps its own reason.
-fn with_finding(status: Status, finding: Option<String>) -> Status {
+fn with_finding(status: ChildStatus, finding: Option<String>) -> ChildStatus {
     match (status, finding) {
-        (Status::Fail(why), _) => Status::Fail(why),
-        (_, Some(why)) => Status::Fail(why),
+        (ChildStatus::Fail(why), _) => ChildStatus::Fail(why),
+        (_, Some(why)) => ChildStatus::Fail(why),
         (s, None) => s,
     }
 }
@@ -288,14 +288,14 @@ fn run_on_heap(
 /// The status of a case for one heap when that heap is not there: a SKIP when the run left it
 /// out (`--heap`) or the kernel was built without it, a failure when its Kconfig option is set
 /// (the heap failed to register).
-fn absent_heap_status(heap: &str, selected: &[String], option: Option<&str>) -> Status {
+fn absent_heap_status(heap: &str, selected: &[String], option: Option<&str>) -> ChildStatus {
     let deselected = !selected.is_empty() && !selected.iter().any(|s| s == heap);
     match (deselected, option) {
-        (true, _) => Status::Skip(format!("heap {heap} is not selected (--heap)")),
-        (false, Some(option)) => Status::Fail(format!(
+        (true, _) => ChildStatus::Skip(format!("heap {heap} is not selected (--heap)")),
+        (false, Some(option)) => ChildStatus::Fail(format!(
             "heap {heap} is not registered although the kernel was built with {option}"
         )),
-        (false, None) => Status::Skip(format!("heap {heap} is not present")),
+        (false, None) => ChildStatus::Skip(format!("heap {heap} is not present")),
     }
 }
 
@@ -428,8 +428,8 @@ pub fn run(cases: &[&Case], opts: &Options, out: &mut Out) -> Totals {
                     out.line(1, &note::begin(&format!("{}/{heap}", case.name)));
                     let r = run_on_heap(out, case.name, heap, f, timeout);
                     totals.add(&r.status);
-                    any_fail |= matches!(r.status, Status::Fail(_));
-                    all_skip &= matches!(r.status, Status::Skip(_));
+                    any_fail |= matches!(r.status, ChildStatus::Fail(_));
+                    all_skip &= matches!(r.status, ChildStatus::Skip(_));
                     report(out, 1, j + 1, heap, &r);
                 }
                 for (j, (heap, option)) in absent.iter().enumerate() {
@@ -467,18 +467,18 @@ mod tests {
     fn a_leak_fails_a_skip_too() {
         let leak = || Some("leak oracle: x".to_string());
         assert_eq!(
-            with_finding(Status::Skip("why".into()), leak()),
-            Status::Fail("leak oracle: x".into())
+            with_finding(ChildStatus::Skip("why".into()), leak()),
+            ChildStatus::Fail("leak oracle: x".into())
         );
         assert_eq!(
-            with_finding(Status::Pass, leak()),
-            Status::Fail("leak oracle: x".into())
+            with_finding(ChildStatus::Pass, leak()),
+            ChildStatus::Fail("leak oracle: x".into())
         );
         assert_eq!(
-            with_finding(Status::Fail("own".into()), leak()),
-            Status::Fail("own".into())
+            with_finding(ChildStatus::Fail("own".into()), leak()),
+            ChildStatus::Fail("own".into())
         );
-        assert_eq!(with_finding(Status::Pass, None), Status::Pass);
+        assert_eq!(with_finding(ChildStatus::Pass, None), ChildStatus::Pass);
     }
 
     #[test]
@@ -519,16 +519,16 @@ mod tests {
         let option = Some("CONFIG_DMABUF_HEAPS_RUST_SYSTEM");
         assert!(matches!(
             absent_heap_status("rust_system", &[], option),
-            Status::Fail(m) if m.contains("CONFIG_DMABUF_HEAPS_RUST_SYSTEM")
+            ChildStatus::Fail(m) if m.contains("CONFIG_DMABUF_HEAPS_RUST_SYSTEM")
         ));
         assert!(matches!(
             absent_heap_status("rust_system", &[], None),
-            Status::Skip(_)
+            ChildStatus::Skip(_)
         ));
         // Left out with --heap: a skip even when the kernel has it.
         assert!(matches!(
             absent_heap_status("rust_system", &["system".into()], option),
-            Status::Skip(m) if m.contains("--heap")
+            ChildStatus::Skip(m) if m.contains("--heap")
         ));
     }
 }

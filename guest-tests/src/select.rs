@@ -1,7 +1,7 @@
 //! Test selection by name or glob, shared by the guest runner and (through `list`) the host,
 //! so a pattern that selects nothing is rejected before a kernel is booted.
 
-use crate::harness::{Case, Kind};
+use crate::harness::{Case, CaseKind};
 
 /// `*` matches any run of characters, `?` one character; everything else is literal.
 pub fn glob_match(pattern: &str, name: &str) -> bool {
@@ -31,15 +31,17 @@ pub fn pattern_matches(pattern: &str, name: &str) -> bool {
 /// `Finally` cases (checks over the whole run) come last in every non-empty selection.
 pub fn select<'a>(cases: &'a [Case], patterns: &[String]) -> Vec<&'a Case> {
     let chosen = |c: &Case| match c.kind {
-        Kind::Test => patterns.is_empty() || patterns.iter().any(|p| pattern_matches(p, c.name)),
-        Kind::SelfTest => patterns
+        CaseKind::Test => {
+            patterns.is_empty() || patterns.iter().any(|p| pattern_matches(p, c.name))
+        }
+        CaseKind::SelfTest => patterns
             .iter()
             .any(|p| pattern_matches(p, c.name) && p.contains("selftest")),
-        Kind::Finally => false,
+        CaseKind::Finally => false,
     };
     let mut out: Vec<&Case> = cases.iter().filter(|c| chosen(c)).collect();
     if !out.is_empty() {
-        out.extend(cases.iter().filter(|c| c.kind == Kind::Finally));
+        out.extend(cases.iter().filter(|c| c.kind == CaseKind::Finally));
     }
     out
 }
@@ -69,19 +71,19 @@ mod tests {
     fn default_selection_excludes_selftests() {
         let all = select(CASES, &[]);
         assert!(!all.is_empty());
-        assert!(all.iter().all(|c| c.kind != Kind::SelfTest));
+        assert!(all.iter().all(|c| c.kind != CaseKind::SelfTest));
         let star = select(CASES, &["*".to_string()]);
-        assert!(star.iter().all(|c| c.kind != Kind::SelfTest));
+        assert!(star.iter().all(|c| c.kind != CaseKind::SelfTest));
         let st = select(CASES, &["rig_selftest_fail".to_string()]);
         assert_eq!(st[0].name, "rig_selftest_fail");
-        assert!(st[1..].iter().all(|c| c.kind == Kind::Finally));
+        assert!(st[1..].iter().all(|c| c.kind == CaseKind::Finally));
     }
 
     #[test]
     fn whole_run_checks_come_last_in_any_selection() {
         let finally: Vec<&str> = CASES
             .iter()
-            .filter(|c| c.kind == Kind::Finally)
+            .filter(|c| c.kind == CaseKind::Finally)
             .map(|c| c.name)
             .collect();
         assert!(!finally.is_empty());
@@ -102,6 +104,6 @@ mod tests {
         assert!(s.iter().any(|c| c.name == "alloc_mmap_sync_roundtrip"));
         assert!(s
             .iter()
-            .all(|c| c.name.contains("sync") || c.kind == Kind::Finally));
+            .all(|c| c.name.contains("sync") || c.kind == CaseKind::Finally));
     }
 }

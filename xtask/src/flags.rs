@@ -7,12 +7,12 @@ use clap::{Args, Parser, Subcommand};
 
 use std::time::Duration;
 
-use crate::kernel::Profile;
 use crate::plan::{
     BenchPlan, ExecPlan, FuzzPlan, KernelPlan, Outputs, SkipWhy, Snapshots, SuitePlan, TestPlan,
     VmPlan,
 };
-use crate::vm::{parse_memory, AccelChoice};
+use crate::stages::kernel::Profile;
+use crate::stages::vm::{parse_memory, AccelChoice};
 
 #[derive(Parser)]
 #[command(

@@ -1,34 +1,22 @@
 //! heaprig's orchestrator. This file only parses flags and dispatches; each task lives in
 //! its own module.
 
-mod bench;
-mod bisect;
-mod compare;
+mod cmd;
 mod env;
-mod exec;
 mod flags;
-mod fuzz;
-mod kconfig;
-mod kernel;
-mod ktap;
-mod pipeline;
+mod parse;
 mod plan;
 mod report;
-mod results;
-mod rig;
-mod setup;
-mod splat;
-mod test;
-mod tree;
-mod validate;
-mod vm;
+mod stages;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
+use cmd::{bench, bisect, exec, fuzz, test, validate};
 use flags::{Cmd, Xtask};
-use kernel::Profile;
+use stages::kernel::Profile;
+use stages::setup;
 
 /// A captured log from `xtask/tests/fixtures/`, for the parser tests.
 #[cfg(test)]
@@ -74,8 +62,8 @@ fn main() -> ExitCode {
             }
         }),
         Cmd::Build(k) => {
-            let mut times = pipeline::Times::default();
-            let (b, _) = pipeline::build(&env, &k.plan(Profile::Debug), &mut times)?;
+            let mut times = stages::Times::default();
+            let (b, _) = stages::build(&env, &k.plan(Profile::Debug), &mut times)?;
             println!("kernel: {}", b.bzimage.display());
             println!("source: {}", b.source.display());
             println!(

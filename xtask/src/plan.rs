@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::kernel::Profile;
-use crate::vm::AccelChoice;
+use crate::stages::kernel::Profile;
+use crate::stages::vm::AccelChoice;
 
 /// Which kernel to build.
 #[derive(Debug, Clone, PartialEq)]

@@ -3,7 +3,7 @@
 
 use crate::ensure;
 use crate::expect::stats;
-use crate::harness::{verdict, Context, Ctx, Outcome, Stop};
+use crate::harness::{result_name, Context, Ctx, Outcome, Stop};
 use crate::uapi::{
     fd_size, heap_stats, Access, Heap, IonCompat, DMA_BUF_SYNC_END, DMA_BUF_SYNC_RW,
 };
@@ -35,7 +35,7 @@ pub fn alloc_sizes(ctx: &mut Ctx, heap: &Heap) -> Outcome {
         let r = heap.alloc_raw(*len, *fd_flags, *heap_flags);
         let v = match &r {
             Ok(b) => format!("ok, size {}", fd_size(b.raw_fd()).context("lseek")?),
-            Err(_) => verdict(&r),
+            Err(_) => result_name(&r),
         };
         if v != *want {
             wrong.push(format!("alloc {label}: {v}, expected {want}"));
@@ -129,7 +129,7 @@ pub fn mmap_bounds(ctx: &mut Ctx, heap: &Heap) -> Outcome {
     }
     let map = buf.mmap(0, PAGE as usize).context("mmap for mremap")?;
     let grown = map.mremap_grow(2 * PAGE as usize);
-    let v = verdict(&grown);
+    let v = result_name(&grown);
     ctx.fact("mremap growth", &v);
     // The VMA covers one page and a dma-buf mapping is VM_DONTEXPAND: mremap says EFAULT.
     ensure!(
@@ -256,7 +256,7 @@ pub fn rust_heap_ion_compat(ctx: &mut Ctx, heap: &Heap) -> Outcome {
 pub fn rust_heap_huge_alloc(ctx: &mut Ctx, heap: &Heap) -> Outcome {
     let refused = stat(heap, "alloc_refused_too_large")?;
     for (label, len) in [("1 TiB", 1u64 << 40), ("2^62 bytes", 1u64 << 62)] {
-        let v = verdict(&heap.alloc(len));
+        let v = result_name(&heap.alloc(len));
         ctx.fact(format!("alloc {label}"), &v);
         ensure!(v == "ENOMEM", "alloc {label}: {v}, expected ENOMEM");
     }

@@ -210,7 +210,7 @@ pub fn hold_after_close(ctx: &mut Ctx, heap: &Heap) -> Outcome {
         handle: held.handle,
         ..Default::default()
     };
-    let second = crate::harness::verdict(&imp.call(IMPORTER_RELEASE, &mut again));
+    let second = crate::harness::result_name(&imp.call(IMPORTER_RELEASE, &mut again));
     ctx.fact("second release of the handle", &second);
     ensure!(
         second == "ENOENT",
@@ -229,7 +229,7 @@ pub fn kernel_cpu_access(ctx: &mut Ctx, heap: &Heap) -> Outcome {
             end,
             ..Default::default()
         };
-        let v = crate::harness::verdict(&imp.call(IMPORTER_CPU_ACCESS, &mut a));
+        let v = crate::harness::result_name(&imp.call(IMPORTER_CPU_ACCESS, &mut a));
         ctx.fact(format!("kernel {label}"), &v);
         // An unmatched END succeeds, as SYNC END does for user space.
         ensure!(v == "ok", "kernel {label}: {v}, expected ok");

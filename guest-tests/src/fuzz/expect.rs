@@ -2,7 +2,7 @@
 
 use std::io;
 
-use crate::harness::{errno_name, verdict};
+use crate::harness::{errno_name, result_name};
 use crate::uapi::{DMA_BUF_SYNC_END, DMA_BUF_SYNC_RW, PAGE};
 
 use super::{HUGE_MIN, RDWR, VALID_FD_FLAGS};
@@ -56,7 +56,7 @@ pub(super) fn judge<T>(what: &str, e: Expect, r: &io::Result<T>) -> Result<(), S
         Err(format!(
             "{what}: expected {}, got {}",
             e.describe(),
-            verdict(r)
+            result_name(r)
         ))
     }
 }

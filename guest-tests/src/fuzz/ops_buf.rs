@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::harness::{errno_name, verdict};
+use crate::harness::{errno_name, result_name};
 use crate::process::{self, Exit};
 use crate::uapi::{fd_size, DMA_BUF_SYNC_END};
 
@@ -172,7 +172,7 @@ impl Fuzz<'_> {
                 b.open_starts += 1;
             }
         }
-        Ok(verdict(&r))
+        Ok(result_name(&r))
     }
 
     pub(super) fn op_set_name(&mut self, d: &mut String) -> Result<String, String> {
@@ -187,7 +187,7 @@ impl Fuzz<'_> {
         );
         let r = buf.set_name(&name);
         judge("DMA_BUF_SET_NAME_B", expect_set_name(name.len()), &r)?;
-        Ok(verdict(&r))
+        Ok(result_name(&r))
     }
 
     pub(super) fn op_fork(&mut self, d: &mut String) -> Result<String, String> {

@@ -3,7 +3,7 @@
 
 use std::os::fd::RawFd;
 
-use crate::harness::{errno_name, verdict};
+use crate::harness::{errno_name, result_name};
 use crate::uapi::importer::{
     self, ImporterArgs, IMPORTER_ATTACH_HOLD, IMPORTER_ATTACH_MAP, IMPORTER_CPU_ACCESS,
     IMPORTER_HOLD, IMPORTER_KMAP_WALK, IMPORTER_RELEASE, IMPORTER_VMAP, IMPORTER_VMAP_TWICE,
@@ -149,7 +149,7 @@ impl Fuzz<'_> {
             };
             let r = self.importer()?.call(IMPORTER_RELEASE, &mut a);
             judge("RELEASE", Expect::Err(libc::ENOENT), &r)?;
-            return Ok(verdict(&r));
+            return Ok(result_name(&r));
         }
         let i = self.pick(has_hold)?;
         let j = self.rng.index(self.bufs[i].holds.len());
@@ -228,6 +228,6 @@ impl Fuzz<'_> {
             let _ = imp.call(IMPORTER_RELEASE, &mut rel);
         }
         judge(label, Expect::Err(exp), &r)?;
-        Ok(verdict(&r))
+        Ok(result_name(&r))
     }
 }

@@ -41,15 +41,15 @@ fn vmap_checksum(imp: &Importer, fd: RawFd) -> io::Result<(u64, u64)> {
 
 /// A vmap the importer holds. Holds belong to the importer device, not to the open file, so
 /// one a failing test forgot would pin its buffer for good: drop releases it.
-struct Hold<'a> {
+struct HeldVmap<'a> {
     imp: &'a Importer,
     handle: Option<u64>,
 }
 
-impl<'a> Hold<'a> {
-    fn take(imp: &'a Importer, fd: RawFd) -> io::Result<Hold<'a>> {
+impl<'a> HeldVmap<'a> {
+    fn take(imp: &'a Importer, fd: RawFd) -> io::Result<HeldVmap<'a>> {
         let a = imp.on_fd(IMPORTER_HOLD, fd, OP_CHECKSUM, 0)?;
-        Ok(Hold {
+        Ok(HeldVmap {
             imp,
             handle: Some(a.handle),
         })
@@ -67,7 +67,7 @@ impl<'a> Hold<'a> {
     }
 }
 
-impl Drop for Hold<'_> {
+impl Drop for HeldVmap<'_> {
     fn drop(&mut self) {
         if let Some(handle) = self.handle.take() {
             let _ = Self::release_handle(self.imp, handle);
@@ -232,7 +232,7 @@ pub fn vmap_sync_close_race(ctx: &mut Ctx, heap: &Heap) -> Outcome {
                 .name("hold".into())
                 .spawn_scoped(s, move || {
                     let ran = race.run("hold thread", RACE_HOLD_ITERS, |_| {
-                        let hold = Hold::take(imp, hold_fd.raw_fd())
+                        let hold = HeldVmap::take(imp, hold_fd.raw_fd())
                             .map_err(|e| format!("IMPORTER_HOLD: {e}"))?;
                         let (got, len) = hold
                             .release()
@@ -271,7 +271,7 @@ pub fn vmap_sync_close_race(ctx: &mut Ctx, heap: &Heap) -> Outcome {
     );
 
     // The last fd closes while the importer holds a vmap: the hold alone keeps the buffer.
-    let hold = Hold::take(imp, final_fd.raw_fd()).context("IMPORTER_HOLD (final phase)")?;
+    let hold = HeldVmap::take(imp, final_fd.raw_fd()).context("IMPORTER_HOLD (final phase)")?;
     drop(final_fd);
     let (got, len) = hold
         .release()

@@ -14,8 +14,8 @@ use sha2::{Digest, Sha256};
 use xshell::cmd;
 
 use crate::env::Env;
-use crate::kconfig::{describe_missing, Kconfig};
 use crate::report::fmt_duration;
+use crate::stages::kconfig::{describe_missing, Kconfig};
 
 const DEBIAN_TARBALL: &str = "/usr/src/linux-source-6.12.tar.xz";
 const DEBIAN_PACKAGE: &str = "linux-source-6.12";
@@ -448,7 +448,8 @@ pub fn configure(
 
 fn toolchain_identity(env: &Env) -> String {
     let v = |tool: &str| {
-        crate::setup::tool_version(&env.sh, tool).unwrap_or_else(|| format!("{tool}: not found"))
+        crate::stages::setup::tool_version(&env.sh, tool)
+            .unwrap_or_else(|| format!("{tool}: not found"))
     };
     [v(KERNEL_RUSTC), v("bindgen"), v("clang"), v("ld.lld")].join("\n")
 }

@@ -9,13 +9,13 @@ use regex::Regex;
 
 use serde::Serialize;
 
-use crate::results::{RunResult, Verdict};
-use crate::splat::Splat;
+use crate::parse::results::{RunResult, TestVerdict};
+use crate::parse::splat::Splat;
 
 /// One line of the suite's outcome: a test, or a test on one heap.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Item {
-    pub verdict: Verdict,
+    pub verdict: TestVerdict,
     pub reasons: Vec<String>,
 }
 
@@ -44,13 +44,13 @@ pub fn items(r: &RunResult) -> BTreeMap<String, Item> {
         // A failure of the test as a whole (a splat between heaps, a crash) with every heap
         // passing still has to show.
         if !t.heaps.is_empty()
-            && t.verdict == Verdict::Fail
-            && t.heaps.iter().all(|h| h.verdict != Verdict::Fail)
+            && t.verdict == TestVerdict::Fail
+            && t.heaps.iter().all(|h| h.verdict != TestVerdict::Fail)
         {
             out.insert(
                 t.name.clone(),
                 Item {
-                    verdict: Verdict::Fail,
+                    verdict: TestVerdict::Fail,
                     reasons: t.reasons.clone(),
                 },
             );
@@ -60,7 +60,7 @@ pub fn items(r: &RunResult) -> BTreeMap<String, Item> {
         out.insert(
             n.clone(),
             Item {
-                verdict: Verdict::Fail,
+                verdict: TestVerdict::Fail,
                 reasons: vec!["selected but never reported (the guest stopped early)".into()],
             },
         );
@@ -115,7 +115,7 @@ impl Diff {
     }
 }
 
-fn flat(s: &crate::results::Snapshot) -> BTreeMap<String, String> {
+fn flat(s: &crate::parse::results::Snapshot) -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();
     m.insert("verdict".to_string(), format!("{:?}", s.verdict));
     for (k, v) in &s.facts {
@@ -136,10 +136,10 @@ pub fn diff(base: &RunResult, patched: &RunResult) -> Diff {
     for (name, item) in &p {
         let before = b.get(name).map(|i| i.verdict);
         match (before, item.verdict) {
-            (Some(Verdict::Fail), Verdict::Fail) => d.still_failing.push(name.clone()),
-            (_, Verdict::Fail) => d.newly_failing.push((name.clone(), item.reasons.clone())),
-            (Some(Verdict::Fail), Verdict::Pass) => d.newly_passing.push(name.clone()),
-            (Some(Verdict::Pass), Verdict::Skip) => d.newly_failing.push((
+            (Some(TestVerdict::Fail), TestVerdict::Fail) => d.still_failing.push(name.clone()),
+            (_, TestVerdict::Fail) => d.newly_failing.push((name.clone(), item.reasons.clone())),
+            (Some(TestVerdict::Fail), TestVerdict::Pass) => d.newly_passing.push(name.clone()),
+            (Some(TestVerdict::Pass), TestVerdict::Skip) => d.newly_failing.push((
                 name.clone(),
                 vec![format!(
                     "passed on the base, skipped after the patch ({})",
@@ -151,7 +151,7 @@ pub fn diff(base: &RunResult, patched: &RunResult) -> Diff {
     }
     // Passing before and gone after (a heap that no longer registers, a test not reported).
     for (name, item) in &b {
-        if item.verdict == Verdict::Pass && !p.contains_key(name) {
+        if item.verdict == TestVerdict::Pass && !p.contains_key(name) {
             d.newly_failing.push((
                 name.clone(),
                 vec!["passed on the base, not reported after the patch".into()],
@@ -165,7 +165,7 @@ pub fn diff(base: &RunResult, patched: &RunResult) -> Diff {
         let Some(bt) = base.tests.iter().find(|x| x.name == t.name) else {
             continue;
         };
-        if t.is_selftest() || t.verdict != Verdict::Pass || bt.verdict != Verdict::Pass {
+        if t.is_selftest() || t.verdict != TestVerdict::Pass || bt.verdict != TestVerdict::Pass {
             continue;
         }
         let (fb, fp) = (flat(&bt.snapshot()), flat(&t.snapshot()));
@@ -249,9 +249,9 @@ pub fn render(d: &Diff) -> String {
 mod tests {
     use super::*;
     use crate::fixture;
-    use crate::results::combine;
-    use crate::vm::Ending;
-    use crate::{ktap, splat};
+    use crate::parse::results::combine;
+    use crate::stages::vm::Ending;
+    use crate::{parse::ktap, parse::splat};
 
     /// A real captured pass, and the same run with one heap failing and a WARNING in it.
     fn runs() -> (RunResult, RunResult) {
@@ -301,7 +301,7 @@ mod tests {
         let t = patched
             .tests
             .iter_mut()
-            .find(|t| !t.heaps.is_empty() && t.verdict == Verdict::Pass)
+            .find(|t| !t.heaps.is_empty() && t.verdict == TestVerdict::Pass)
             .unwrap();
         let gone = format!("{} [{}]", t.name, t.heaps[0].heap);
         t.heaps.remove(0);
@@ -322,7 +322,7 @@ mod tests {
         let t = patched
             .tests
             .iter_mut()
-            .find(|t| !t.heaps.is_empty() && t.verdict == Verdict::Pass)
+            .find(|t| !t.heaps.is_empty() && t.verdict == TestVerdict::Pass)
             .unwrap();
         let name = t.name.clone();
         t.heaps[0].facts.push(("new fact".into(), "42".into()));

@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::cmd::test::RunInfo;
 use crate::env::Env;
 use crate::flags::{BenchArgs, VmArgs};
-use crate::kernel::{self, Profile};
 use crate::report::fmt_duration;
-use crate::test::RunInfo;
+use crate::stages::kernel::{self, Profile};
 
 /// The file the edit-to-verdict measurement touches, and restores.
 const EDITED: &str = "heap/rust_system_heap.rs";
@@ -140,7 +140,7 @@ fn stage(r: &TestRun, name: &str) -> Option<f64> {
     r.run.as_ref()?.times.get(name)
 }
 
-fn verdict(r: &TestRun) -> String {
+fn exit_summary(r: &TestRun) -> String {
     match r.code {
         Some(0) => "all passed".into(),
         Some(c) => format!("exit {c}"),
@@ -162,7 +162,7 @@ fn stages_line(r: &TestRun) -> String {
 }
 
 pub fn run(env: &Env, a: &BenchArgs) -> Result<ExitCode> {
-    crate::setup::ensure(env, true)?;
+    crate::stages::setup::ensure(env, true)?;
     let profiles = match a.vm.kernel.profile {
         Some(p) => vec![p],
         None => vec![Profile::Debug, Profile::Perf],
@@ -193,7 +193,7 @@ pub fn run(env: &Env, a: &BenchArgs) -> Result<ExitCode> {
     rows.push(RigRow::new(
         "`cargo xtask test`, nothing changed",
         same.wall,
-        format!("{}; {}", verdict(&same), stages_line(&same)),
+        format!("{}; {}", exit_summary(&same), stages_line(&same)),
     ));
     if let Some(boot) = stage(&same, "boot") {
         rows.push(RigRow::new(
@@ -212,11 +212,11 @@ pub fn run(env: &Env, a: &BenchArgs) -> Result<ExitCode> {
     rows.push(RigRow::new(
         format!("edit one line of `{EDITED}` to a verdict"),
         run.wall,
-        format!("{}; {}", verdict(&run), stages_line(&run)),
+        format!("{}; {}", exit_summary(&run), stages_line(&run)),
     ));
     // A build is enough to bring the cache back; no boot needed.
     println!("rig: rebuilding the unedited heap so the cache matches the project (not timed)");
-    crate::pipeline::build(
+    crate::stages::build(
         env,
         &a.vm.kernel.plan(Profile::Debug),
         &mut Default::default(),
@@ -225,9 +225,9 @@ pub fn run(env: &Env, a: &BenchArgs) -> Result<ExitCode> {
         println!(
             "rig: note: a suite run did not pass (warm-up: {}, unchanged: {}, edited: {}); the \
              times are still what a user waits for a verdict",
-            verdict(&warm),
-            verdict(&same),
-            verdict(&run)
+            exit_summary(&warm),
+            exit_summary(&same),
+            exit_summary(&run)
         );
     }
 

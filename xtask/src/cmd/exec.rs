@@ -6,23 +6,23 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 
+use crate::cmd::test::CONSOLE_TAIL;
 use crate::env::Env;
-use crate::pipeline::{self, console_tail, Times};
+use crate::parse::splat;
 use crate::plan::{ExecPlan, KernelPlan, VmPlan};
-use crate::splat;
-use crate::test::CONSOLE_TAIL;
-use crate::vm::{self, Ending, Event, Limits};
+use crate::stages::vm::{self, Ending, Event, Limits};
+use crate::stages::{self, console_tail, Times};
 
 pub fn exec(env: &Env, plan: ExecPlan) -> Result<ExitCode> {
     let mut times = Times::default();
-    let p = pipeline::prepare(env, &plan.kernel, &plan.vm, &mut times)?;
+    let p = stages::prepare(env, &plan.kernel, &plan.vm, &mut times)?;
     let limits = Limits {
         boot: plan.vm.boot_timeout,
         test: None,
         run: plan.run_timeout,
     };
     let session =
-        pipeline::boot_and_run(env, &plan.vm, &p, &plan.command, limits, None, &mut |ev| {
+        stages::boot_and_run(env, &plan.vm, &p, &plan.command, limits, None, &mut |ev| {
             if let Event::Guest(l) = ev {
                 println!("{l}");
             }
@@ -62,7 +62,7 @@ pub fn exec(env: &Env, plan: ExecPlan) -> Result<ExitCode> {
 
 pub fn shell(env: &Env, kernel: KernelPlan, v: VmPlan) -> Result<ExitCode> {
     let mut times = Times::default();
-    let p = pipeline::prepare(env, &kernel, &v, &mut times)?;
-    let code = vm::interactive(&pipeline::vm_spec(env, &v, &p, None))?;
+    let p = stages::prepare(env, &kernel, &v, &mut times)?;
+    let code = vm::interactive(&stages::vm_spec(env, &v, &p, None))?;
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
 }

@@ -5,22 +5,16 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::ktap::{Ktap, Node, Status};
-use crate::splat::Splat;
-use crate::vm::Ending;
+use crate::parse::ktap::{Ktap, Node};
+use crate::parse::splat::Splat;
+use crate::stages::vm::Ending;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Verdict {
-    Pass,
-    Fail,
-    Skip,
-}
+pub use super::TestVerdict;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct HeapResult {
     pub heap: String,
-    pub verdict: Verdict,
+    pub verdict: TestVerdict,
     pub reasons: Vec<String>,
     pub facts: Vec<(String, String)>,
     pub diags: Vec<String>,
@@ -31,7 +25,7 @@ pub struct HeapResult {
 #[derive(Debug, Clone, Serialize)]
 pub struct TestResult {
     pub name: String,
-    pub verdict: Verdict,
+    pub verdict: TestVerdict,
     pub reasons: Vec<String>,
     pub heaps: Vec<HeapResult>,
     pub facts: Vec<(String, String)>,
@@ -55,18 +49,18 @@ pub struct RunResult {
     pub boot_failed: bool,
 }
 
-fn verdict_of(node: &Node) -> (Verdict, Vec<String>) {
+fn verdict_of(node: &Node) -> (TestVerdict, Vec<String>) {
     match &node.status {
-        Some(Status::Pass) => (Verdict::Pass, vec![]),
-        Some(Status::Skip) => (
-            Verdict::Skip,
+        Some(TestVerdict::Pass) => (TestVerdict::Pass, vec![]),
+        Some(TestVerdict::Skip) => (
+            TestVerdict::Skip,
             vec![format!(
                 "SKIP: {}",
                 node.skip_reason.clone().unwrap_or_default()
             )],
         ),
         // The decisive line first: summaries (bisect steps, reports) quote the first reason.
-        Some(Status::Fail) => {
+        Some(TestVerdict::Fail) => {
             let mut reasons = node.diags.clone();
             if let Some(i) = node
                 .failure
@@ -76,9 +70,9 @@ fn verdict_of(node: &Node) -> (Verdict, Vec<String>) {
                 let decisive = reasons.remove(i);
                 reasons.insert(0, decisive);
             }
-            (Verdict::Fail, reasons)
+            (TestVerdict::Fail, reasons)
         }
-        None => (Verdict::Fail, node.diags.clone()),
+        None => (TestVerdict::Fail, node.diags.clone()),
     }
 }
 
@@ -134,11 +128,11 @@ pub fn combine(ktap: &Ktap, splats: &[Splat], selected: &[String], ending: &Endi
             outside.push(s.clone());
             continue;
         };
-        t.verdict = Verdict::Fail;
+        t.verdict = TestVerdict::Fail;
         t.reasons.push(splat_reason(s));
         match heap.and_then(|h| t.heaps.iter_mut().find(|r| r.heap == h)) {
             Some(h) => {
-                h.verdict = Verdict::Fail;
+                h.verdict = TestVerdict::Fail;
                 h.reasons.push(splat_reason(s));
                 h.splats.push(s.clone());
             }
@@ -185,7 +179,7 @@ pub fn combine(ktap: &Ktap, splats: &[Splat], selected: &[String], ending: &Endi
 
 impl RunResult {
     pub fn passed(&self) -> bool {
-        self.tests.iter().all(|t| t.verdict != Verdict::Fail)
+        self.tests.iter().all(|t| t.verdict != TestVerdict::Fail)
             && self.splats_outside_tests.is_empty()
             && self.not_run.is_empty()
             && self.problems.is_empty()
@@ -196,16 +190,16 @@ impl RunResult {
     pub fn counts(&self, snapshot_mismatches: &[String]) -> (usize, usize, usize) {
         let verdict = |t: &TestResult| {
             if snapshot_mismatches.contains(&t.name) {
-                Verdict::Fail
+                TestVerdict::Fail
             } else {
                 t.verdict
             }
         };
         let c = |v| self.tests.iter().filter(|t| verdict(t) == v).count();
         (
-            c(Verdict::Pass),
-            c(Verdict::Fail) + self.not_run.len(),
-            c(Verdict::Skip),
+            c(TestVerdict::Pass),
+            c(TestVerdict::Fail) + self.not_run.len(),
+            c(TestVerdict::Skip),
         )
     }
 }
@@ -213,7 +207,7 @@ impl RunResult {
 /// What insta records for one test: deterministic facts only (no times, no diagnostics).
 #[derive(Debug, Serialize)]
 pub struct Snapshot {
-    pub verdict: Verdict,
+    pub verdict: TestVerdict,
     /// Why a test without heap columns was skipped (a skip for another reason differs).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skip: Option<String>,
@@ -225,7 +219,7 @@ pub struct Snapshot {
 
 #[derive(Debug, Serialize)]
 pub struct HeapSnapshot {
-    pub verdict: Verdict,
+    pub verdict: TestVerdict,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skip: Option<String>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -236,14 +230,14 @@ impl TestResult {
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             verdict: self.verdict,
-            skip: (self.verdict == Verdict::Skip && self.heaps.is_empty())
+            skip: (self.verdict == TestVerdict::Skip && self.heaps.is_empty())
                 .then(|| self.reasons.join("; ")),
             facts: self.facts.iter().cloned().collect(),
             heaps: self
                 .heaps
                 .iter()
                 .map(|h| {
-                    let skip = (h.verdict == Verdict::Skip).then(|| h.reasons.join("; "));
+                    let skip = (h.verdict == TestVerdict::Skip).then(|| h.reasons.join("; "));
                     (
                         h.heap.clone(),
                         HeapSnapshot {
@@ -266,7 +260,7 @@ impl TestResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{ktap, splat};
+    use crate::{parse::ktap, parse::splat};
 
     use crate::fixture;
 
@@ -295,12 +289,12 @@ mod tests {
         );
         assert!(!r.passed());
         let t = r.tests.iter().find(|t| t.name == "set_name").unwrap();
-        assert_eq!(t.verdict, Verdict::Fail);
+        assert_eq!(t.verdict, TestVerdict::Fail);
         let heap = |n: &str| t.heaps.iter().find(|h| h.heap == n).unwrap();
-        assert_eq!(heap("system").verdict, Verdict::Fail);
+        assert_eq!(heap("system").verdict, TestVerdict::Fail);
         assert!(heap("system").reasons[0].contains("kernel WARNING"));
         // The other heap's column of the same test is untouched.
-        assert_eq!(heap("rust_system").verdict, Verdict::Pass);
+        assert_eq!(heap("rust_system").verdict, TestVerdict::Pass);
     }
 
     #[test]

@@ -13,12 +13,12 @@ use xshell::{cmd, Shell};
 use crate::env::Env;
 use clap::ValueEnum;
 
+use crate::cmd::test;
 use crate::flags::{SuiteArgs, VmArgs};
-use crate::kernel;
-use crate::pipeline::{self, StageError, Times};
+use crate::parse::results::RunResult;
 use crate::plan::{Outputs, SkipWhy, Snapshots, TestPlan, VmPlan};
-use crate::results::RunResult;
-use crate::test;
+use crate::stages::kernel;
+use crate::stages::{self, StageError, Times};
 
 /// A commit as reports show it: its first 12 hex digits (all of a shorter name).
 pub fn short(sha: &str) -> &str {
@@ -92,7 +92,7 @@ impl Repo {
             .read()?;
         Ok(format!(
             "git-{}",
-            &crate::kernel::sha256_hex(roots.as_bytes())[..12]
+            &crate::stages::kernel::sha256_hex(roots.as_bytes())[..12]
         ))
     }
 }
@@ -211,7 +211,7 @@ impl TreeLock {
 }
 
 /// What one suite run on a tree came to.
-pub enum Outcome {
+pub enum SuiteOutcome {
     /// The kernel did not build: the first error.
     NoBuild(String),
     /// The kernel built but the guest never ran the suite.
@@ -222,7 +222,7 @@ pub enum Outcome {
 /// The plan of a suite run on a scratch or user tree: the suite compared with another run
 /// (validate's base, bisect's verdicts), never with the snapshots.
 pub fn suite_plan(vm: &VmArgs, suite: &SuiteArgs, tree: &Path, tree_id: Option<&str>) -> TestPlan {
-    let mut kernel = vm.kernel.plan(crate::kernel::Profile::Debug);
+    let mut kernel = vm.kernel.plan(crate::stages::kernel::Profile::Debug);
     kernel.src = Some(tree.to_path_buf());
     kernel.tree_id = tree_id.map(str::to_string);
     TestPlan {
@@ -236,19 +236,19 @@ pub fn suite_plan(vm: &VmArgs, suite: &SuiteArgs, tree: &Path, tree_id: Option<&
 
 /// Builds and runs the suite on the plan's tree, artefacts in `out`. Err only when the rig
 /// itself failed (setup, copying, the guest runner).
-pub fn run_suite(env: &Env, plan: &TestPlan, out: &Path) -> Result<(Outcome, Times)> {
+pub fn run_suite(env: &Env, plan: &TestPlan, out: &Path) -> Result<(SuiteOutcome, Times)> {
     let mut times = Times::default();
     let t = Instant::now();
-    let guest = pipeline::build_guest(env)?;
-    let selected = pipeline::select(env, &guest, &plan.suite.patterns)?;
+    let guest = stages::build_guest(env)?;
+    let selected = stages::select(env, &guest, &plan.suite.patterns)?;
     times.add("guest build", t.elapsed());
     let _lock = match &plan.kernel.tree_id {
         Some(id) => Some(TreeLock::take(env, id)?),
         None => None,
     };
-    let p = match pipeline::prepare(env, &plan.kernel, &plan.vm, &mut times) {
+    let p = match stages::prepare(env, &plan.kernel, &plan.vm, &mut times) {
         Ok(p) => p,
-        Err(StageError::NoBuild(e)) => return Ok((Outcome::NoBuild(format!("{e:#}")), times)),
+        Err(StageError::NoBuild(e)) => return Ok((SuiteOutcome::NoBuild(format!("{e:#}")), times)),
         Err(StageError::Rig(e)) => return Err(e),
     };
     let x = test::execute(env, plan, &p, &guest, &selected, out, &mut times)?;
@@ -256,15 +256,15 @@ pub fn run_suite(env: &Env, plan: &TestPlan, out: &Path) -> Result<(Outcome, Tim
     // No test reported at all: the suite never ran (a panic or hang during boot included).
     if x.result.boot_failed || x.result.tests.is_empty() {
         return Ok((
-            Outcome::NoBoot(format!(
+            SuiteOutcome::NoBoot(format!(
                 "{}; console tail:\n{}",
                 x.result.ending,
-                pipeline::console_tail(&x.console, test::CONSOLE_TAIL).join("\n")
+                stages::console_tail(&x.console, test::CONSOLE_TAIL).join("\n")
             )),
             times,
         ));
     }
-    Ok((Outcome::Ran(x.result), times))
+    Ok((SuiteOutcome::Ran(x.result), times))
 }
 
 /// The rig's own identity for result caches: its commit plus any uncommitted change,

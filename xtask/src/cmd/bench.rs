@@ -13,9 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::env::Env;
 use crate::flags::BenchArgs;
-use crate::pipeline::{self, build_guest, Times};
 use crate::plan::BenchPlan;
-use crate::vm::{Accel, Ending, Event, Limits};
+use crate::stages::vm::{Accel, Ending, Event, Limits};
+use crate::stages::{self, build_guest, Times};
 
 use heaprig_protocol::bench::{ion_variant, Record, C_HEAP, OURS};
 
@@ -242,7 +242,7 @@ pub fn run(env: &Env, a: BenchArgs) -> Result<ExitCode> {
         return render(path);
     }
     if a.rig {
-        return crate::rig::run(env, &a);
+        return crate::cmd::bench_rig::run(env, &a);
     }
     let dir = env.root.join("target/heaprig/bench");
     let m = measure(env, &a.plan(), &dir)?;
@@ -278,7 +278,7 @@ pub fn measure(env: &Env, plan: &BenchPlan, dir: &std::path::Path) -> Result<Mea
     let mut times = Times::default();
     let guest = build_guest(env)?;
     let profile = plan.kernel.profile;
-    let p = pipeline::prepare(env, &plan.kernel, &plan.vm, &mut times)?;
+    let p = stages::prepare(env, &plan.kernel, &plan.vm, &mut times)?;
     // Only this run's own files: `bench --rig` keeps rig.json in the same directory.
     for f in ["guest.jsonl", "bench.json", "bench.svg", "console.log"] {
         let _ = fs::remove_file(dir.join(f));
@@ -303,7 +303,7 @@ pub fn measure(env: &Env, plan: &BenchPlan, dir: &std::path::Path) -> Result<Mea
         p.accel,
         if plan.quick { ", --quick" } else { "" }
     );
-    let session = pipeline::boot_and_run(
+    let session = stages::boot_and_run(
         env,
         &plan.vm,
         &p,

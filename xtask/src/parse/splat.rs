@@ -10,7 +10,7 @@ use serde::Serialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Kind {
+pub enum SplatKind {
     Warning,
     Bug,
     Oops,
@@ -26,29 +26,29 @@ pub enum Kind {
     Panic,
 }
 
-impl Kind {
+impl SplatKind {
     pub fn label(self) -> &'static str {
         match self {
-            Kind::Warning => "WARNING",
-            Kind::Bug => "BUG",
-            Kind::Oops => "Oops",
-            Kind::Kasan => "KASAN",
-            Kind::Ubsan => "UBSAN",
-            Kind::Kfence => "KFENCE",
-            Kind::Lockdep => "lockdep",
-            Kind::HungTask => "hung task",
-            Kind::RcuStall => "RCU stall",
-            Kind::SoftLockup => "soft lockup",
-            Kind::Kmemleak => "kmemleak",
-            Kind::RustPanic => "Rust panic",
-            Kind::Panic => "panic",
+            SplatKind::Warning => "WARNING",
+            SplatKind::Bug => "BUG",
+            SplatKind::Oops => "Oops",
+            SplatKind::Kasan => "KASAN",
+            SplatKind::Ubsan => "UBSAN",
+            SplatKind::Kfence => "KFENCE",
+            SplatKind::Lockdep => "lockdep",
+            SplatKind::HungTask => "hung task",
+            SplatKind::RcuStall => "RCU stall",
+            SplatKind::SoftLockup => "soft lockup",
+            SplatKind::Kmemleak => "kmemleak",
+            SplatKind::RustPanic => "Rust panic",
+            SplatKind::Panic => "panic",
         }
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Splat {
-    pub kind: Kind,
+    pub kind: SplatKind,
     /// First line, normalised: the fingerprint users compare.
     pub title: String,
     /// The test (NAME or NAME/HEAP) running when it appeared; None outside any test.
@@ -108,35 +108,35 @@ pub fn normalise(line: &str) -> String {
 }
 
 /// Recognises the first line of a splat.
-pub fn classify(line: &str) -> Option<Kind> {
+pub fn classify(line: &str) -> Option<SplatKind> {
     let l = line.trim_start();
     let kind = if l.starts_with("Kernel panic - not syncing") {
-        Kind::Panic
+        SplatKind::Panic
     } else if l.starts_with("BUG: KASAN:") {
-        Kind::Kasan
+        SplatKind::Kasan
     } else if l.starts_with("BUG: KFENCE:") {
-        Kind::Kfence
+        SplatKind::Kfence
     } else if l.starts_with("UBSAN:") {
-        Kind::Ubsan
+        SplatKind::Ubsan
     } else if l.contains("BUG: soft lockup") {
-        Kind::SoftLockup
+        SplatKind::SoftLockup
     } else if l.starts_with("WARNING: CPU:") {
-        Kind::Warning
+        SplatKind::Warning
     } else if l.starts_with("WARNING: ") {
         // Lockdep and RCU-lockdep reports: "WARNING: possible circular locking ...".
-        Kind::Lockdep
+        SplatKind::Lockdep
     } else if l.starts_with("rust_kernel: panicked at") || l.contains("] panicked at ") {
-        Kind::RustPanic
+        SplatKind::RustPanic
     } else if l.starts_with("BUG: ") || l.starts_with("kernel BUG at") {
-        Kind::Bug
+        SplatKind::Bug
     } else if l.starts_with("Oops: ") || l.starts_with("general protection fault") {
-        Kind::Oops
+        SplatKind::Oops
     } else if l.starts_with("INFO: task ") && l.contains("blocked for more than") {
-        Kind::HungTask
+        SplatKind::HungTask
     } else if l.starts_with("rcu: INFO:") && l.contains("stall") {
-        Kind::RcuStall
+        SplatKind::RcuStall
     } else if l.starts_with("unreferenced object 0x") {
-        Kind::Kmemleak
+        SplatKind::Kmemleak
     } else {
         return None;
     };
@@ -150,16 +150,16 @@ fn is_end(line: &str) -> bool {
 
 /// Whether a new start line continues the current report (an Oops after a BUG, the panic
 /// after an Oops) rather than starting another one.
-fn continues(current: Kind, next: Kind) -> bool {
+fn continues(current: SplatKind, next: SplatKind) -> bool {
     matches!(
         (current, next),
-        (Kind::Bug, Kind::Oops)
-            | (Kind::RustPanic, Kind::Bug)
-            | (Kind::RustPanic, Kind::Oops)
-            | (Kind::Bug, Kind::Panic)
-            | (Kind::Oops, Kind::Panic)
-            | (Kind::Kasan, Kind::Panic)
-            | (Kind::Warning, Kind::Panic)
+        (SplatKind::Bug, SplatKind::Oops)
+            | (SplatKind::RustPanic, SplatKind::Bug)
+            | (SplatKind::RustPanic, SplatKind::Oops)
+            | (SplatKind::Bug, SplatKind::Panic)
+            | (SplatKind::Oops, SplatKind::Panic)
+            | (SplatKind::Kasan, SplatKind::Panic)
+            | (SplatKind::Warning, SplatKind::Panic)
     )
 }
 
@@ -245,39 +245,45 @@ mod tests {
     #[test]
     fn classifies_start_lines() {
         let table = [
-            ("WARNING: CPU: 0 PID: 1 at x.c:1 f", Some(Kind::Warning)),
+            (
+                "WARNING: CPU: 0 PID: 1 at x.c:1 f",
+                Some(SplatKind::Warning),
+            ),
             (
                 "WARNING: possible circular locking dependency detected",
-                Some(Kind::Lockdep),
+                Some(SplatKind::Lockdep),
             ),
-            ("BUG: KASAN: slab-out-of-bounds in f", Some(Kind::Kasan)),
+            (
+                "BUG: KASAN: slab-out-of-bounds in f",
+                Some(SplatKind::Kasan),
+            ),
             (
                 "BUG: sleeping function called from invalid context",
-                Some(Kind::Bug),
+                Some(SplatKind::Bug),
             ),
             (
                 "UBSAN: array-index-out-of-bounds in x.c:3:4",
-                Some(Kind::Ubsan),
+                Some(SplatKind::Ubsan),
             ),
             (
                 "INFO: task cat:12 blocked for more than 5 seconds.",
-                Some(Kind::HungTask),
+                Some(SplatKind::HungTask),
             ),
             (
                 "rcu: INFO: rcu_preempt self-detected stall on CPU",
-                Some(Kind::RcuStall),
+                Some(SplatKind::RcuStall),
             ),
             (
                 "unreferenced object 0xffff888001234560 (size 64):",
-                Some(Kind::Kmemleak),
+                Some(SplatKind::Kmemleak),
             ),
             (
                 "Kernel panic - not syncing: Fatal exception",
-                Some(Kind::Panic),
+                Some(SplatKind::Panic),
             ),
             (
                 "watchdog: BUG: soft lockup - CPU#0 stuck for 22s!",
-                Some(Kind::SoftLockup),
+                Some(SplatKind::SoftLockup),
             ),
             ("heaprig: begin foo", None),
             ("virtio_net virtio0: something", None),
@@ -302,15 +308,15 @@ mod tests {
     #[test]
     fn real_splats_from_the_debug_kernel() {
         let table = [
-            ("lkdtm-warning.log", Kind::Warning, "lkdtm"),
-            ("lkdtm-bug.log", Kind::Bug, "lkdtm"),
-            ("lkdtm-kasan.log", Kind::Kasan, "KASAN"),
+            ("lkdtm-warning.log", SplatKind::Warning, "lkdtm"),
+            ("lkdtm-bug.log", SplatKind::Bug, "lkdtm"),
+            ("lkdtm-kasan.log", SplatKind::Kasan, "KASAN"),
             (
                 "lkdtm-ubsan.log",
-                Kind::Ubsan,
+                SplatKind::Ubsan,
                 "UBSAN: array-index-out-of-bounds in drivers/misc/lkdtm/bugs.c",
             ),
-            ("lkdtm-panic.log", Kind::Panic, "Kernel panic"),
+            ("lkdtm-panic.log", SplatKind::Panic, "Kernel panic"),
         ];
         for (file, kind, needle) in table {
             let splats = parse(&fixture(file));

@@ -11,17 +11,17 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
-use crate::bench;
-use crate::compare::{self, Diff};
+use crate::cmd::bench;
+use crate::cmd::test;
+use crate::cmd::tree::{self, short, Repo, Scratch, SuiteOutcome};
 use crate::env::Env;
 use crate::flags::ValidateArgs;
-use crate::kernel::Profile;
+use crate::parse::results::RunResult;
 use crate::plan::{BenchPlan, KernelPlan, TestPlan};
+use crate::report::compare::{self, Diff};
 use crate::report::fmt_duration;
-use crate::results::RunResult;
-use crate::test;
-use crate::tree::{self, short, Outcome, Repo, Scratch};
-use crate::vm::Ending;
+use crate::stages::kernel::Profile;
+use crate::stages::vm::Ending;
 
 /// What the user passed as PATCH.
 #[derive(Debug, PartialEq)]
@@ -192,7 +192,7 @@ impl ResultCache {
 /// One side of the comparison, as the report shows it.
 struct Side {
     label: String,
-    outcome: Outcome,
+    outcome: SuiteOutcome,
     time: Duration,
     cached: bool,
 }
@@ -226,11 +226,11 @@ enum Judgement {
     NoBoot(String),
 }
 
-fn judge(base: &RunResult, side: &Outcome) -> Judgement {
+fn judge(base: &RunResult, side: &SuiteOutcome) -> Judgement {
     match side {
-        Outcome::NoBuild(e) => Judgement::NoBuild(e.clone()),
-        Outcome::NoBoot(e) => Judgement::NoBoot(e.clone()),
-        Outcome::Ran(r) => {
+        SuiteOutcome::NoBuild(e) => Judgement::NoBuild(e.clone()),
+        SuiteOutcome::NoBoot(e) => Judgement::NoBoot(e.clone()),
+        SuiteOutcome::Ran(r) => {
             let d = compare::diff(base, r);
             if d.regressed() {
                 Judgement::Regressed(d)
@@ -355,7 +355,7 @@ fn validate_in(
             );
             Side {
                 label: "base".into(),
-                outcome: Outcome::Ran(r),
+                outcome: SuiteOutcome::Ran(r),
                 time: Duration::ZERO,
                 cached: true,
             }
@@ -364,7 +364,7 @@ fn validate_in(
             let out = out_root.join("base");
             let side = run_side(env, &plan, scratch, &base, "base", &out)?;
             // Only a complete run is worth reusing; a flaky or cut-short one is not cached.
-            if let Outcome::Ran(r) = &side.outcome {
+            if let SuiteOutcome::Ran(r) = &side.outcome {
                 let complete = matches!(r.ending, Ending::Exited { code: 0 | 1 })
                     && r.not_run.is_empty()
                     && r.problems.is_empty();
@@ -376,8 +376,8 @@ fn validate_in(
         }
     };
     let base_result = match &base_side.outcome {
-        Outcome::Ran(r) => r,
-        Outcome::NoBuild(e) | Outcome::NoBoot(e) => bail!(
+        SuiteOutcome::Ran(r) => r,
+        SuiteOutcome::NoBuild(e) | SuiteOutcome::NoBoot(e) => bail!(
             "the base {} could not be tested, so nothing can be said about the patches:\n{}",
             short(&base),
             first_lines(e, 30)

@@ -12,14 +12,14 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::compare;
+use crate::cmd::tree::{self, short, Repo, Scratch, SuiteOutcome};
 use crate::env::Env;
 use crate::flags::{BisectArgs, StepArgs};
+use crate::parse::results::TestVerdict;
+use crate::parse::splat;
+use crate::report::compare;
 use crate::report::fmt_duration;
-use crate::results::Verdict;
-use crate::splat;
-use crate::tree::{self, short, Outcome, Repo, Scratch};
-use crate::vm::Ending;
+use crate::stages::vm::Ending;
 
 pub const GOOD: u8 = 0;
 pub const BAD: u8 = 1;
@@ -31,37 +31,37 @@ const RESET: &[&str] = &["bisect", "reset"];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum StepVerdict {
+pub enum BisectVerdict {
     Good,
     Bad,
     Skip,
 }
 
-impl StepVerdict {
+impl BisectVerdict {
     pub fn code(&self) -> u8 {
         match self {
-            StepVerdict::Good => GOOD,
-            StepVerdict::Bad => BAD,
-            StepVerdict::Skip => SKIP,
+            BisectVerdict::Good => GOOD,
+            BisectVerdict::Bad => BAD,
+            BisectVerdict::Skip => SKIP,
         }
     }
 }
 
 /// Good, bad or skip for one run, and why.
-pub fn decide(outcome: &Outcome, splat_text: Option<&str>) -> (StepVerdict, String) {
+pub fn decide(outcome: &SuiteOutcome, splat_text: Option<&str>) -> (BisectVerdict, String) {
     let r = match outcome {
-        Outcome::NoBuild(e) => {
+        SuiteOutcome::NoBuild(e) => {
             let first = e.lines().find(|l| l.contains("error")).unwrap_or("");
             return (
-                StepVerdict::Skip,
+                BisectVerdict::Skip,
                 format!("does not build: {}", first.trim()),
             );
         }
-        Outcome::NoBoot(e) => {
+        SuiteOutcome::NoBoot(e) => {
             let first = e.lines().next().unwrap_or("");
-            return (StepVerdict::Skip, format!("does not boot: {first}"));
+            return (BisectVerdict::Skip, format!("does not boot: {first}"));
         }
-        Outcome::Ran(r) => r,
+        SuiteOutcome::Ran(r) => r,
     };
     if let Some(text) = splat_text {
         let needle = splat::normalise(text).to_lowercase();
@@ -69,21 +69,21 @@ pub fn decide(outcome: &Outcome, splat_text: Option<&str>) -> (StepVerdict, Stri
             .into_iter()
             .find(|fp| fp.to_lowercase().contains(&needle))
         {
-            Some(fp) => (StepVerdict::Bad, format!("splat: {fp}")),
+            Some(fp) => (BisectVerdict::Bad, format!("splat: {fp}")),
             // A run that stopped early cannot show the splat's absence.
             None if !r.not_run.is_empty() || !matches!(r.ending, Ending::Exited { .. }) => (
-                StepVerdict::Skip,
+                BisectVerdict::Skip,
                 format!(
                     "no splat matching {text:?}, but the run ended early ({})",
                     r.ending
                 ),
             ),
-            None => (StepVerdict::Good, format!("no splat matching {text:?}")),
+            None => (BisectVerdict::Good, format!("no splat matching {text:?}")),
         };
     }
     let mut failing: Vec<String> = compare::items(r)
         .into_iter()
-        .filter(|(_, i)| i.verdict == Verdict::Fail)
+        .filter(|(_, i)| i.verdict == TestVerdict::Fail)
         .map(|(n, i)| match i.reasons.first() {
             Some(why) => format!("{n}: {why}"),
             None => n,
@@ -96,9 +96,9 @@ pub fn decide(outcome: &Outcome, splat_text: Option<&str>) -> (StepVerdict, Stri
     );
     failing.extend(r.problems.iter().cloned());
     if failing.is_empty() {
-        (StepVerdict::Good, "all chosen tests passed".into())
+        (BisectVerdict::Good, "all chosen tests passed".into())
     } else {
-        (StepVerdict::Bad, failing.join("; "))
+        (BisectVerdict::Bad, failing.join("; "))
     }
 }
 
@@ -107,7 +107,7 @@ pub fn decide(outcome: &Outcome, splat_text: Option<&str>) -> (StepVerdict, Stri
 pub struct StepRecord {
     pub commit: String,
     pub subject: String,
-    pub verdict: StepVerdict,
+    pub verdict: BisectVerdict,
     pub why: String,
     pub seconds: f64,
     pub runs: u32,
@@ -119,7 +119,7 @@ fn judge_with_retries(
     a: &StepArgs,
     tree: &Path,
     out: &Path,
-) -> Result<(StepVerdict, String, u32)> {
+) -> Result<(BisectVerdict, String, u32)> {
     let plan = tree::suite_plan(&a.vm, &a.suite, tree, a.vm.kernel.tree_id.as_deref());
     let mut runs = 0;
     let mut first_bad = String::new();
@@ -129,16 +129,16 @@ fn judge_with_retries(
         println!("time: {}", times.line());
         let (v, why) = decide(&outcome, a.verdict.splat.as_deref());
         match v {
-            StepVerdict::Bad if runs <= a.verdict.retries => {
+            BisectVerdict::Bad if runs <= a.verdict.retries => {
                 println!(
                     "bisect-step: bad ({why}); rerun {runs} of {}",
                     a.verdict.retries
                 );
                 first_bad = why;
             }
-            StepVerdict::Good if runs > 1 => {
+            BisectVerdict::Good if runs > 1 => {
                 return Ok((
-                    StepVerdict::Skip,
+                    BisectVerdict::Skip,
                     format!("flaky: bad then good in {runs} runs ({first_bad})"),
                     runs,
                 ))
@@ -160,13 +160,13 @@ pub fn step(env: &Env, a: StepArgs) -> ExitCode {
     let commit = head(env, &tree);
     let subject = tree::subject(&env.sh, &tree, "HEAD");
     let out = env.root.join("target/heaprig/bisect").join(short(&commit));
-    let (verdict, why, runs) = match crate::kernel::validate_tree(&tree)
+    let (verdict, why, runs) = match crate::stages::kernel::validate_tree(&tree)
         .and_then(|()| judge_with_retries(env, &a, &tree, &out))
     {
         Ok(x) => x,
         // The rig failing says nothing about the commit: skip it, loudly.
         Err(e) => (
-            StepVerdict::Skip,
+            BisectVerdict::Skip,
             format!("the rig could not test this commit: {e:#}"),
             1,
         ),
@@ -182,9 +182,9 @@ pub fn step(env: &Env, a: StepArgs) -> ExitCode {
     println!(
         "bisect-step: {} {} \"{}\": {} ({}) in {}",
         match rec.verdict {
-            StepVerdict::Good => "GOOD",
-            StepVerdict::Bad => "BAD",
-            StepVerdict::Skip => "SKIP",
+            BisectVerdict::Good => "GOOD",
+            BisectVerdict::Bad => "BAD",
+            BisectVerdict::Skip => "SKIP",
         },
         short(&rec.commit),
         rec.subject,
@@ -280,9 +280,9 @@ pub fn summary(steps: &[StepRecord], found: Option<(&str, &str)>, total: Duratio
             i + 1,
             short(&r.commit),
             match r.verdict {
-                StepVerdict::Good => "good",
-                StepVerdict::Bad => "bad",
-                StepVerdict::Skip => "skip",
+                BisectVerdict::Good => "good",
+                BisectVerdict::Bad => "bad",
+                BisectVerdict::Skip => "skip",
             },
             fmt_duration(Duration::from_secs_f64(r.seconds)),
             r.subject,
@@ -389,13 +389,13 @@ pub fn run(env: &Env, a: BisectArgs) -> Result<ExitCode> {
 mod tests {
     use super::*;
     use crate::fixture;
-    use crate::results::combine;
-    use crate::{ktap, splat};
+    use crate::parse::results::combine;
+    use crate::{parse::ktap, parse::splat};
 
-    fn ran(log: &str) -> Outcome {
+    fn ran(log: &str) -> SuiteOutcome {
         let k = ktap::parse(&fixture("guest-pass.ktap"));
         let names: Vec<String> = k.tests.iter().map(|t| t.name.clone()).collect();
-        Outcome::Ran(combine(
+        SuiteOutcome::Ran(combine(
             &k,
             &splat::parse(log),
             &names,
@@ -415,16 +415,19 @@ mod tests {
             "{why}"
         );
         // With --splat only the splat decides.
-        assert_eq!(decide(&warned, Some("dma_buf_vmap")).0, StepVerdict::Bad);
-        assert_eq!(decide(&warned, Some("kasan")).0, StepVerdict::Good);
-        assert_eq!(decide(&clean, Some("dma_buf_vmap")).0, StepVerdict::Good);
-        let (v, why) = decide(&Outcome::NoBuild("make\nfoo.rs:1: error: x\n".into()), None);
+        assert_eq!(decide(&warned, Some("dma_buf_vmap")).0, BisectVerdict::Bad);
+        assert_eq!(decide(&warned, Some("kasan")).0, BisectVerdict::Good);
+        assert_eq!(decide(&clean, Some("dma_buf_vmap")).0, BisectVerdict::Good);
+        let (v, why) = decide(
+            &SuiteOutcome::NoBuild("make\nfoo.rs:1: error: x\n".into()),
+            None,
+        );
         assert_eq!(
             (v.code(), why.as_str()),
             (125, "does not build: foo.rs:1: error: x")
         );
         assert_eq!(
-            decide(&Outcome::NoBoot("boot timeout".into()), None)
+            decide(&SuiteOutcome::NoBoot("boot timeout".into()), None)
                 .0
                 .code(),
             125
@@ -433,9 +436,9 @@ mod tests {
         let k = ktap::parse(&fixture("guest-pass.ktap"));
         let mut sel: Vec<String> = k.tests.iter().map(|t| t.name.clone()).collect();
         sel.push("never_reported".into());
-        let short = Outcome::Ran(combine(&k, &[], &sel, &Ending::RunTimeout { secs: 9 }));
-        assert_eq!(decide(&short, Some("dma_buf_vmap")).0, StepVerdict::Skip);
-        for v in [StepVerdict::Good, StepVerdict::Bad, StepVerdict::Skip] {
+        let short = SuiteOutcome::Ran(combine(&k, &[], &sel, &Ending::RunTimeout { secs: 9 }));
+        assert_eq!(decide(&short, Some("dma_buf_vmap")).0, BisectVerdict::Skip);
+        for v in [BisectVerdict::Good, BisectVerdict::Bad, BisectVerdict::Skip] {
             assert!(v.code() <= 127);
         }
     }
@@ -449,8 +452,8 @@ mod tests {
         let k = ktap::parse(&text);
         let names: Vec<String> = k.tests.iter().map(|t| t.name.clone()).collect();
         let r = combine(&k, &[], &names, &Ending::Exited { code: 1 });
-        let (v, why) = decide(&Outcome::Ran(r), None);
-        assert_eq!(v, StepVerdict::Bad);
+        let (v, why) = decide(&SuiteOutcome::Ran(r), None);
+        assert_eq!(v, BisectVerdict::Bad);
         let at = why
             .find("fuzz: ")
             .unwrap_or_else(|| panic!("no fuzz reason in {why}"));
@@ -522,7 +525,7 @@ mod tests {
             panic!("{flags:?}")
         };
         let mut want = b.vm.clone();
-        want.kernel.profile = Some(crate::kernel::Profile::Debug);
+        want.kernel.profile = Some(crate::stages::kernel::Profile::Debug);
         want.kernel.kernel_src = Some("/scratch".into());
         want.kernel.tree_id = Some("t1".into());
         assert_eq!(s.vm, want);
@@ -579,7 +582,7 @@ mod tests {
             StepRecord {
                 commit: "a".repeat(40),
                 subject: "ok".into(),
-                verdict: StepVerdict::Good,
+                verdict: BisectVerdict::Good,
                 why: "all chosen tests passed".into(),
                 seconds: 90.0,
                 runs: 1,
@@ -587,7 +590,7 @@ mod tests {
             StepRecord {
                 commit: "b".repeat(40),
                 subject: "broken".into(),
-                verdict: StepVerdict::Skip,
+                verdict: BisectVerdict::Skip,
                 why: "does not build".into(),
                 seconds: 30.0,
                 runs: 1,

@@ -1,11 +1,14 @@
 //! Renders a [`RunResult`]: terminal table, JSON, JUnit XML. The runner never prints
-//! results itself; these are consumers of the typed result.
+//! results itself; these are consumers of the typed result. `compare` diffs two results
+//! (validate's base and patched).
+
+pub mod compare;
 
 use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::results::{RunResult, Verdict};
+use crate::parse::results::{RunResult, TestVerdict};
 
 /// Formats a duration the way the reports show it: `4m12s`, `9.3s`, `120ms`.
 pub fn fmt_duration(d: std::time::Duration) -> String {
@@ -19,11 +22,11 @@ pub fn fmt_duration(d: std::time::Duration) -> String {
     }
 }
 
-fn cell(v: Verdict) -> &'static str {
+fn cell(v: TestVerdict) -> &'static str {
     match v {
-        Verdict::Pass => "PASS",
-        Verdict::Fail => "FAIL",
-        Verdict::Skip => "SKIP",
+        TestVerdict::Pass => "PASS",
+        TestVerdict::Fail => "FAIL",
+        TestVerdict::Skip => "SKIP",
     }
 }
 
@@ -75,12 +78,12 @@ pub fn table(r: &RunResult) -> String {
 pub fn details(r: &RunResult) -> String {
     let mut out = String::new();
     for t in &r.tests {
-        if t.verdict == Verdict::Pass {
+        if t.verdict == TestVerdict::Pass {
             continue;
         }
         let mut lines: Vec<String> = t.reasons.iter().map(|x| format!("  {x}")).collect();
         for h in &t.heaps {
-            if h.verdict != Verdict::Pass {
+            if h.verdict != TestVerdict::Pass {
                 lines.extend(h.reasons.iter().map(|x| format!("  [{}] {x}", h.heap)));
             }
         }
@@ -136,7 +139,7 @@ pub fn junit(r: &RunResult) -> String {
     struct Case {
         class: String,
         name: String,
-        verdict: Verdict,
+        verdict: TestVerdict,
         text: String,
         ms: u64,
     }
@@ -165,13 +168,19 @@ pub fn junit(r: &RunResult) -> String {
         cases.push(Case {
             class: "heaprig".into(),
             name: n.clone(),
-            verdict: Verdict::Fail,
+            verdict: TestVerdict::Fail,
             text: "not run: the guest stopped before this test".into(),
             ms: 0,
         });
     }
-    let failures = cases.iter().filter(|c| c.verdict == Verdict::Fail).count();
-    let skipped = cases.iter().filter(|c| c.verdict == Verdict::Skip).count();
+    let failures = cases
+        .iter()
+        .filter(|c| c.verdict == TestVerdict::Fail)
+        .count();
+    let skipped = cases
+        .iter()
+        .filter(|c| c.verdict == TestVerdict::Skip)
+        .count();
     let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     let _ = writeln!(
         out,
@@ -188,8 +197,8 @@ pub fn junit(r: &RunResult) -> String {
             c.ms as f64 / 1000.0
         );
         match c.verdict {
-            Verdict::Pass => out.push_str("/>\n"),
-            Verdict::Fail => {
+            TestVerdict::Pass => out.push_str("/>\n"),
+            TestVerdict::Fail => {
                 let _ = writeln!(
                     out,
                     ">\n    <failure message=\"{}\">{}</failure>\n  </testcase>",
@@ -197,7 +206,7 @@ pub fn junit(r: &RunResult) -> String {
                     xml_escape(&c.text)
                 );
             }
-            Verdict::Skip => {
+            TestVerdict::Skip => {
                 let _ = writeln!(
                     out,
                     ">\n    <skipped message=\"{}\"/>\n  </testcase>",
@@ -227,9 +236,9 @@ pub struct JsonReport<'a, T: Serialize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::results::combine;
-    use crate::vm::Ending;
-    use crate::{ktap, splat};
+    use crate::parse::results::combine;
+    use crate::stages::vm::Ending;
+    use crate::{parse::ktap, parse::splat};
 
     fn run() -> RunResult {
         let text = crate::fixture("guest-pass.ktap");

@@ -13,12 +13,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::env::Env;
 use crate::flags::ParseArgs;
-use crate::pipeline::{self, console_tail, Prepared, Times};
+use crate::parse::results::{combine, RunResult};
+use crate::parse::TestVerdict;
 use crate::plan::{SkipWhy, Snapshots, TestPlan};
 use crate::report::fmt_duration;
-use crate::results::{combine, RunResult};
-use crate::vm::{Accel, Ending, Event, Limits};
-use crate::{ktap, report, splat};
+use crate::stages::vm::{Accel, Ending, Event, Limits};
+use crate::stages::{self, console_tail, Prepared, Times};
+use crate::{parse::ktap, parse::splat, report};
 
 /// Progress on the terminal while the guest runs.
 fn show(ev: &Event, boot_shown: &mut bool, started: Instant) {
@@ -33,9 +34,9 @@ fn show(ev: &Event, boot_shown: &mut bool, started: Instant) {
             }
             if let Some((status, _, name, _)) = ktap::parse_result(l.trim_start()) {
                 let word = match status {
-                    ktap::Status::Pass => "ok",
-                    ktap::Status::Fail => "FAIL",
-                    ktap::Status::Skip => "SKIP",
+                    TestVerdict::Pass => "ok",
+                    TestVerdict::Fail => "FAIL",
+                    TestVerdict::Skip => "SKIP",
                 };
                 let indent = if l.starts_with("    ") {
                     "      "
@@ -97,10 +98,10 @@ pub fn run_and_report(env: &Env, plan: &TestPlan) -> Result<(RunResult, ExitCode
     let total = Instant::now();
     let mut times = Times::default();
     let t = Instant::now();
-    let guest = pipeline::build_guest(env)?;
-    let selected = pipeline::select(env, &guest, &plan.suite.patterns)?;
+    let guest = stages::build_guest(env)?;
+    let selected = stages::select(env, &guest, &plan.suite.patterns)?;
     times.add("guest build", t.elapsed());
-    let p = pipeline::prepare(env, &plan.kernel, &plan.vm, &mut times)?;
+    let p = stages::prepare(env, &plan.kernel, &plan.vm, &mut times)?;
     let x = execute(env, plan, &p, &guest, &selected, &env.run_dir(), &mut times)?;
     times.add("total", total.elapsed());
     let json = save_report(plan, &p, &x, &times)?;
@@ -156,7 +157,7 @@ pub fn execute(
     );
     let started = Instant::now();
     let mut boot_shown = false;
-    let session = pipeline::boot_and_run(
+    let session = stages::boot_and_run(
         env,
         &plan.vm,
         p,
@@ -267,7 +268,9 @@ fn check_snapshots(r: &RunResult, profile: &str, accept: bool) -> Vec<String> {
     r.tests
         .iter()
         .filter(|t| snapshotted(t))
-        .filter(|t| heaprig::check(&t.name, profile, &t.snapshot()) == heaprig::Verdict::Mismatch)
+        .filter(|t| {
+            heaprig::check(&t.name, profile, &t.snapshot()) == heaprig::SnapshotMatch::Mismatch
+        })
         .map(|t| t.name.clone())
         .collect()
 }
@@ -275,8 +278,8 @@ fn check_snapshots(r: &RunResult, profile: &str, accept: bool) -> Vec<String> {
 /// A failure is reported as such (comparing it would only repeat it); a pass and a SKIP are
 /// compared, so a test that starts skipping (a detector switched off, a heap gone) differs
 /// from its recorded verdict.
-fn snapshotted(t: &crate::results::TestResult) -> bool {
-    !t.is_selftest() && t.verdict != crate::results::Verdict::Fail
+fn snapshotted(t: &crate::parse::results::TestResult) -> bool {
+    !t.is_selftest() && t.verdict != crate::parse::results::TestVerdict::Fail
 }
 
 /// Console lines shown when a run stopped early (every report of a console tail uses it).

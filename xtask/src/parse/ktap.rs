@@ -8,18 +8,12 @@
 use heaprig_protocol::note::{self, Note};
 use serde::Serialize;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Status {
-    Pass,
-    Fail,
-    Skip,
-}
+use super::TestVerdict;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Node {
     pub name: String,
-    pub status: Option<Status>,
+    pub status: Option<TestVerdict>,
     pub skip_reason: Option<String>,
     pub facts: Vec<(String, String)>,
     pub diags: Vec<String>,
@@ -59,7 +53,7 @@ impl Pending {
 }
 
 /// Parses a result line body (after indentation): `ok 3 name # SKIP why` / `not ok 3 name`.
-pub fn parse_result(line: &str) -> Option<(Status, usize, String, Option<String>)> {
+pub fn parse_result(line: &str) -> Option<(TestVerdict, usize, String, Option<String>)> {
     let (ok, rest) = if let Some(r) = line.strip_prefix("not ok ") {
         (false, r)
     } else if let Some(r) = line.strip_prefix("ok ") {
@@ -77,9 +71,9 @@ pub fn parse_result(line: &str) -> Option<(Status, usize, String, Option<String>
         .and_then(|d| d.strip_prefix("SKIP"))
         .map(|r| r.trim().to_string());
     let status = match (ok, &skip) {
-        (false, _) => Status::Fail,
-        (true, Some(_)) => Status::Skip,
-        (true, None) => Status::Pass,
+        (false, _) => TestVerdict::Fail,
+        (true, Some(_)) => TestVerdict::Skip,
+        (true, None) => TestVerdict::Pass,
     };
     Some((status, num, name.to_string(), skip))
 }
@@ -149,7 +143,7 @@ pub fn parse(text: &str) -> Ktap {
                 skip_reason: skip,
                 ..Node::default()
             };
-            if node.status == Some(Status::Fail) {
+            if node.status == Some(TestVerdict::Fail) {
                 node.failure = pending[indent].diags.last().cloned();
             }
             pending[indent].take_into(&mut node);
@@ -195,15 +189,15 @@ mod tests {
     fn result_lines() {
         assert_eq!(
             parse_result("ok 1 foo"),
-            Some((Status::Pass, 1, "foo".into(), None))
+            Some((TestVerdict::Pass, 1, "foo".into(), None))
         );
         assert_eq!(
             parse_result("not ok 12 bar baz"),
-            Some((Status::Fail, 12, "bar baz".into(), None))
+            Some((TestVerdict::Fail, 12, "bar baz".into(), None))
         );
         assert_eq!(
             parse_result("ok 3 x # SKIP no heap"),
-            Some((Status::Skip, 3, "x".into(), Some("no heap".into())))
+            Some((TestVerdict::Skip, 3, "x".into(), Some("no heap".into())))
         );
         assert_eq!(parse_result("okay 1 x"), None);
     }
@@ -221,9 +215,9 @@ mod tests {
             .iter()
             .find(|t| t.name == "alloc_mmap_sync_roundtrip")
             .expect("roundtrip test");
-        assert_eq!(rt.status, Some(Status::Pass));
+        assert_eq!(rt.status, Some(TestVerdict::Pass));
         assert!(rt.subtests.iter().any(|s| s.name == "system"
-            && s.status == Some(Status::Pass)
+            && s.status == Some(TestVerdict::Pass)
             && !s.facts.is_empty()
             && s.time_ms.is_some()));
     }
@@ -232,7 +226,7 @@ mod tests {
     fn failures_and_crashes_from_a_guest_run() {
         let k = parse(&fixture("guest-selftests.ktap"));
         let by = |n: &str| k.tests.iter().find(|t| t.name == n).expect(n);
-        assert_eq!(by("rig_selftest_fail").status, Some(Status::Fail));
+        assert_eq!(by("rig_selftest_fail").status, Some(TestVerdict::Fail));
         assert!(by("rig_selftest_fail")
             .diags
             .iter()
@@ -254,9 +248,9 @@ mod tests {
                 t.name.as_str(),
                 "rig_selftest_kmemleak" | "rig_selftest_warning" | "rig_selftest_lockdep"
             ) {
-                Status::Pass
+                TestVerdict::Pass
             } else {
-                Status::Fail
+                TestVerdict::Fail
             };
             assert_eq!(t.status, Some(want), "{}", t.name);
         }
@@ -281,22 +275,22 @@ mod tests {
         assert!(k.done && k.problems.is_empty(), "{:?}", k.problems);
         let by = |n: &str| k.tests.iter().find(|t| t.name == n).expect(n);
         let km = by("kmemleak");
-        assert_eq!(km.status, Some(Status::Skip));
+        assert_eq!(km.status, Some(TestVerdict::Skip));
         assert!(km
             .skip_reason
             .as_deref()
             .is_some_and(|r| r.contains("without CONFIG_DEBUG_KMEMLEAK")));
         let fs = by("fault_sweep");
-        assert_eq!(fs.status, Some(Status::Skip));
+        assert_eq!(fs.status, Some(TestVerdict::Skip));
         assert_eq!(fs.subtests.len(), 2);
         for h in &fs.subtests {
-            assert_eq!(h.status, Some(Status::Skip), "{}", h.name);
+            assert_eq!(h.status, Some(TestVerdict::Skip), "{}", h.name);
             assert!(h
                 .skip_reason
                 .as_deref()
                 .is_some_and(|r| r.contains("without CONFIG_FAULT_INJECTION")));
         }
-        assert_eq!(by("zeroing").status, Some(Status::Pass));
+        assert_eq!(by("zeroing").status, Some(TestVerdict::Pass));
     }
 
     #[test]
@@ -318,7 +312,7 @@ mod tests {
         let k = parse(&cut);
         assert!(!k.done);
         assert_eq!(k.tests.len(), 2);
-        assert_eq!(k.tests[0].status, Some(Status::Pass));
+        assert_eq!(k.tests[0].status, Some(TestVerdict::Pass));
         assert_eq!(k.tests[1].status, None);
         assert!(k.interrupted.is_some());
     }

@@ -2,6 +2,14 @@
 //! `prepare`), then boot and run one guest command (one `boot_and_run`). Each stage is timed;
 //! a kernel that does not build is told apart from the rig failing, so `validate` and
 //! `bisect` can call it a verdict and everyone else an error.
+//!
+//! The stages themselves: `setup` (requirements), `kernel` and `kconfig` (source, config,
+//! build), `vm` (booting under virtme-ng, typed events and endings).
+
+pub mod kconfig;
+pub mod kernel;
+pub mod setup;
+pub mod vm;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -11,12 +19,11 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use xshell::cmd;
 
+use self::kernel::Built;
+use self::vm::{Accel, Event, Limits, Session, VmSpec};
 use crate::env::Env;
-use crate::kernel::{self, Built};
 use crate::plan::{KernelPlan, VmPlan};
 use crate::report::fmt_duration;
-use crate::setup;
-use crate::vm::{self, Accel, Event, Limits, Session, VmSpec};
 
 /// Stage timings, printed at the end of every run and kept in the JSON report.
 #[derive(Default, Serialize, Deserialize, Debug, Clone, PartialEq)]

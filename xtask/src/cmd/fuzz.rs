@@ -6,10 +6,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
 
+use crate::cmd::test;
 use crate::env::Env;
+use crate::parse::results::RunResult;
 use crate::plan::TestPlan;
-use crate::results::RunResult;
-use crate::test;
 
 pub fn run(env: &Env, plan: TestPlan) -> Result<ExitCode> {
     if let Some(f) = &plan.suite.fuzz {
