@@ -72,7 +72,15 @@ pub fn sha256_hex(data: &[u8]) -> String {
 /// like any other code, and copied into the private tree: (project path, tree path).
 pub const OVERLAY: &[(&str, &str)] = &[
     ("kernel-rust/debugfs.rs", "rust/kernel/debugfs.rs"),
-    ("kernel-rust/dma_buf.rs", "rust/kernel/dma_buf.rs"),
+    ("kernel-rust/dma_buf/mod.rs", "rust/kernel/dma_buf/mod.rs"),
+    (
+        "kernel-rust/dma_buf/exporter.rs",
+        "rust/kernel/dma_buf/exporter.rs",
+    ),
+    (
+        "kernel-rust/dma_buf/importer.rs",
+        "rust/kernel/dma_buf/importer.rs",
+    ),
     ("kernel-rust/dma_heap.rs", "rust/kernel/dma_heap.rs"),
     ("kernel-rust/miscdevice.rs", "rust/kernel/miscdevice.rs"),
     (
@@ -96,16 +104,55 @@ fn overlay_sources(env: &Env) -> Vec<PathBuf> {
         .collect()
 }
 
+/// The list of files the last overlay wrote into a private tree.
+const OVERLAY_MANIFEST: &str = ".heaprig-overlay";
+
+/// The root of the kernel crate, which declares the overlay's `rust/kernel/` modules.
+const KERNEL_CRATE_ROOT: &str = "rust/kernel/lib.rs";
+
+/// Files earlier rig versions wrote before the manifest existed, and no longer write.
+const RETIRED: &[&str] = &["rust/kernel/dma_buf.rs"];
+
 /// Copies the overlay into `dir`, rewriting only files whose content changed so make's
-/// timestamps stay meaningful.
+/// timestamps stay meaningful, and removes files an earlier overlay wrote that this one does
+/// not (a module that became a directory would otherwise be found twice).
 fn apply_overlay(env: &Env, dir: &Path) -> Result<()> {
+    let manifest = dir.join(OVERLAY_MANIFEST);
+    let old = fs::read_to_string(&manifest).unwrap_or_default();
+    // A file added or removed is invisible to rustc's dependency list of the crate it
+    // belongs to (make only checks the files the last build read): rebuild that crate.
+    let mut files_changed = false;
+    for gone in old
+        .lines()
+        .chain(RETIRED.iter().copied())
+        .filter(|l| !l.is_empty() && !OVERLAY.iter().any(|(_, to)| to == l))
+    {
+        files_changed |= fs::remove_file(dir.join(gone)).is_ok();
+    }
     for (from, to) in OVERLAY {
         let data = fs::read(env.root.join(from)).with_context(|| format!("reading {from}"))?;
         let dst = dir.join(to);
-        if fs::read(&dst).ok().as_deref() != Some(data.as_slice()) {
+        let now = fs::read(&dst).ok();
+        if now.as_deref() != Some(data.as_slice()) {
+            files_changed |= now.is_none();
+            if let Some(parent) = dst.parent() {
+                fs::create_dir_all(parent)?;
+            }
             fs::write(&dst, &data).with_context(|| format!("writing {}", dst.display()))?;
         }
     }
+    if files_changed {
+        // The kernel crate's root: touching it rebuilds the crate our abstractions are in
+        // (and, through it, every Rust object that uses them).
+        if let Ok(f) = fs::File::options()
+            .append(true)
+            .open(dir.join(KERNEL_CRATE_ROOT))
+        {
+            f.set_modified(std::time::SystemTime::now())?;
+        }
+    }
+    let list: Vec<&str> = OVERLAY.iter().map(|(_, to)| *to).collect();
+    fs::write(&manifest, list.join("\n") + "\n")?;
     Ok(())
 }
 

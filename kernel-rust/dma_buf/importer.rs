@@ -1,0 +1,292 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The importer side: a reference to any exporter's dma-buf, its kernel mapping, and device
+//! attachments with their mapped scatter-gather tables, each undone on drop.
+
+use super::*;
+
+/// A reference to a dma-buf from any exporter (importer side), dropped with `dma_buf_put`.
+///
+/// # Invariants
+///
+/// `buf` holds a reference taken by `dma_buf_get`.
+pub struct DmaBufRef {
+    buf: NonNull<bindings::dma_buf>,
+}
+
+// SAFETY: a dma-buf reference may be used and dropped from any thread.
+unsafe impl Send for DmaBufRef {}
+// SAFETY: the dma-buf functions used through `&self` do their own locking.
+unsafe impl Sync for DmaBufRef {}
+
+impl DmaBufRef {
+    /// Takes a reference on the dma-buf behind file descriptor `fd` of the current task.
+    pub fn from_fd(fd: i32) -> Result<Self> {
+        // SAFETY: `dma_buf_get` validates the fd and returns a reference or an error pointer.
+        let p = crate::error::from_err_ptr(unsafe { bindings::dma_buf_get(fd) })?;
+        // INVARIANT: we own the reference `dma_buf_get` took.
+        Ok(Self {
+            buf: NonNull::new(p).ok_or(EINVAL)?,
+        })
+    }
+
+    fn as_ptr(&self) -> *mut bindings::dma_buf {
+        self.buf.as_ptr()
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> usize {
+        // SAFETY: the buffer is alive while we hold a reference.
+        unsafe { (*self.as_ptr()).size }
+    }
+
+    /// `dma_buf_begin_cpu_access`.
+    pub fn begin_cpu_access(&self, dir: DataDirection) -> Result {
+        // SAFETY: the buffer is alive while we hold a reference.
+        to_result(unsafe { bindings::dma_buf_begin_cpu_access(self.as_ptr(), dir.as_raw()) })
+    }
+
+    /// `dma_buf_end_cpu_access`.
+    pub fn end_cpu_access(&self, dir: DataDirection) -> Result {
+        // SAFETY: the buffer is alive while we hold a reference.
+        to_result(unsafe { bindings::dma_buf_end_cpu_access(self.as_ptr(), dir.as_raw()) })
+    }
+
+    /// `dma_buf_vmap_unlocked`; the mapping keeps this reference until it is dropped.
+    pub fn vmap(self) -> Result<Vmapped> {
+        // SAFETY: an all-zero `iosys_map` is the cleared state.
+        let mut map: bindings::iosys_map = unsafe { core::mem::zeroed() };
+        // SAFETY: the buffer is alive and `map` is valid for writes.
+        to_result(unsafe { bindings::dma_buf_vmap_unlocked(self.as_ptr(), &mut map) })?;
+        if map.is_iomem {
+            // SAFETY: `map` was filled by the successful vmap above.
+            unsafe { bindings::dma_buf_vunmap_unlocked(self.as_ptr(), &mut map) };
+            return Err(EINVAL);
+        }
+        // INVARIANT: `map` holds a system-memory mapping of the whole buffer.
+        Ok(Vmapped { buf: self, map })
+    }
+
+    /// `dma_buf_attach` for `dev`.
+    pub fn attach<'a>(&'a self, dev: &'a crate::device::Device) -> Result<Attachment<'a>> {
+        // SAFETY: the buffer is alive and `dev` is a valid device.
+        let a = unsafe { bindings::dma_buf_attach(self.as_ptr(), dev.as_raw()) };
+        let a = crate::error::from_err_ptr(a)?;
+        Ok(Attachment {
+            buf: self,
+            att: NonNull::new(a).ok_or(EINVAL)?,
+        })
+    }
+}
+
+impl Drop for DmaBufRef {
+    fn drop(&mut self) {
+        // SAFETY: we own one reference (type invariant).
+        unsafe { bindings::dma_buf_put(self.as_ptr()) };
+    }
+}
+
+/// A kernel mapping of a whole dma-buf taken with `dma_buf_vmap_unlocked`; it owns a
+/// reference to the buffer, so it stays valid after user space closed its fd.
+///
+/// # Invariants
+///
+/// `map` is a live system-memory vmap of `buf`.
+pub struct Vmapped {
+    buf: DmaBufRef,
+    map: bindings::iosys_map,
+}
+
+// SAFETY: a vmap of a dma-buf is plain kernel memory; it and the buffer reference may be
+// used and released from any thread.
+unsafe impl Send for Vmapped {}
+// SAFETY: shared access only reads the mapping's address and length.
+unsafe impl Sync for Vmapped {}
+
+impl Vmapped {
+    /// The mapped bytes.
+    pub fn bytes(&self) -> Bytes<'_> {
+        // INVARIANT: the vmap covers the whole buffer and lives as long as `self`.
+        Bytes {
+            // SAFETY: `vaddr` is the active union member since `is_iomem` is false.
+            ptr: unsafe { self.map.__bindgen_anon_1.vaddr }.cast(),
+            len: self.buf.size(),
+            _p: PhantomData,
+        }
+    }
+}
+
+impl Drop for Vmapped {
+    fn drop(&mut self) {
+        // SAFETY: `map` came from the vmap of `buf` (type invariant).
+        unsafe { bindings::dma_buf_vunmap_unlocked(self.buf.as_ptr(), &mut self.map) };
+    }
+}
+
+/// An attachment mapped for a device that lives forever, owning its buffer reference, so it
+/// can be kept across calls (a device that keeps a buffer mapped while the CPU syncs it).
+///
+/// # Invariants
+///
+/// `att` is an attachment of `buf` for a `'static` device, and `table` its mapping for `dir`.
+pub struct MappedAttachment {
+    buf: DmaBufRef,
+    att: NonNull<bindings::dma_buf_attachment>,
+    table: NonNull<bindings::sg_table>,
+    dir: DataDirection,
+}
+
+// SAFETY: attaching, mapping and their undoing may happen on any thread; the pointers are
+// owned by this object.
+unsafe impl Send for MappedAttachment {}
+// SAFETY: shared references give no access to the pointers.
+unsafe impl Sync for MappedAttachment {}
+
+impl DmaBufRef {
+    /// Attaches `buf` to `dev` and maps it for `dir`, keeping both until the result drops.
+    pub fn attach_mapped(
+        self,
+        dev: &'static crate::device::Device,
+        dir: DataDirection,
+    ) -> Result<MappedAttachment> {
+        // SAFETY: the buffer is alive and `dev` is a valid device that outlives the attachment.
+        let a = crate::error::from_err_ptr(unsafe {
+            bindings::dma_buf_attach(self.as_ptr(), dev.as_raw())
+        })?;
+        let att = NonNull::new(a).ok_or(EINVAL)?;
+        // SAFETY: `att` was just attached to this buffer.
+        let t = unsafe { bindings::dma_buf_map_attachment_unlocked(att.as_ptr(), dir.as_raw()) };
+        match crate::error::from_err_ptr(t).and_then(|t| NonNull::new(t).ok_or(EINVAL)) {
+            // INVARIANT: attached above, mapped for `dir` here.
+            Ok(table) => Ok(MappedAttachment {
+                buf: self,
+                att,
+                table,
+                dir,
+            }),
+            Err(e) => {
+                // SAFETY: `att` is our attachment and was not mapped.
+                unsafe { bindings::dma_buf_detach(self.as_ptr(), att.as_ptr()) };
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Drop for MappedAttachment {
+    fn drop(&mut self) {
+        // SAFETY: unmapping and detaching exactly what `attach_mapped` did (type invariant).
+        unsafe {
+            bindings::dma_buf_unmap_attachment_unlocked(
+                self.att.as_ptr(),
+                self.table.as_ptr(),
+                self.dir.as_raw(),
+            );
+            bindings::dma_buf_detach(self.buf.as_ptr(), self.att.as_ptr());
+        }
+    }
+}
+
+/// An importer's attachment, detached on drop.
+///
+/// # Invariants
+///
+/// `att` was returned by `dma_buf_attach` for `buf`.
+pub struct Attachment<'a> {
+    buf: &'a DmaBufRef,
+    att: NonNull<bindings::dma_buf_attachment>,
+}
+
+impl Attachment<'_> {
+    /// `dma_buf_map_attachment_unlocked`; `&mut` so one attachment has one mapping at a time.
+    pub fn map(&mut self, dir: DataDirection) -> Result<Mapping<'_>> {
+        // SAFETY: `att` is a live attachment (type invariant).
+        let t =
+            unsafe { bindings::dma_buf_map_attachment_unlocked(self.att.as_ptr(), dir.as_raw()) };
+        let t = crate::error::from_err_ptr(t)?;
+        Ok(Mapping {
+            att: self,
+            table: NonNull::new(t).ok_or(EINVAL)?,
+            dir,
+        })
+    }
+}
+
+impl Drop for Attachment<'_> {
+    fn drop(&mut self) {
+        // SAFETY: `att` came from `dma_buf_attach` on this buffer and is detached once.
+        unsafe { bindings::dma_buf_detach(self.buf.as_ptr(), self.att.as_ptr()) };
+    }
+}
+
+/// A mapped attachment, unmapped on drop.
+pub struct Mapping<'a> {
+    att: &'a Attachment<'a>,
+    table: NonNull<bindings::sg_table>,
+    dir: DataDirection,
+}
+
+impl Mapping<'_> {
+    /// Walks every page of the mapped table with `kmap_local_page`, one page at a time (the
+    /// access pattern `dma_buf_kmap` used to provide). Returns the number of pages.
+    ///
+    /// Needs `CONFIG_DMABUF_DEBUG=n`: the debug option scrambles the page pointers of mapped
+    /// tables precisely to stop importers from doing this.
+    pub fn walk_pages(&self, mut f: impl FnMut(&Bytes<'_>)) -> Result<usize> {
+        let mut pages = 0;
+        // SAFETY: the table is mapped and valid until `self` is dropped.
+        let (mut sg, n) = unsafe {
+            (
+                (*self.table.as_ptr()).sgl,
+                (*self.table.as_ptr()).orig_nents,
+            )
+        };
+        for _ in 0..n {
+            // SAFETY: `sg` is one of the table's `n` entries.
+            let (page, len, off) = unsafe { (bindings::sg_page(sg), (*sg).length, (*sg).offset) };
+            if page.is_null() {
+                // Exporters of memory without `struct page` (device memory) have nothing to
+                // kmap.
+                return Err(EINVAL);
+            }
+            let end = off as usize + len as usize;
+            let mut pos = off as usize;
+            while pos < end {
+                let idx = pos >> bindings::PAGE_SHIFT;
+                let in_page = pos & (bindings::PAGE_SIZE - 1);
+                let chunk = (bindings::PAGE_SIZE - in_page).min(end - pos);
+                // SAFETY: `page + idx` is a page of this entry (contiguous memmap on x86_64).
+                let va = unsafe { bindings::kmap_local_page(page.add(idx)) }.cast::<u8>();
+                // INVARIANT: the page stays mapped until `kunmap_local` below.
+                let bytes = Bytes {
+                    // SAFETY: `in_page < PAGE_SIZE`, inside the local mapping.
+                    ptr: unsafe { va.add(in_page) },
+                    len: chunk,
+                    _p: PhantomData,
+                };
+                f(&bytes);
+                // SAFETY: `va` is the most recent local mapping of this task.
+                unsafe { bindings::kunmap_local(va.cast()) };
+                pos += chunk;
+                pages += 1;
+            }
+            // SAFETY: advancing within the table's `n` entries.
+            sg = unsafe { bindings::sg_next(sg) };
+        }
+        Ok(pages)
+    }
+}
+
+impl Drop for Mapping<'_> {
+    fn drop(&mut self) {
+        // SAFETY: `table` came from mapping this attachment with `dir`.
+        unsafe {
+            bindings::dma_buf_unmap_attachment_unlocked(
+                self.att.att.as_ptr(),
+                self.table.as_ptr(),
+                self.dir.as_raw(),
+            )
+        };
+    }
+}
+
