@@ -8,7 +8,7 @@ use crate::uapi::importer::{checksum, IMPORTER_VMAP, OP_CHECKSUM};
 use crate::uapi::{Access, DmaBuf, Heap, Importer, Mapping, KIB};
 
 use super::{
-    check, child_exit_meaning, fill, first_mismatch, fork_failed, pattern, CHILD_ALARM,
+    check, child_exit_meaning, fill, first_mismatch, fork_failed, thread_byte, CHILD_ALARM,
     CHILD_EXIT_LIMIT, FORK_A_WRONG, FORK_SYNC_FAILED, FORK_VMAP_FAILED, FORK_VMAP_WRONG,
 };
 
@@ -20,7 +20,7 @@ const SEED_B: u32 = 0xb0b0;
 fn fork_expected() -> Vec<u8> {
     let half = FORK_LEN / 2;
     (0..FORK_LEN)
-        .map(|i| pattern(if i < half { SEED_A } else { SEED_B }, i))
+        .map(|i| thread_byte(if i < half { SEED_A } else { SEED_B }, i))
         .collect()
 }
 

@@ -39,7 +39,7 @@ const CHILD_SOCKET_FAILED: i32 = 102;
 
 /// The byte at offset `i` of a buffer written with `seed`. Hashed, so it differs by offset
 /// within a page, by page and by seed: a stale, shifted or foreign page shows.
-fn pattern(seed: u32, i: usize) -> u8 {
+fn thread_byte(seed: u32, i: usize) -> u8 {
     let mut x = (i as u32) ^ seed.wrapping_mul(0x9e37_79b9);
     x = x.wrapping_mul(0x85eb_ca6b);
     x ^= x >> 16;
@@ -49,7 +49,7 @@ fn pattern(seed: u32, i: usize) -> u8 {
 /// Writes the pattern of `seed` into `bytes`, which start at offset `base` of their buffer.
 fn fill(bytes: &mut [u8], base: usize, seed: u32) {
     for (i, b) in bytes.iter_mut().enumerate() {
-        *b = pattern(seed, base + i);
+        *b = thread_byte(seed, base + i);
     }
 }
 
@@ -57,7 +57,7 @@ fn fill(bytes: &mut [u8], base: usize, seed: u32) {
 /// (offset, read, expected).
 fn first_mismatch(bytes: &[u8], base: usize, seed: u32) -> Option<(usize, u8, u8)> {
     bytes.iter().enumerate().find_map(|(i, &b)| {
-        let want = pattern(seed, base + i);
+        let want = thread_byte(seed, base + i);
         (b != want).then_some((base + i, b, want))
     })
 }
@@ -71,7 +71,7 @@ fn check(bytes: &[u8], base: usize, seed: u32) -> Result<(), String> {
     let bad = bytes
         .iter()
         .enumerate()
-        .filter(|&(i, &b)| b != pattern(seed, base + i))
+        .filter(|&(i, &b)| b != thread_byte(seed, base + i))
         .count();
     Err(format!(
         "byte {at} reads {got:#04x}, expected {want:#04x} (pattern {seed:#x}); \
@@ -129,8 +129,8 @@ mod tests {
 
     #[test]
     fn pattern_differs_by_seed_offset_and_page() {
-        let a: Vec<u8> = (0..2 * PAGE as usize).map(|i| pattern(1, i)).collect();
-        let b: Vec<u8> = (0..2 * PAGE as usize).map(|i| pattern(2, i)).collect();
+        let a: Vec<u8> = (0..2 * PAGE as usize).map(|i| thread_byte(1, i)).collect();
+        let b: Vec<u8> = (0..2 * PAGE as usize).map(|i| thread_byte(2, i)).collect();
         let differ = a.iter().zip(&b).filter(|(x, y)| x != y).count();
         assert!(
             differ > PAGE as usize,
