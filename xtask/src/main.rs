@@ -4,6 +4,7 @@
 mod cmd;
 mod env;
 mod flags;
+mod hash;
 mod parse;
 mod plan;
 mod report;
@@ -13,7 +14,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use cmd::{bench, bisect, exec, fuzz, test, validate};
+use cmd::{bench, bisect, exec, fuzz, shell, test, validate};
 use flags::{Cmd, Xtask};
 use stages::kernel::Profile;
 use stages::setup;
@@ -76,7 +77,7 @@ fn main() -> ExitCode {
         }
         Cmd::Test(a) => test::run(&env, a.plan()),
         Cmd::Exec(a) => exec::exec(&env, a.plan()),
-        Cmd::Shell(v) => exec::shell(&env, v.kernel.plan(Profile::Debug), v.plan()),
+        Cmd::Shell(v) => shell::shell(&env, v.kernel.plan(Profile::Debug), v.plan()),
         Cmd::Parse(a) => test::parse(&env, a),
         Cmd::Bench(a) => bench::run(&env, a),
         Cmd::Fuzz(a) => {

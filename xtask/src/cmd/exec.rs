@@ -1,5 +1,5 @@
-//! `cargo xtask exec -- CMD...` and `cargo xtask shell`: the test kernel as a debugging
-//! tool. `exec` prints the command's output and returns its exit code.
+//! `cargo xtask exec -- CMD...`: one command in the test kernel, as a debugging tool. Prints
+//! the command's output and returns its exit code.
 
 use std::fs;
 use std::process::ExitCode;
@@ -9,8 +9,8 @@ use anyhow::{bail, Result};
 use crate::cmd::test::CONSOLE_TAIL;
 use crate::env::Env;
 use crate::parse::splat;
-use crate::plan::{ExecPlan, KernelPlan, VmPlan};
-use crate::stages::vm::{self, Ending, Event, Limits};
+use crate::plan::ExecPlan;
+use crate::stages::vm::{Ending, Event, Limits};
 use crate::stages::{self, console_tail, Times};
 
 pub fn exec(env: &Env, plan: ExecPlan) -> Result<ExitCode> {
@@ -58,11 +58,4 @@ pub fn exec(env: &Env, plan: ExecPlan) -> Result<ExitCode> {
             )
         }
     }
-}
-
-pub fn shell(env: &Env, kernel: KernelPlan, v: VmPlan) -> Result<ExitCode> {
-    let mut times = Times::default();
-    let p = stages::prepare(env, &kernel, &v, &mut times)?;
-    let code = vm::interactive(&stages::vm_spec(env, &v, &p, None))?;
-    Ok(ExitCode::from(code.clamp(0, 255) as u8))
 }

@@ -6,6 +6,7 @@ pub mod bench_rig;
 pub mod bisect;
 pub mod exec;
 pub mod fuzz;
+pub mod shell;
 pub mod test;
 pub mod tree;
 pub mod validate;

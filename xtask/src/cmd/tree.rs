@@ -92,7 +92,7 @@ impl Repo {
             .read()?;
         Ok(format!(
             "git-{}",
-            &crate::stages::kernel::sha256_hex(roots.as_bytes())[..12]
+            &crate::hash::sha256_hex(roots.as_bytes())[..12]
         ))
     }
 }
@@ -287,7 +287,7 @@ pub fn rig_version(env: &Env) -> String {
         h.update(f.as_bytes());
         h.update(fs::read(env.root.join(f)).unwrap_or_default());
     }
-    format!("{head}+{}", &kernel::hex(&h.finalize())[..12])
+    format!("{head}+{}", &crate::hash::hex(&h.finalize())[..12])
 }
 
 /// Key for a cached base result: what was tested, on what, and how (everything that can
@@ -318,5 +318,5 @@ pub fn result_key(
         h.update(part.as_bytes());
         h.update([0]);
     }
-    kernel::hex(&h.finalize())[..16].to_string()
+    crate::hash::hex(&h.finalize())[..16].to_string()
 }

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
 use sha2::{Digest, Sha256};
+
+use crate::hash::{hex, sha256_hex};
 use xshell::cmd;
 
 use crate::env::Env;
@@ -58,14 +60,6 @@ pub struct Built {
     pub build_dir: PathBuf,
     pub rebuilt: bool,
     pub log: PathBuf,
-}
-
-pub fn hex(digest: &[u8]) -> String {
-    digest.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-pub fn sha256_hex(data: &[u8]) -> String {
-    hex(&Sha256::digest(data))
 }
 
 /// heaprig's own kernel sources, kept in the project so they are read, reviewed and edited

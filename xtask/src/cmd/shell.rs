@@ -1,0 +1,16 @@
+//! `cargo xtask shell`: an interactive root shell in the test kernel.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use crate::env::Env;
+use crate::plan::{KernelPlan, VmPlan};
+use crate::stages::{self, vm, Times};
+
+pub fn shell(env: &Env, kernel: KernelPlan, v: VmPlan) -> Result<ExitCode> {
+    let mut times = Times::default();
+    let p = stages::prepare(env, &kernel, &v, &mut times)?;
+    let code = vm::interactive(&stages::vm_spec(env, &v, &p, None))?;
+    Ok(ExitCode::from(code.clamp(0, 255) as u8))
+}
