@@ -419,7 +419,7 @@ fn make_history() -> History {
                     0 => ("drivers/dma-buf/dma-buf.c", format!("/* e2e note {i} */")),
                     1 => (HEAP, format!("// e2e note {i}")),
                     2 => ("drivers/dma-buf/dma-heap.c", format!("/* e2e note {i} */")),
-                    _ => ("rust/kernel/dma_buf.rs", format!("// e2e note {i}")),
+                    _ => ("rust/kernel/dma_buf/mod.rs", format!("// e2e note {i}")),
                 };
                 append(&p(file), &comment);
                 "dma-buf: comment only"
