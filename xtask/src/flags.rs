@@ -1,7 +1,7 @@
 //! Command-line flags, parsed once in main. Values are validated here (clap value parsers)
 //! so bad input fails before anything is built or booted.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 
@@ -227,6 +227,21 @@ fn snapshots_for(heaps: &[String], accept: bool) -> Snapshots {
     }
 }
 
+/// The plan of a suite run on a scratch or user tree (`validate`, `bisect-step`): compared
+/// with another run (validate's base, bisect's verdicts), never with the snapshots.
+pub fn tree_plan(vm: &VmArgs, suite: &SuiteArgs, tree: &Path, tree_id: Option<&str>) -> TestPlan {
+    let mut kernel = vm.kernel.plan(Profile::Debug);
+    kernel.src = Some(tree.to_path_buf());
+    kernel.tree_id = tree_id.map(str::to_string);
+    TestPlan {
+        kernel,
+        vm: vm.plan(),
+        suite: suite.plan(),
+        snapshots: Snapshots::Skip(SkipWhy::ComparedElsewhere),
+        outputs: Outputs::default(),
+    }
+}
+
 impl TestArgs {
     pub fn plan(self) -> TestPlan {
         let snapshots = snapshots_for(&self.heap, self.accept);
@@ -441,13 +456,22 @@ pub struct ParseArgs {
     pub dir: Option<PathBuf>,
 }
 
+/// Parses `cargo xtask ARGV...` as the CLI would (tests of code that builds a child's argv).
+#[cfg(test)]
+pub fn parse_cmd<S: AsRef<str>>(argv: &[S]) -> Cmd {
+    let words = std::iter::once("cargo xtask").chain(argv.iter().map(AsRef::as_ref));
+    match Xtask::try_parse_from(words) {
+        Ok(x) => x.cmd,
+        Err(e) => panic!("{e}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn vm_of(cmd: &[&str]) -> VmArgs {
-        let x = Xtask::try_parse_from(["cargo xtask"].iter().chain(cmd)).unwrap();
-        match x.cmd {
+        match parse_cmd(cmd) {
             Cmd::Test(t) => t.vm,
             Cmd::Bench(b) => b.vm,
             Cmd::BisectStep(s) => s.vm,
@@ -455,25 +479,19 @@ mod tests {
         }
     }
 
-    fn cmd(argv: &[&str]) -> Cmd {
-        Xtask::try_parse_from(["cargo xtask"].iter().chain(argv))
-            .unwrap()
-            .cmd
-    }
-
     /// `--heap` narrows the run, so it is never compared with the all-heap snapshots, in
     /// `test` and in `fuzz` alike (fuzz once compared and failed).
     #[test]
     fn a_heap_subset_is_not_compared_with_snapshots() {
-        let Cmd::Test(t) = cmd(&["test", "--heap", "system", "--accept"]) else {
+        let Cmd::Test(t) = parse_cmd(&["test", "--heap", "system", "--accept"]) else {
             panic!()
         };
         assert_eq!(t.plan().snapshots, Snapshots::Skip(SkipWhy::HeapSubset));
-        let Cmd::Fuzz(f) = cmd(&["fuzz", "--heap", "system"]) else {
+        let Cmd::Fuzz(f) = parse_cmd(&["fuzz", "--heap", "system"]) else {
             panic!()
         };
         assert_eq!(f.plan(1).snapshots, Snapshots::Skip(SkipWhy::HeapSubset));
-        let Cmd::Fuzz(f) = cmd(&["fuzz", "--seconds", "5"]) else {
+        let Cmd::Fuzz(f) = parse_cmd(&["fuzz", "--seconds", "5"]) else {
             panic!()
         };
         let p = f.plan(9);
@@ -483,13 +501,13 @@ mod tests {
             p.suite.fuzz.as_ref().map(|f| (f.seconds, f.seed)),
             Some((5, 9))
         );
-        let Cmd::Test(t) = cmd(&["test", "--accept", "--", "zeroing"]) else {
+        let Cmd::Test(t) = parse_cmd(&["test", "--accept", "--", "zeroing"]) else {
             panic!()
         };
         let p = t.plan();
         assert_eq!(p.snapshots, Snapshots::Compare { accept: true });
         assert_eq!(p.kernel.profile, Profile::Debug);
-        let Cmd::Bench(b) = cmd(&["bench", "--quick"]) else {
+        let Cmd::Bench(b) = parse_cmd(&["bench", "--quick"]) else {
             panic!()
         };
         assert_eq!(b.plan().kernel.profile, Profile::Perf);

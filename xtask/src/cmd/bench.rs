@@ -265,10 +265,7 @@ pub struct Measured {
 impl Measured {
     /// A saved bench.json, read back through this type.
     pub fn read(path: &std::path::Path) -> Result<Measured> {
-        let text =
-            fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        serde_json::from_str(&text)
-            .with_context(|| format!("{} is not a heaprig bench.json", path.display()))
+        crate::report::read_json(path, "bench.json")
     }
 }
 

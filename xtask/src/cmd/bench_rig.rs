@@ -265,7 +265,7 @@ mod tests {
     #[test]
     fn the_published_rig_run_reads_back() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/rig-2026-11-26-tcg.json");
-        let r: RigReport = serde_json::from_str(&fs::read_to_string(path).unwrap()).unwrap();
+        let r: RigReport = crate::report::read_json(&path, "rig.json").unwrap();
         assert!(r.rig.iter().any(|row| row.what == "boot to first test"));
     }
 
@@ -284,28 +284,14 @@ mod tests {
     /// test must run with it too (it once ran with the 2 CPU / 2G defaults).
     #[test]
     fn the_timed_child_gets_the_guest_size_it_is_labelled_with() {
-        use clap::Parser;
-        let x = crate::flags::Xtask::try_parse_from([
-            "cargo xtask",
-            "bench",
-            "--rig",
-            "--memory",
-            "4G",
-            "--cpus",
-            "4",
-            "--accel",
-            "tcg",
-        ])
-        .unwrap();
-        let crate::flags::Cmd::Bench(b) = x.cmd else {
+        use crate::flags::{parse_cmd, Cmd};
+        let Cmd::Bench(b) = parse_cmd(&[
+            "bench", "--rig", "--memory", "4G", "--cpus", "4", "--accel", "tcg",
+        ]) else {
             panic!("not bench")
         };
         let argv = child_test_argv(&b.vm);
-        let child = crate::flags::Xtask::try_parse_from(
-            std::iter::once("cargo xtask".to_string()).chain(argv.clone()),
-        )
-        .unwrap();
-        let crate::flags::Cmd::Test(t) = child.cmd else {
+        let Cmd::Test(t) = parse_cmd(&argv) else {
             panic!("not test: {argv:?}")
         };
         // clap normalises 4G to 4096M on both sides.

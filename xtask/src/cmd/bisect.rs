@@ -120,7 +120,7 @@ fn judge_with_retries(
     tree: &Path,
     out: &Path,
 ) -> Result<(BisectVerdict, String, u32)> {
-    let plan = tree::suite_plan(&a.vm, &a.suite, tree, a.vm.kernel.tree_id.as_deref());
+    let plan = crate::flags::tree_plan(&a.vm, &a.suite, tree, a.vm.kernel.tree_id.as_deref());
     let mut runs = 0;
     let mut first_bad = String::new();
     loop {
@@ -483,14 +483,7 @@ mod tests {
     /// Every flag `bisect` takes reaches its steps: the step's parsed flags equal the run's.
     #[test]
     fn step_flags_carry_the_bisect_flags() {
-        use clap::Parser;
-        let parse = |argv: Vec<String>| {
-            crate::flags::Xtask::try_parse_from(
-                std::iter::once("cargo xtask".to_string()).chain(argv),
-            )
-            .unwrap()
-            .cmd
-        };
+        let parse = |argv: Vec<String>| crate::flags::parse_cmd(&argv);
         let crate::flags::Cmd::Bisect(b) = parse(
             [
                 "bisect",

@@ -6,7 +6,6 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 
-use crate::cmd::test::CONSOLE_TAIL;
 use crate::env::Env;
 use crate::parse::splat;
 use crate::plan::ExecPlan;
@@ -48,7 +47,7 @@ pub fn exec(env: &Env, plan: ExecPlan) -> Result<ExitCode> {
             Ok(ExitCode::from(code.clamp(0, 255) as u8))
         }
         other => {
-            for l in console_tail(&session.console, CONSOLE_TAIL) {
+            for l in console_tail(&session.console) {
                 eprintln!("  {l}");
             }
             bail!(

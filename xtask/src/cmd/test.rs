@@ -73,10 +73,7 @@ impl RunInfo {
         struct Saved {
             run: RunInfo,
         }
-        let text =
-            fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let saved: Saved = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not a heaprig results.json", path.display()))?;
+        let saved: Saved = crate::report::read_json(path, "results.json")?;
         Ok(saved.run)
     }
 }
@@ -282,9 +279,6 @@ fn snapshotted(t: &crate::parse::results::TestResult) -> bool {
     !t.is_selftest() && t.verdict != crate::parse::results::TestVerdict::Fail
 }
 
-/// Console lines shown when a run stopped early (every report of a console tail uses it).
-pub const CONSOLE_TAIL: usize = 30;
-
 pub fn finish(
     r: &RunResult,
     mismatches: &[String],
@@ -302,7 +296,7 @@ pub fn finish(
     let stopped_early = !matches!(r.ending, Ending::Exited { .. });
     if stopped_early || r.boot_failed {
         println!("\nlast kernel console lines:");
-        for l in console_tail(console, CONSOLE_TAIL) {
+        for l in console_tail(console) {
             println!("  {l}");
         }
     }

@@ -14,9 +14,8 @@ use crate::env::Env;
 use clap::ValueEnum;
 
 use crate::cmd::test;
-use crate::flags::{SuiteArgs, VmArgs};
 use crate::parse::results::RunResult;
-use crate::plan::{Outputs, SkipWhy, Snapshots, TestPlan, VmPlan};
+use crate::plan::{TestPlan, VmPlan};
 use crate::stages::kernel;
 use crate::stages::{self, StageError, Times};
 
@@ -219,21 +218,6 @@ pub enum SuiteOutcome {
     Ran(RunResult),
 }
 
-/// The plan of a suite run on a scratch or user tree: the suite compared with another run
-/// (validate's base, bisect's verdicts), never with the snapshots.
-pub fn suite_plan(vm: &VmArgs, suite: &SuiteArgs, tree: &Path, tree_id: Option<&str>) -> TestPlan {
-    let mut kernel = vm.kernel.plan(crate::stages::kernel::Profile::Debug);
-    kernel.src = Some(tree.to_path_buf());
-    kernel.tree_id = tree_id.map(str::to_string);
-    TestPlan {
-        kernel,
-        vm: vm.plan(),
-        suite: suite.plan(),
-        snapshots: Snapshots::Skip(SkipWhy::ComparedElsewhere),
-        outputs: Outputs::default(),
-    }
-}
-
 /// Builds and runs the suite on the plan's tree, artefacts in `out`. Err only when the rig
 /// itself failed (setup, copying, the guest runner).
 pub fn run_suite(env: &Env, plan: &TestPlan, out: &Path) -> Result<(SuiteOutcome, Times)> {
@@ -259,7 +243,7 @@ pub fn run_suite(env: &Env, plan: &TestPlan, out: &Path) -> Result<(SuiteOutcome
             SuiteOutcome::NoBoot(format!(
                 "{}; console tail:\n{}",
                 x.result.ending,
-                stages::console_tail(&x.console, test::CONSOLE_TAIL).join("\n")
+                stages::console_tail(&x.console).join("\n")
             )),
             times,
         ));

@@ -336,7 +336,7 @@ fn validate_in(
         println!("  {} {s}", short(h));
     }
 
-    let plan = tree::suite_plan(&a.vm, &a.suite, scratch.path(), Some(&scratch.tree_id));
+    let plan = crate::flags::tree_plan(&a.vm, &a.suite, scratch.path(), Some(&scratch.tree_id));
     // Base: from the cache, or run once and cached.
     let key = tree::result_key(
         env,

@@ -6,6 +6,7 @@ pub mod compare;
 
 use std::fmt::Write as _;
 
+use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::parse::results::{RunResult, TestVerdict};
@@ -224,6 +225,15 @@ pub fn junit(r: &RunResult) -> String {
     }
     out.push_str("</testsuite>\n");
     out
+}
+
+/// A JSON file the rig wrote, read back through the type that wrote it; `what` names the file
+/// kind in the error ("results.json").
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &std::path::Path, what: &str) -> Result<T> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a heaprig {what}", path.display()))
 }
 
 /// The JSON report: the typed result plus how the run went.

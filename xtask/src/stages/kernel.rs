@@ -98,46 +98,41 @@ fn overlay_sources(env: &Env) -> Vec<PathBuf> {
         .collect()
 }
 
-/// The list of files the last overlay wrote into a private tree.
-const OVERLAY_MANIFEST: &str = ".heaprig-overlay";
-
 /// The root of the kernel crate, which declares the overlay's `rust/kernel/` modules.
 const KERNEL_CRATE_ROOT: &str = "rust/kernel/lib.rs";
 
-/// Files earlier rig versions wrote before the manifest existed, and no longer write.
-const RETIRED: &[&str] = &["rust/kernel/dma_buf.rs"];
+/// Where the overlay puts its files: part of a Debian tree's stamp, so a changed layout (a
+/// module that became a directory) extracts a clean tree instead of leaving the old file
+/// beside the new one. A user's tree is synced with `--delete`, which removes it there.
+fn overlay_layout() -> String {
+    OVERLAY
+        .iter()
+        .map(|(_, to)| *to)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
 
 /// Copies the overlay into `dir`, rewriting only files whose content changed so make's
-/// timestamps stay meaningful, and removes files an earlier overlay wrote that this one does
-/// not (a module that became a directory would otherwise be found twice).
+/// timestamps stay meaningful.
 fn apply_overlay(env: &Env, dir: &Path) -> Result<()> {
-    let manifest = dir.join(OVERLAY_MANIFEST);
-    let old = fs::read_to_string(&manifest).unwrap_or_default();
-    // A file added or removed is invisible to rustc's dependency list of the crate it
-    // belongs to (make only checks the files the last build read): rebuild that crate.
-    let mut files_changed = false;
-    for gone in old
-        .lines()
-        .chain(RETIRED.iter().copied())
-        .filter(|l| !l.is_empty() && !OVERLAY.iter().any(|(_, to)| to == l))
-    {
-        files_changed |= fs::remove_file(dir.join(gone)).is_ok();
-    }
+    // A new file is invisible to rustc's dependency list of the crate it joins (make only
+    // checks the files the crate's last build read): rebuild that crate.
+    let mut created = false;
     for (from, to) in OVERLAY {
         let data = fs::read(env.root.join(from)).with_context(|| format!("reading {from}"))?;
         let dst = dir.join(to);
         let now = fs::read(&dst).ok();
         if now.as_deref() != Some(data.as_slice()) {
-            files_changed |= now.is_none();
+            created |= now.is_none();
             if let Some(parent) = dst.parent() {
                 fs::create_dir_all(parent)?;
             }
             fs::write(&dst, &data).with_context(|| format!("writing {}", dst.display()))?;
         }
     }
-    if files_changed {
-        // The kernel crate's root: touching it rebuilds the crate our abstractions are in
-        // (and, through it, every Rust object that uses them).
+    if created {
+        // Touching the kernel crate's root rebuilds the crate our abstractions are in (and,
+        // through it, every Rust object that uses them).
         if let Ok(f) = fs::File::options()
             .append(true)
             .open(dir.join(KERNEL_CRATE_ROOT))
@@ -145,8 +140,6 @@ fn apply_overlay(env: &Env, dir: &Path) -> Result<()> {
             f.set_modified(std::time::SystemTime::now())?;
         }
     }
-    let list: Vec<&str> = OVERLAY.iter().map(|(_, to)| *to).collect();
-    fs::write(&manifest, list.join("\n") + "\n")?;
     Ok(())
 }
 
@@ -262,7 +255,7 @@ fn prepare_debian(env: &Env, patch_hash: &str) -> Result<Source> {
     let top = env.cache.join("src").join(&id);
     let dir = top.join("linux-source-6.12");
     let stamp = top.join("heaprig-source.stamp");
-    let want = format!("{version}\n{patch_hash}\n");
+    let want = format!("{version}\n{patch_hash}\n{}\n", overlay_layout());
     let identity = format!("debian:{version}");
     if fs::read_to_string(&stamp).ok().as_deref() == Some(want.as_str())
         && dir.join("Makefile").is_file()

@@ -202,10 +202,17 @@ pub fn select(env: &Env, guest: &Path, patterns: &[String]) -> Result<Vec<String
     Ok(names)
 }
 
-/// The last `n` lines of a kernel console, oldest first (for failure reports).
-pub fn console_tail(console: &[String], n: usize) -> Vec<&str> {
-    let start = console.len().saturating_sub(n);
-    console[start..].iter().map(String::as_str).collect()
+/// Console lines a failure report shows (every report of a console tail uses it).
+const CONSOLE_TAIL: usize = 30;
+
+/// The last lines of a kernel console, oldest first (for failure reports).
+pub fn console_tail(console: &[String]) -> Vec<&str> {
+    last_lines(console, CONSOLE_TAIL)
+}
+
+fn last_lines(lines: &[String], n: usize) -> Vec<&str> {
+    let start = lines.len().saturating_sub(n);
+    lines[start..].iter().map(String::as_str).collect()
 }
 
 #[cfg(test)]
@@ -215,8 +222,9 @@ mod tests {
     #[test]
     fn console_tail_keeps_the_last_lines_in_order() {
         let c: Vec<String> = (1..=5).map(|i| i.to_string()).collect();
-        assert_eq!(console_tail(&c, 2), ["4", "5"]);
-        assert_eq!(console_tail(&c, 9).len(), 5);
+        assert_eq!(last_lines(&c, 2), ["4", "5"]);
+        assert_eq!(last_lines(&c, 9).len(), 5);
+        assert_eq!(console_tail(&c).len(), 5);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `fork_with_live_mappings`: mappings inherited across fork.
 
 use crate::ensure;
-use crate::expect::optional_importer as importer_if_present;
+use crate::expect::optional_importer;
 use crate::harness::{Context, Ctx, Outcome, Stop};
 use crate::process;
 use crate::uapi::importer::{checksum, IMPORTER_VMAP, OP_CHECKSUM};
@@ -35,7 +35,7 @@ fn check_ab(bytes: &[u8]) -> Result<(), String> {
 /// and writes its own, which the parent (and the importer) then see; the mapping outlives
 /// the last fd.
 pub fn fork_with_live_mappings(ctx: &mut Ctx, heap: &Heap) -> Outcome {
-    let imp = importer_if_present()?;
+    let imp = optional_importer()?;
     let buf = heap.alloc(FORK_LEN as u64).context("alloc 256 KiB")?;
     let mut map = buf.mmap(0, FORK_LEN).context("mmap")?;
     let half = FORK_LEN / 2;

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::expect::importer as importer_or_skip;
+use crate::expect::importer;
 use crate::harness::{Context, Ctx, Outcome, Stop};
 use crate::uapi::importer::{checksum, IMPORTER_HOLD, IMPORTER_VMAP, OP_CHECKSUM};
 use crate::uapi::{Access, DmaBuf, Heap, Importer, MIB, PAGE};
@@ -165,7 +165,7 @@ impl Race {
 /// Kernel vmaps (one-shot and held), user SYNC brackets on other fds and the close of the
 /// original fd, all at once on one buffer; then a held vmap outlives the last fd.
 pub fn vmap_sync_close_race(ctx: &mut Ctx, heap: &Heap) -> Outcome {
-    let imp = importer_or_skip()?;
+    let imp = importer()?;
     let buf = heap.alloc(RACE_LEN as u64).context("alloc 1 MiB")?;
     let sum = {
         let mut map = buf.mmap(0, RACE_LEN).context("mmap")?;
