@@ -115,6 +115,7 @@ pub const CASES: &[Case] = &[
     selftest("rig_selftest_crash", Body::Global(selftest_crash)),
     selftest("rig_selftest_timeout", Body::Global(selftest_timeout)),
     selftest("rig_selftest_warning", Body::Global(selftest_warning)),
+    selftest("rig_selftest_flaky", Body::Global(selftest_flaky)),
     selftest(
         "rig_selftest_leak",
         Body::OnHeap("rust_system", detectors::selftest_leak),
@@ -323,6 +324,18 @@ fn selftest_timeout(_ctx: &mut Ctx) -> Outcome {
     loop {
         std::thread::sleep(std::time::Duration::from_secs(3600));
     }
+}
+
+/// A flake on demand: fails on the run's first attempt, passes on any retry, so `--retries`
+/// must report it FLAKY (and a run without retries must report it failed).
+fn selftest_flaky(ctx: &mut Ctx) -> Outcome {
+    let attempt = crate::harness::attempt();
+    ctx.diag(format!("attempt {attempt}"));
+    ensure!(
+        attempt > 0,
+        "deliberate flake: fails on its first attempt, passes when retried"
+    );
+    Ok(())
 }
 
 fn selftest_warning(_ctx: &mut Ctx) -> Outcome {

@@ -3,7 +3,22 @@
 
 use std::fmt;
 
+use std::sync::atomic::{AtomicU32, Ordering};
+
 use crate::uapi::Heap;
+
+/// Which attempt of the host's run this is (0 first, 1.. retries of failed tests).
+static ATTEMPT: AtomicU32 = AtomicU32::new(0);
+
+/// Records the attempt for this process and the test children it forks.
+pub fn set_attempt(n: u32) {
+    ATTEMPT.store(n, Ordering::Relaxed);
+}
+
+/// 0 on a first run; the retry number when the host reruns failed tests.
+pub fn attempt() -> u32 {
+    ATTEMPT.load(Ordering::Relaxed)
+}
 
 /// Why a test did not pass.
 #[derive(Debug)]

@@ -12,21 +12,30 @@ use std::time::Duration;
 use guest_tests::bench;
 use guest_tests::cases::CASES;
 use guest_tests::fuzz;
+use guest_tests::harness::CaseKind;
 use guest_tests::runner::{run, Options, Out};
 use guest_tests::select::select;
-use heaprig_protocol::guest::{BenchArgs, RunArgs};
+use heaprig_protocol::guest::{BenchArgs, ListArgs, RunArgs};
 
-const USAGE: &str = "usage: heaprig-guest list [PATTERN...]\n       heaprig-guest run [--timeout SECS] [--results DIR] [--heap NAME]... [--kernel-config FILE] [--fuzz-seconds N] [--fuzz-seed S] [--fuzz-ops N] [--] [PATTERN...]\n       heaprig-guest bench [--quick] [--out FILE]";
+const USAGE: &str = "usage: heaprig-guest list [--shard I/N] [--whole-run] [--] [PATTERN...]\n       heaprig-guest run [--timeout SECS] [--results DIR] [--heap NAME]... [--kernel-config FILE] [--fuzz-seconds N] [--fuzz-seed S] [--fuzz-ops N] [--shard I/N] [--attempt N] [--] [PATTERN...]\n       heaprig-guest bench [--quick] [--out FILE]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
-        Some("list") => {
-            for c in select(CASES, &args[1..]) {
-                println!("{}", c.name);
+        Some("list") => match ListArgs::parse(&args[1..]) {
+            Ok(l) => {
+                for c in select(CASES, &l.patterns, l.shard) {
+                    if !l.whole_run || c.kind == CaseKind::Finally {
+                        println!("{}", c.name);
+                    }
+                }
+                ExitCode::SUCCESS
             }
-            ExitCode::SUCCESS
-        }
+            Err(msg) => {
+                eprintln!("heaprig-guest: {msg}\n{USAGE}");
+                ExitCode::from(2)
+            }
+        },
         Some("bench") => {
             let b = match BenchArgs::parse(&args[1..]) {
                 Ok(b) => b,
@@ -52,10 +61,11 @@ fn main() -> ExitCode {
                 opts,
                 results,
                 patterns,
+                shard,
                 fuzz,
             }) => {
                 fuzz::set_config(fuzz);
-                let cases = select(CASES, &patterns);
+                let cases = select(CASES, &patterns, shard);
                 if cases.is_empty() {
                     eprintln!("heaprig-guest: no test matches {patterns:?}");
                     return ExitCode::from(2);
@@ -95,6 +105,7 @@ struct Run {
     opts: Options,
     results: Option<PathBuf>,
     patterns: Vec<String>,
+    shard: Option<heaprig_protocol::shard::Shard>,
     fuzz: fuzz::Config,
 }
 
@@ -116,6 +127,7 @@ fn parse_run(args: &[String]) -> Result<Run, String> {
         fuzz.seed = seed;
     }
     fuzz.max_ops = a.fuzz_ops;
+    guest_tests::harness::set_attempt(a.attempt);
     Ok(Run {
         opts: Options {
             timeout: Duration::from_secs(a.timeout),
@@ -123,6 +135,7 @@ fn parse_run(args: &[String]) -> Result<Run, String> {
         },
         results: a.results.map(PathBuf::from),
         patterns: a.patterns,
+        shard: a.shard,
         fuzz,
     })
 }

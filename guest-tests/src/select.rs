@@ -1,6 +1,8 @@
 //! Test selection by name or glob, shared by the guest runner and (through `list`) the host,
 //! so a pattern that selects nothing is rejected before a kernel is booted.
 
+use heaprig_protocol::shard::Shard;
+
 use crate::harness::{Case, CaseKind};
 
 /// `*` matches any run of characters, `?` one character; everything else is literal.
@@ -17,9 +19,12 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
     go(pattern.as_bytes(), name.as_bytes())
 }
 
-/// A pattern without glob characters matches as a substring (`vmap` selects `vmap_nested`).
+/// A pattern without glob characters matches as a substring (`vmap` selects `vmap_nested`);
+/// `=NAME` matches that name only (the host's retries name tests this way).
 pub fn pattern_matches(pattern: &str, name: &str) -> bool {
-    if pattern.contains(['*', '?']) {
+    if let Some(exact) = pattern.strip_prefix('=') {
+        exact == name
+    } else if pattern.contains(['*', '?']) {
         glob_match(pattern, name)
     } else {
         name.contains(pattern)
@@ -28,16 +33,21 @@ pub fn pattern_matches(pattern: &str, name: &str) -> bool {
 
 /// The cases a run executes. With no patterns: every case except the rig self-tests.
 /// Self-tests run only when a pattern names them explicitly (contains "selftest"). The
-/// `Finally` cases (checks over the whole run) come last in every non-empty selection.
-pub fn select<'a>(cases: &'a [Case], patterns: &[String]) -> Vec<&'a Case> {
-    let chosen = |c: &Case| match c.kind {
-        CaseKind::Test => {
-            patterns.is_empty() || patterns.iter().any(|p| pattern_matches(p, c.name))
-        }
-        CaseKind::SelfTest => patterns
-            .iter()
-            .any(|p| pattern_matches(p, c.name) && p.contains("selftest")),
-        CaseKind::Finally => false,
+/// `Finally` cases (checks over the whole run) come last in every non-empty selection, and
+/// belong to every shard.
+pub fn select<'a>(cases: &'a [Case], patterns: &[String], shard: Option<Shard>) -> Vec<&'a Case> {
+    let in_shard = |c: &Case| shard.is_none_or(|s| s.owns(c.name));
+    let chosen = |c: &Case| {
+        in_shard(c)
+            && match c.kind {
+                CaseKind::Test => {
+                    patterns.is_empty() || patterns.iter().any(|p| pattern_matches(p, c.name))
+                }
+                CaseKind::SelfTest => patterns
+                    .iter()
+                    .any(|p| pattern_matches(p, c.name) && p.contains("selftest")),
+                CaseKind::Finally => false,
+            }
     };
     let mut out: Vec<&Case> = cases.iter().filter(|c| chosen(c)).collect();
     if !out.is_empty() {
@@ -69,12 +79,12 @@ mod tests {
 
     #[test]
     fn default_selection_excludes_selftests() {
-        let all = select(CASES, &[]);
+        let all = select(CASES, &[], None);
         assert!(!all.is_empty());
         assert!(all.iter().all(|c| c.kind != CaseKind::SelfTest));
-        let star = select(CASES, &["*".to_string()]);
+        let star = select(CASES, &["*".to_string()], None);
         assert!(star.iter().all(|c| c.kind != CaseKind::SelfTest));
-        let st = select(CASES, &["rig_selftest_fail".to_string()]);
+        let st = select(CASES, &["rig_selftest_fail".to_string()], None);
         assert_eq!(st[0].name, "rig_selftest_fail");
         assert!(st[1..].iter().all(|c| c.kind == CaseKind::Finally));
     }
@@ -88,22 +98,56 @@ mod tests {
             .collect();
         assert!(!finally.is_empty());
         for patterns in [vec![], vec!["vmap".to_string()]] {
-            let s = select(CASES, &patterns);
+            let s = select(CASES, &patterns, None);
             let tail: Vec<&str> = s[s.len() - finally.len()..]
                 .iter()
                 .map(|c| c.name)
                 .collect();
             assert_eq!(tail, finally, "{patterns:?}");
         }
-        assert!(select(CASES, &["no_such_test".to_string()]).is_empty());
+        assert!(select(CASES, &["no_such_test".to_string()], None).is_empty());
     }
 
     #[test]
     fn substring_selects() {
-        let s = select(CASES, &["sync".to_string()]);
+        let s = select(CASES, &["sync".to_string()], None);
         assert!(s.iter().any(|c| c.name == "alloc_mmap_sync_roundtrip"));
         assert!(s
             .iter()
             .all(|c| c.name.contains("sync") || c.kind == CaseKind::Finally));
+    }
+
+    #[test]
+    fn exact_names_select_one_test() {
+        let s = select(CASES, &["=vmap".to_string()], None);
+        assert!(s.is_empty(), "no test is called exactly vmap");
+        let s = select(CASES, &["=rig_selftest_flaky".to_string()], None);
+        assert_eq!(s[0].name, "rig_selftest_flaky");
+        assert!(s[1..].iter().all(|c| c.kind == CaseKind::Finally));
+    }
+
+    #[test]
+    fn shards_split_the_tests_and_each_ends_with_the_whole_run_checks() {
+        let all = select(CASES, &[], None);
+        let tests: Vec<&str> = all
+            .iter()
+            .filter(|c| c.kind == CaseKind::Test)
+            .map(|c| c.name)
+            .collect();
+        let mut seen = Vec::new();
+        for index in 1..=2 {
+            let part = select(CASES, &[], Some(Shard { index, count: 2 }));
+            let finally = part.iter().filter(|c| c.kind == CaseKind::Finally).count();
+            assert!(finally > 0 && part.last().unwrap().kind == CaseKind::Finally);
+            seen.extend(
+                part.iter()
+                    .filter(|c| c.kind == CaseKind::Test)
+                    .map(|c| c.name),
+            );
+        }
+        seen.sort_unstable();
+        let mut want = tests.clone();
+        want.sort_unstable();
+        assert_eq!(seen, want, "two shards together are the whole suite, once");
     }
 }

@@ -168,7 +168,13 @@ pub mod guest {
         pub fuzz_seconds: Option<u64>,
         pub fuzz_seed: Option<u64>,
         pub fuzz_ops: Option<u64>,
-        /// Test names, substrings or globs (all tests when empty).
+        /// This run's part of the selection (`--shard I/N`); the whole-run checks run in every
+        /// shard.
+        pub shard: Option<Shard>,
+        /// Which attempt this is: 0 the first run, 1.. a retry of failed tests (a self-test
+        /// uses it to fail once and then pass).
+        pub attempt: u32,
+        /// Test names, substrings, globs or `=NAME` (all tests when empty).
         pub patterns: Vec<String>,
     }
 
@@ -182,8 +188,51 @@ pub mod guest {
                 fuzz_seconds: None,
                 fuzz_seed: None,
                 fuzz_ops: None,
+                shard: None,
+                attempt: 0,
                 patterns: Vec::new(),
             }
+        }
+    }
+
+    /// `heaprig-guest list`: the names a run with these arguments would execute.
+    #[derive(Debug, Clone, PartialEq, Eq, Default)]
+    pub struct ListArgs {
+        pub shard: Option<Shard>,
+        /// Only the checks over the whole run (kmemleak), which every selection ends with.
+        pub whole_run: bool,
+        pub patterns: Vec<String>,
+    }
+
+    impl ListArgs {
+        /// The arguments after the runner's path, `list` first.
+        pub fn to_argv(&self) -> Vec<String> {
+            let mut v = vec!["list".to_string()];
+            if let Some(s) = self.shard {
+                v.extend(["--shard".into(), s.to_string()]);
+            }
+            if self.whole_run {
+                v.push("--whole-run".into());
+            }
+            v.push("--".into());
+            v.extend(self.patterns.iter().cloned());
+            v
+        }
+
+        /// The arguments after `list`.
+        pub fn parse(args: &[String]) -> Result<ListArgs, String> {
+            let mut l = ListArgs::default();
+            let mut it = args.iter();
+            while let Some(a) = it.next() {
+                match a.as_str() {
+                    "--shard" => l.shard = Some(value(&mut it, a)?.parse()?),
+                    "--whole-run" => l.whole_run = true,
+                    "--" => l.patterns.extend(it.by_ref().cloned()),
+                    s if s.starts_with("--") => return Err(format!("unknown option {s}")),
+                    s => l.patterns.push(s.to_string()),
+                }
+            }
+            Ok(l)
         }
     }
 
@@ -205,6 +254,11 @@ pub mod guest {
             opt("--fuzz-seconds", self.fuzz_seconds.map(|n| n.to_string()));
             opt("--fuzz-seed", self.fuzz_seed.map(|n| n.to_string()));
             opt("--fuzz-ops", self.fuzz_ops.map(|n| n.to_string()));
+            opt("--shard", self.shard.map(|s| s.to_string()));
+            opt(
+                "--attempt",
+                (self.attempt > 0).then(|| self.attempt.to_string()),
+            );
             for h in &self.heaps {
                 v.extend(["--heap".to_string(), h.clone()]);
             }
@@ -227,6 +281,11 @@ pub mod guest {
                     "--fuzz-seed" => r.fuzz_seed = Some(number(&mut it, a, 0)?),
                     "--fuzz-ops" => r.fuzz_ops = Some(number(&mut it, a, 1)?),
                     "--heap" => r.heaps.push(value(&mut it, a)?),
+                    "--shard" => r.shard = Some(value(&mut it, a)?.parse()?),
+                    "--attempt" => {
+                        r.attempt = u32::try_from(number(&mut it, a, 0)?)
+                            .map_err(|_| "--attempt is too large".to_string())?
+                    }
                     "--" => r.patterns.extend(it.by_ref().cloned()),
                     s if s.starts_with("--") => return Err(format!("unknown option {s}")),
                     s => r.patterns.push(s.to_string()),
@@ -235,6 +294,8 @@ pub mod guest {
             Ok(r)
         }
     }
+
+    pub use super::shard::Shard;
 
     /// `heaprig-guest bench`: the microbenchmarks.
     #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -285,6 +346,60 @@ pub mod guest {
             return Err(format!("{what} must be at least {min}"));
         }
         Ok(n)
+    }
+}
+
+/// Splitting a selection over N runs (`--shard I/N`), computed the same way by the guest (which
+/// runs its part) and the host (which merges the parts).
+pub mod shard {
+    use std::fmt;
+    use std::str::FromStr;
+
+    /// Part `index` (1-based) of `count`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Shard {
+        pub index: u32,
+        pub count: u32,
+    }
+
+    impl Shard {
+        /// Whether the test `name` belongs to this shard. A test's shard depends on its name
+        /// and N only (FNV-1a), so adding a test never moves another one; the price is that
+        /// shards are uneven for small suites.
+        pub fn owns(&self, name: &str) -> bool {
+            shard_of(name, self.count) == self.index
+        }
+    }
+
+    /// The 1-based shard of `name` among `count`.
+    pub fn shard_of(name: &str, count: u32) -> u32 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in name.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        (h % u64::from(count.max(1))) as u32 + 1
+    }
+
+    impl fmt::Display for Shard {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "{}/{}", self.index, self.count)
+        }
+    }
+
+    impl FromStr for Shard {
+        type Err = String;
+
+        fn from_str(s: &str) -> Result<Shard, String> {
+            let bad = || format!("a shard is I/N with 1 <= I <= N <= 64, not {s:?}");
+            let (i, n) = s.split_once('/').ok_or_else(bad)?;
+            let index: u32 = i.trim().parse().map_err(|_| bad())?;
+            let count: u32 = n.trim().parse().map_err(|_| bad())?;
+            if index == 0 || index > count || count > 64 {
+                return Err(bad());
+            }
+            Ok(Shard { index, count })
+        }
     }
 }
 
@@ -433,6 +548,8 @@ mod tests {
             fuzz_seconds: Some(30),
             fuzz_seed: Some(0),
             fuzz_ops: Some(5),
+            shard: Some("2/3".parse().unwrap()),
+            attempt: 1,
             patterns: vec!["--looks-like-a-flag".into(), "zeroing".into()],
         };
         for r in [RunArgs::default(), full] {
@@ -442,6 +559,19 @@ mod tests {
         }
         assert!(RunArgs::parse(&["--timeout".into(), "0".into()]).is_err());
         assert!(RunArgs::parse(&["--nope".into()]).is_err());
+        use super::guest::ListArgs;
+        for l in [
+            ListArgs::default(),
+            ListArgs {
+                shard: Some("1/2".parse().unwrap()),
+                whole_run: true,
+                patterns: vec!["=mmap_bounds".into()],
+            },
+        ] {
+            let argv = l.to_argv();
+            assert_eq!(argv[0], "list");
+            assert_eq!(ListArgs::parse(&argv[1..]), Ok(l));
+        }
         for b in [
             BenchArgs::default(),
             BenchArgs {
@@ -453,6 +583,25 @@ mod tests {
             assert_eq!(argv[0], "bench");
             assert_eq!(BenchArgs::parse(&argv[1..]), Ok(b));
         }
+    }
+
+    #[test]
+    fn shards_parse_and_partition() {
+        use super::shard::{shard_of, Shard};
+        for bad in ["0/2", "3/2", "1", "a/b", "1/65"] {
+            assert!(bad.parse::<Shard>().is_err(), "{bad}");
+        }
+        let names: Vec<String> = (0..40).map(|i| format!("test_{i}")).collect();
+        let parts: Vec<Shard> = (1..=3).map(|i| Shard { index: i, count: 3 }).collect();
+        // Every name in exactly one part, and a part depends on the name alone.
+        for n in &names {
+            assert_eq!(parts.iter().filter(|p| p.owns(n)).count(), 1, "{n}");
+            assert_eq!(shard_of(n, 3), shard_of(n, 3));
+        }
+        assert!(parts.iter().all(|p| names.iter().any(|n| p.owns(n))));
+        // Pinned: a change of hash would silently reshuffle CI shards.
+        assert_eq!((shard_of("mmap_bounds", 2), shard_of("zeroing", 3)), (1, 2));
+        assert_eq!(Shard { index: 1, count: 1 }.to_string(), "1/1");
     }
 
     #[test]

@@ -7,12 +7,16 @@ use clap::{Args, Parser, Subcommand};
 
 use std::time::Duration;
 
+use anyhow::Result;
+use heaprig_protocol::shard::Shard;
+
 use crate::plan::{
-    BenchPlan, ExecPlan, FuzzPlan, KernelPlan, Outputs, SkipWhy, Snapshots, SuitePlan, TestPlan,
-    VmPlan,
+    BenchPlan, ExecPlan, FuzzPlan, KcidbPlan, KernelPlan, Outputs, SkipWhy, Snapshots, SuitePlan,
+    TestPlan, Triage, VmPlan,
 };
 use crate::stages::kernel::Profile;
 use crate::stages::vm::{parse_memory, AccelChoice};
+use crate::triage::known::KnownIssues;
 
 #[derive(Parser)]
 #[command(
@@ -53,6 +57,87 @@ pub enum Cmd {
     Bisect(BisectArgs),
     /// One verdict on the tree as checked out: `git bisect run cargo xtask bisect-step ...`.
     BisectStep(StepArgs),
+    /// Join the results.json of every shard of a run (`test --shard I/N --json F`) into one
+    /// report, JUnit and KCIDB file; fails when a shard is missing.
+    Merge(MergeArgs),
+    /// Lint the GitHub workflow users copy (schema and security checks).
+    Lint(LintArgs),
+}
+
+/// KernelCI output, shared by `test`, `validate`, `bench` and `merge`.
+#[derive(Args, Clone, Debug, PartialEq)]
+pub struct KcidbArgs {
+    /// Write the results as a KCIDB v5.3 file here (checkouts, builds, tests), validated
+    /// with the pinned kcidb-io schema; submit it with `kci-dev submit` (see README).
+    #[arg(long, value_name = "FILE")]
+    pub kcidb: Option<PathBuf>,
+    /// The KCIDB origin: names your CI system and prefixes every id.
+    #[arg(long, default_value = "heaprig", value_name = "NAME", value_parser = parse_origin, requires = "kcidb")]
+    pub kcidb_origin: String,
+    /// The run's part of every KCIDB id (give every shard of a run the same one, e.g.
+    /// $GITHUB_RUN_ID). Default: the start time and process id.
+    #[arg(long, value_name = "ID", value_parser = parse_run_id, requires = "kcidb")]
+    pub kcidb_run_id: Option<String>,
+}
+
+impl KcidbArgs {
+    pub fn plan(&self) -> Option<KcidbPlan> {
+        self.kcidb.as_ref().map(|path| KcidbPlan {
+            path: path.clone(),
+            origin: self.kcidb_origin.clone(),
+            run_id: self.kcidb_run_id.clone(),
+        })
+    }
+}
+
+/// KCIDB origins are `[a-z0-9_]+`.
+fn parse_origin(s: &str) -> Result<String, String> {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?} is not a KCIDB origin (lower-case letters, digits and '_')"
+        ))
+    }
+}
+
+/// A run id goes into test paths' ids: letters, digits, '_', '-' and '.'.
+fn parse_run_id(s: &str) -> Result<String, String> {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+    {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?} is not a run id (letters, digits, '_', '-' and '.')"
+        ))
+    }
+}
+
+#[derive(Args)]
+pub struct LintArgs {
+    /// Workflow files to lint. Default: every one in .github/workflows/.
+    #[arg(value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct MergeArgs {
+    /// Also write the merged results as JSON here.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Also write JUnit XML here.
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+    #[command(flatten)]
+    pub kcidb: KcidbArgs,
+    /// The shards' results.json files (or run directories holding one).
+    #[arg(required = true, value_name = "RESULTS")]
+    pub shards: Vec<PathBuf>,
 }
 
 /// The suite as `validate` and `bisect` run it.
@@ -91,6 +176,8 @@ pub struct ValidateArgs {
     /// Also write the Markdown report here (it is always in target/heaprig/validate/).
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
+    #[command(flatten)]
+    pub kcidb: KcidbArgs,
     /// Patch files, mboxes of a series, or commit ranges A..B in --kernel-src, in order.
     #[arg(required = true, value_name = "PATCH")]
     pub patches: Vec<String>,
@@ -104,9 +191,14 @@ pub struct VerdictArgs {
     #[arg(long, value_name = "TEXT")]
     pub splat: Option<String>,
     /// Rerun a bad verdict this many times; a commit that passes in any rerun is flaky and
-    /// skipped (125), never blamed.
+    /// skipped (125), never blamed. For a suite that is noisy.
     #[arg(long, default_value_t = 0, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=10))]
     pub retries: u32,
+    /// Run every step N times: bad if any run is bad (an intermittent bug seen once is seen),
+    /// good only if all N are; the summary gives a confidence figure. For a bug that
+    /// reproduces sometimes.
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=10), conflicts_with = "retries")]
+    pub runs: u32,
 }
 
 #[derive(Args)]
@@ -126,6 +218,10 @@ pub struct BisectArgs {
     /// Leave the scratch clone behind (its path is printed).
     #[arg(long)]
     pub keep: bool,
+    /// Skip the check that reverting the culprit on --bad makes it good (one more build and
+    /// boot).
+    #[arg(long)]
+    pub no_confirm: bool,
 }
 
 #[derive(Args)]
@@ -139,6 +235,10 @@ pub struct StepArgs {
     /// Append this step's verdict and time as a JSON line (used by `bisect`).
     #[arg(long, value_name = "FILE")]
     pub log: Option<PathBuf>,
+}
+
+fn parse_shard(s: &str) -> Result<Shard, String> {
+    s.parse()
 }
 
 /// A heap name as /dev/dma_heap spells it.
@@ -214,6 +314,8 @@ impl SuiteArgs {
             run_timeout: Duration::from_secs(self.run_timeout),
             heaps: Vec::new(),
             fuzz: None,
+            shard: None,
+            attempt: 0,
         }
     }
 }
@@ -238,14 +340,20 @@ pub fn tree_plan(vm: &VmArgs, suite: &SuiteArgs, tree: &Path, tree_id: Option<&s
         vm: vm.plan(),
         suite: suite.plan(),
         snapshots: Snapshots::Skip(SkipWhy::ComparedElsewhere),
+        triage: Triage::default(),
         outputs: Outputs::default(),
     }
 }
 
 impl TestArgs {
-    pub fn plan(self) -> TestPlan {
+    /// Fails (before anything is built) when the known-issues file is missing or invalid.
+    pub fn plan(self) -> Result<TestPlan> {
         let snapshots = snapshots_for(&self.heap, self.accept);
-        TestPlan {
+        let known = match &self.known_issues {
+            Some(path) => KnownIssues::load(path)?,
+            None => KnownIssues::default(),
+        };
+        Ok(TestPlan {
             kernel: self.vm.kernel.plan(Profile::Debug),
             vm: self.vm.plan(),
             suite: SuitePlan {
@@ -254,14 +362,22 @@ impl TestArgs {
                 run_timeout: Duration::from_secs(self.run_timeout),
                 heaps: self.heap,
                 fuzz: None,
+                shard: self.shard,
+                attempt: 0,
             },
             snapshots,
+            triage: Triage {
+                retries: self.retries,
+                strict: self.strict,
+                known,
+            },
             outputs: Outputs {
                 ktap: self.ktap,
                 json: self.json,
                 junit: self.junit,
+                kcidb: self.kcidb.plan(),
             },
-        }
+        })
     }
 }
 
@@ -295,8 +411,11 @@ impl FuzzArgs {
                     seed,
                     ops: self.ops,
                 }),
+                shard: None,
+                attempt: 0,
             },
             snapshots,
+            triage: Triage::default(),
             outputs: Outputs::default(),
         }
     }
@@ -309,6 +428,7 @@ impl BenchArgs {
             vm: self.vm.plan(),
             quick: self.quick,
             run_timeout: Duration::from_secs(self.run_timeout),
+            kcidb: self.kcidb.plan(),
         }
     }
 }
@@ -338,6 +458,8 @@ pub struct BenchArgs {
     /// Re-render the table and SVG of a saved bench.json instead of running (no kernel).
     #[arg(long, value_name = "JSON")]
     pub render: Option<PathBuf>,
+    #[command(flatten)]
+    pub kcidb: KcidbArgs,
     /// Measure the rig instead of the heaps: cold build per profile (or only --profile),
     /// no-change `test`, boot to first test, one-line heap edit to verdict. Slow (two cold
     /// kernel builds); leaves the project and its caches as they were.
@@ -432,7 +554,24 @@ pub struct TestArgs {
     /// Run per-heap tests on this heap only (repeatable); snapshots are then not compared.
     #[arg(long, value_parser = parse_heap)]
     pub heap: Vec<String>,
-    /// Tests to run: names, substrings or globs (`vmap`, `alloc_*`). Default: all.
+    /// Run part I of N of the selected tests (split by name, stable as tests are added); the
+    /// checks over the whole run (kmemleak) run in every shard. Join with `cargo xtask merge`.
+    #[arg(long, value_name = "I/N", value_parser = parse_shard)]
+    pub shard: Option<Shard>,
+    /// Rerun failed tests up to N times, each in a fresh boot; a test that then passes is
+    /// FLAKY and does not fail the run (unless --strict).
+    #[arg(long, default_value_t = 0, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=5))]
+    pub retries: u32,
+    /// A FLAKY test fails the run.
+    #[arg(long)]
+    pub strict: bool,
+    /// Splats already known (TOML: fingerprint, reason, link, expires); a test failed only by
+    /// live entries is KNOWN and does not fail the run.
+    #[arg(long, value_name = "FILE")]
+    pub known_issues: Option<PathBuf>,
+    #[command(flatten)]
+    pub kcidb: KcidbArgs,
+    /// Tests to run: names, substrings, globs (`vmap`, `alloc_*`) or `=NAME`. Default: all.
     #[arg(last = true, value_name = "PATTERN")]
     pub patterns: Vec<String>,
 }
@@ -454,6 +593,9 @@ pub struct ParseArgs {
     /// A run directory holding guest.ktap, console.log and selected.txt.
     #[arg(value_name = "DIR")]
     pub dir: Option<PathBuf>,
+    /// Triage the saved run's splats with this known-issues file (as `test` does).
+    #[arg(long, value_name = "FILE")]
+    pub known_issues: Option<PathBuf>,
 }
 
 /// Parses `cargo xtask ARGV...` as the CLI would (tests of code that builds a child's argv).
@@ -486,7 +628,10 @@ mod tests {
         let Cmd::Test(t) = parse_cmd(&["test", "--heap", "system", "--accept"]) else {
             panic!()
         };
-        assert_eq!(t.plan().snapshots, Snapshots::Skip(SkipWhy::HeapSubset));
+        assert_eq!(
+            t.plan().unwrap().snapshots,
+            Snapshots::Skip(SkipWhy::HeapSubset)
+        );
         let Cmd::Fuzz(f) = parse_cmd(&["fuzz", "--heap", "system"]) else {
             panic!()
         };
@@ -504,7 +649,7 @@ mod tests {
         let Cmd::Test(t) = parse_cmd(&["test", "--accept", "--", "zeroing"]) else {
             panic!()
         };
-        let p = t.plan();
+        let p = t.plan().unwrap();
         assert_eq!(p.snapshots, Snapshots::Compare { accept: true });
         assert_eq!(p.kernel.profile, Profile::Debug);
         let Cmd::Bench(b) = parse_cmd(&["bench", "--quick"]) else {

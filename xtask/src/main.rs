@@ -9,12 +9,13 @@ mod parse;
 mod plan;
 mod report;
 mod stages;
+mod triage;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use cmd::{bench, bisect, exec, fuzz, shell, test, validate};
+use cmd::{bench, bisect, exec, fuzz, lint, merge, shell, test, validate};
 use flags::{Cmd, Xtask};
 use stages::kernel::Profile;
 use stages::setup;
@@ -75,7 +76,9 @@ fn main() -> ExitCode {
             println!("time: {}", times.line());
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Test(a) => test::run(&env, a.plan()),
+        Cmd::Test(a) => test::run(&env, a.plan()?),
+        Cmd::Merge(a) => merge::run(&env, a),
+        Cmd::Lint(a) => lint::run(&env, a.files),
         Cmd::Exec(a) => exec::exec(&env, a.plan()),
         Cmd::Shell(v) => shell::shell(&env, v.kernel.plan(Profile::Debug), v.plan()),
         Cmd::Parse(a) => test::parse(&env, a),

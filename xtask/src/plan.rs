@@ -5,8 +5,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use heaprig_protocol::shard::Shard;
+
 use crate::stages::kernel::Profile;
 use crate::stages::vm::AccelChoice;
+use crate::triage::known::KnownIssues;
 
 /// Which kernel to build.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,6 +51,10 @@ pub struct SuitePlan {
     /// Per-heap tests on these heaps only; all when empty.
     pub heaps: Vec<String>,
     pub fuzz: Option<FuzzPlan>,
+    /// This run's part of the selection.
+    pub shard: Option<Shard>,
+    /// 0 for a first run; N for the N-th retry of failed tests.
+    pub attempt: u32,
 }
 
 impl SuitePlan {
@@ -78,6 +85,28 @@ pub enum SkipWhy {
     HeapSubset,
     /// `validate` and `bisect` compare runs with each other, not with snapshots.
     ComparedElsewhere,
+    /// A retry of failed tests: its verdicts are merged into the first run's.
+    Retry,
+}
+
+/// What is decided about failures after parsing (`crate::triage`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Triage {
+    /// Fresh-boot reruns of failed tests; a test that then passes is FLAKY.
+    pub retries: u32,
+    /// FLAKY fails the run.
+    pub strict: bool,
+    pub known: KnownIssues,
+}
+
+/// A KernelCI (KCIDB v5.3) file to write, and the identities in it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KcidbPlan {
+    pub path: PathBuf,
+    /// Names the submitting CI system; the prefix of every id.
+    pub origin: String,
+    /// Unique per run (shards of one run share it); a time-based one when None.
+    pub run_id: Option<String>,
 }
 
 /// Copies of the results the user asked for.
@@ -86,6 +115,7 @@ pub struct Outputs {
     pub ktap: Option<PathBuf>,
     pub json: Option<PathBuf>,
     pub junit: Option<PathBuf>,
+    pub kcidb: Option<KcidbPlan>,
 }
 
 /// `cargo xtask test`, and the suite runs of `fuzz`, `validate` and `bisect-step`.
@@ -95,6 +125,7 @@ pub struct TestPlan {
     pub vm: VmPlan,
     pub suite: SuitePlan,
     pub snapshots: Snapshots,
+    pub triage: Triage,
     pub outputs: Outputs,
 }
 
@@ -105,6 +136,7 @@ pub struct BenchPlan {
     pub vm: VmPlan,
     pub quick: bool,
     pub run_timeout: Duration,
+    pub kcidb: Option<KcidbPlan>,
 }
 
 impl BenchPlan {

@@ -245,10 +245,17 @@ pub fn run(env: &Env, a: BenchArgs) -> Result<ExitCode> {
         return crate::cmd::bench_rig::run(env, &a);
     }
     let dir = env.root.join("target/heaprig/bench");
-    let m = measure(env, &a.plan(), &dir)?;
+    let plan = a.plan();
+    let m = measure(env, &plan, &dir)?;
     let title = format!("heaprig bench {}: {}", m.date, m.machine);
     println!("\n{title}\n\n{}", table(&m.rows));
     println!("written: {}/bench.json, bench.svg", dir.display());
+    if let (Some(k), Some(prov)) = (&plan.kcidb, &m.provenance) {
+        let mut b = crate::report::kcidb::Builder::new(k, prov);
+        let build = b.build(prov, true, None);
+        b.bench(&build, prov, &m.rows);
+        crate::report::kcidb::write(env, &b.finish(), &k.path)?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -260,6 +267,9 @@ pub struct Measured {
     pub accel: Accel,
     pub quick: bool,
     pub rows: Vec<Row>,
+    /// What was built and booted, for KCIDB.
+    #[serde(default)]
+    pub provenance: Option<crate::report::kcidb::Provenance>,
 }
 
 impl Measured {
@@ -273,6 +283,7 @@ impl Measured {
 /// bench.svg into `dir` (replacing an earlier run's). `validate --bench` runs it on both trees.
 pub fn measure(env: &Env, plan: &BenchPlan, dir: &std::path::Path) -> Result<Measured> {
     let mut times = Times::default();
+    let started = crate::report::kcidb::now_rfc3339();
     let guest = build_guest(env)?;
     let profile = plan.kernel.profile;
     let p = stages::prepare(env, &plan.kernel, &plan.vm, &mut times)?;
@@ -342,6 +353,15 @@ pub fn measure(env: &Env, plan: &BenchPlan, dir: &std::path::Path) -> Result<Mea
         accel: p.accel,
         quick: plan.quick,
         rows,
+        provenance: Some(crate::report::kcidb::Provenance::of(
+            env,
+            &plan.kernel,
+            &plan.vm,
+            &p,
+            &times,
+            started,
+            plan.kcidb.as_ref().and_then(|k| k.run_id.clone()),
+        )),
     };
     fs::write(dir.join("bench.json"), serde_json::to_string_pretty(&m)?)?;
     Ok(m)
@@ -488,6 +508,7 @@ mod tests {
             accel: Accel::Tcg,
             quick: false,
             rows: r,
+            provenance: None,
         };
         fs::write(&json, serde_json::to_string(&saved).unwrap()).unwrap();
         let r = saved.rows;

@@ -1,7 +1,9 @@
 //! `cargo xtask bisect` drives `git bisect run` in a scratch clone with `bisect-step`, which
 //! is also usable on its own as `git bisect run cargo xtask bisect-step ...`. Exit codes
 //! follow git: 0 good, 1 bad, 125 skip (no build, no boot, a flaky verdict, the rig failing);
-//! never above 127, which would abort the bisection.
+//! never above 127, which would abort the bisection. After naming a culprit, `bisect` reverts
+//! it on `--bad` and judges that tree too (exit 1 when it is still bad), and gives a
+//! confidence figure from the runs it made (`--runs N`).
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
@@ -111,40 +113,155 @@ pub struct StepRecord {
     pub why: String,
     pub seconds: f64,
     pub runs: u32,
+    /// Each run's verdict (`--runs`, `--retries`), in order.
+    #[serde(default)]
+    pub run_verdicts: Vec<BisectVerdict>,
 }
 
-/// Runs until the verdict is not bad or the retries are used; bad only if every run was.
-fn judge_with_retries(
+/// A step's verdict from its runs' verdicts (`--runs N`): skip if a run could not test the
+/// commit, bad if any run was bad (syzbot's rule: a crash seen once is real), good only if
+/// every run was.
+pub fn combine_runs(verdicts: &[(BisectVerdict, String)]) -> (BisectVerdict, String) {
+    let n = verdicts.len();
+    if let Some((_, why)) = verdicts.iter().find(|(v, _)| *v == BisectVerdict::Skip) {
+        return (BisectVerdict::Skip, why.clone());
+    }
+    let bad: Vec<&String> = verdicts
+        .iter()
+        .filter(|(v, _)| *v == BisectVerdict::Bad)
+        .map(|(_, why)| why)
+        .collect();
+    match bad.first() {
+        None => (
+            BisectVerdict::Good,
+            format!("good in {n} of {n} run(s): {}", verdicts[0].1),
+        ),
+        Some(why) => (
+            BisectVerdict::Bad,
+            format!("bad in {} of {n} run(s): {why}", bad.len()),
+        ),
+    }
+}
+
+/// Runs the step as the flags say; returns the verdict, why, and every run's verdict.
+fn judge(
     env: &Env,
     a: &StepArgs,
     tree: &Path,
     out: &Path,
-) -> Result<(BisectVerdict, String, u32)> {
+) -> Result<(BisectVerdict, String, Vec<BisectVerdict>)> {
     let plan = crate::flags::tree_plan(&a.vm, &a.suite, tree, a.vm.kernel.tree_id.as_deref());
-    let mut runs = 0;
-    let mut first_bad = String::new();
-    loop {
-        runs += 1;
+    let once = || -> Result<(BisectVerdict, String)> {
         let (outcome, times) = tree::run_suite(env, &plan, out)?;
         println!("time: {}", times.line());
-        let (v, why) = decide(&outcome, a.verdict.splat.as_deref());
+        Ok(decide(&outcome, a.verdict.splat.as_deref()))
+    };
+    let mut seen: Vec<(BisectVerdict, String)> = Vec::new();
+    if a.verdict.runs > 1 {
+        for i in 1..=a.verdict.runs {
+            let (v, why) = once()?;
+            println!("bisect-step: run {i} of {}: {v:?} ({why})", a.verdict.runs);
+            let stop = v == BisectVerdict::Skip;
+            seen.push((v, why));
+            if stop {
+                break;
+            }
+        }
+        let (v, why) = combine_runs(&seen);
+        return Ok((v, why, seen.into_iter().map(|(v, _)| v).collect()));
+    }
+    // --retries: rerun while bad; bad only if every run was.
+    loop {
+        let (v, why) = once()?;
+        seen.push((v.clone(), why.clone()));
+        let runs = seen.len() as u32;
         match v {
             BisectVerdict::Bad if runs <= a.verdict.retries => {
                 println!(
                     "bisect-step: bad ({why}); rerun {runs} of {}",
                     a.verdict.retries
                 );
-                first_bad = why;
             }
             BisectVerdict::Good if runs > 1 => {
                 return Ok((
                     BisectVerdict::Skip,
-                    format!("flaky: bad then good in {runs} runs ({first_bad})"),
-                    runs,
+                    format!("flaky: bad then good in {runs} runs ({})", seen[0].1),
+                    seen.into_iter().map(|(v, _)| v).collect(),
                 ))
             }
-            _ => return Ok((v, why, runs)),
+            _ => return Ok((v, why, seen.into_iter().map(|(v, _)| v).collect())),
         }
+    }
+}
+
+/// How far the good verdicts can be trusted, from the runs on the bad steps: the bug's
+/// reproduction rate p is estimated by Laplace's rule of succession, (bad runs + 1) / (runs
+/// on bad steps + 2), so a bug seen every time still leaves room for doubt; a good step of N
+/// runs misses a bad commit with probability (1 - p)^N, and the confidence is that no good
+/// step did. None without a bad step to measure p on.
+pub fn confidence(steps: &[StepRecord]) -> Option<Confidence> {
+    let bad: Vec<&StepRecord> = steps
+        .iter()
+        .filter(|s| s.verdict == BisectVerdict::Bad)
+        .collect();
+    if bad.is_empty() {
+        return None;
+    }
+    let runs_of = |s: &StepRecord| s.run_verdicts.len().max(1) as u32;
+    let bad_runs: u32 = bad
+        .iter()
+        .map(|s| {
+            if s.run_verdicts.is_empty() {
+                1
+            } else {
+                s.run_verdicts
+                    .iter()
+                    .filter(|v| **v == BisectVerdict::Bad)
+                    .count() as u32
+            }
+        })
+        .sum();
+    let runs_on_bad: u32 = bad.iter().map(|s| runs_of(s)).sum();
+    let p = f64::from(bad_runs + 1) / f64::from(runs_on_bad + 2);
+    let goods: Vec<u32> = steps
+        .iter()
+        .filter(|s| s.verdict == BisectVerdict::Good)
+        .map(runs_of)
+        .collect();
+    let value = goods
+        .iter()
+        .map(|&n| 1.0 - (1.0 - p).powi(n as i32))
+        .product::<f64>();
+    Some(Confidence {
+        value,
+        p,
+        bad_runs,
+        runs_on_bad,
+        good_steps: goods.len(),
+    })
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Confidence {
+    pub value: f64,
+    pub p: f64,
+    pub bad_runs: u32,
+    pub runs_on_bad: u32,
+    pub good_steps: usize,
+}
+
+impl std::fmt::Display for Confidence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.1}% that no good verdict hid the bug (reproduced in {} of {} run(s) on bad steps: \
+             p = {:.2} by the rule of succession; {} good step(s))",
+            self.value * 100.0,
+            self.bad_runs,
+            self.runs_on_bad,
+            self.p,
+            self.good_steps
+        )
     }
 }
 
@@ -160,15 +277,15 @@ pub fn step(env: &Env, a: StepArgs) -> ExitCode {
     let commit = head(env, &tree);
     let subject = tree::subject(&env.sh, &tree, "HEAD");
     let out = env.root.join("target/heaprig/bisect").join(short(&commit));
-    let (verdict, why, runs) = match crate::stages::kernel::validate_tree(&tree)
-        .and_then(|()| judge_with_retries(env, &a, &tree, &out))
+    let (verdict, why, run_verdicts) = match crate::stages::kernel::validate_tree(&tree)
+        .and_then(|()| judge(env, &a, &tree, &out))
     {
         Ok(x) => x,
         // The rig failing says nothing about the commit: skip it, loudly.
         Err(e) => (
             BisectVerdict::Skip,
             format!("the rig could not test this commit: {e:#}"),
-            1,
+            vec![BisectVerdict::Skip],
         ),
     };
     let rec = StepRecord {
@@ -177,7 +294,8 @@ pub fn step(env: &Env, a: StepArgs) -> ExitCode {
         verdict: verdict.clone(),
         why,
         seconds: t.elapsed().as_secs_f64(),
-        runs,
+        runs: run_verdicts.len() as u32,
+        run_verdicts,
     };
     println!(
         "bisect-step: {} {} \"{}\": {} ({}) in {}",
@@ -234,9 +352,13 @@ fn step_flags(a: &BisectArgs, tree: &Path, tree_id: &str, log: &Path) -> Vec<Str
         a.suite.test_timeout.to_string(),
         "--run-timeout".into(),
         a.suite.run_timeout.to_string(),
-        "--retries".into(),
-        a.verdict.retries.to_string(),
     ]);
+    // One of the two, as given (clap refuses both).
+    if a.verdict.runs > 1 {
+        v.extend(["--runs".into(), a.verdict.runs.to_string()]);
+    } else {
+        v.extend(["--retries".into(), a.verdict.retries.to_string()]);
+    }
     for p in &a.suite.patterns {
         v.extend(["--test".into(), p.clone()]);
     }
@@ -289,7 +411,86 @@ pub fn summary(steps: &[StepRecord], found: Option<(&str, &str)>, total: Duratio
             r.why
         ));
     }
+    if found.is_some() {
+        match confidence(steps) {
+            Some(c) => s.push_str(&format!("confidence: {c}\n")),
+            None => s.push_str("confidence: not estimated (no step was judged bad)\n"),
+        }
+    }
     s
+}
+
+/// What reverting the culprit on the bad revision showed.
+#[derive(Debug, PartialEq)]
+pub enum Confirmation {
+    /// The bad revision with the culprit reverted is good.
+    Confirmed(String),
+    /// Still bad with the culprit reverted: the culprit is doubtful.
+    Contradicted(String),
+    /// The revert does not apply, or the reverted tree could not be judged.
+    Unchecked(String),
+}
+
+impl std::fmt::Display for Confirmation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Confirmation::Confirmed(why) => write!(
+                f,
+                "CONFIRMED: --bad with the culprit reverted is good ({why})"
+            ),
+            Confirmation::Contradicted(why) => write!(
+                f,
+                "NOT CONFIRMED: --bad with the culprit reverted is still bad ({why}); the culprit \
+                 is doubtful (a flaky test, or more than one bad commit)"
+            ),
+            Confirmation::Unchecked(why) => write!(f, "not confirmed: {why}"),
+        }
+    }
+}
+
+/// Reverts `culprit` on `bad` in the scratch tree and judges the result with the same step
+/// flags as the bisection.
+fn confirm(
+    env: &Env,
+    a: &BisectArgs,
+    scratch: &Scratch,
+    bad: &str,
+    culprit: &str,
+    out_root: &Path,
+) -> Result<Confirmation> {
+    let sh = &env.sh;
+    scratch.checkout(sh, bad)?;
+    let (ok, out) = scratch.git_try(sh, &["revert", "--no-edit", culprit])?;
+    if !ok {
+        let _ = scratch.git_try(sh, &["revert", "--abort"]);
+        let first = out.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+        return Ok(Confirmation::Unchecked(format!(
+            "the revert of {} does not apply to {}: {first}",
+            short(culprit),
+            short(bad)
+        )));
+    }
+    println!(
+        "\n== bisect: checking {} with {} reverted ==",
+        short(bad),
+        short(culprit)
+    );
+    let log = out_root.join("revert.jsonl");
+    let _ = fs::remove_file(&log);
+    let exe = std::env::current_exe().context("finding the xtask binary")?;
+    let status = Command::new(&exe)
+        .args(step_flags(a, scratch.path(), &scratch.tree_id, &log))
+        .stdin(Stdio::null())
+        .status()
+        .context("running bisect-step on the reverted tree")?;
+    let why = read_steps(&log)
+        .pop()
+        .map_or_else(|| "no step record".to_string(), |r| r.why);
+    Ok(match status.code() {
+        Some(0) => Confirmation::Confirmed(why),
+        Some(1) => Confirmation::Contradicted(why),
+        _ => Confirmation::Unchecked(format!("the reverted tree could not be judged: {why}")),
+    })
 }
 
 pub fn run(env: &Env, a: BisectArgs) -> Result<ExitCode> {
@@ -368,14 +569,26 @@ pub fn run(env: &Env, a: BisectArgs) -> Result<ExitCode> {
             started.elapsed()
         )
     );
+    let confirmation = match &found {
+        Some((sha, _)) if !a.no_confirm => {
+            let c = confirm(env, &a, &scratch, &bad, sha, &out_root)
+                .unwrap_or_else(|e| Confirmation::Unchecked(format!("{e:#}")));
+            println!("\nrevert check: {c}");
+            Some(c)
+        }
+        _ => None,
+    };
     println!(
-        "artefacts: {} (steps.jsonl, bisect.log)",
+        "artefacts: {} (steps.jsonl, bisect.log, revert.jsonl)",
         out_root.display()
     );
     if a.keep {
         println!("scratch tree kept: {}", scratch.keep().display());
     }
     match found {
+        Some(_) if matches!(confirmation, Some(Confirmation::Contradicted(_))) => {
+            Ok(ExitCode::from(1))
+        }
         Some(_) => Ok(ExitCode::SUCCESS),
         None => bail!(
             "git bisect run ended ({status}) without naming a first bad commit: every candidate \
@@ -579,6 +792,7 @@ mod tests {
                 why: "all chosen tests passed".into(),
                 seconds: 90.0,
                 runs: 1,
+                run_verdicts: vec![],
             },
             StepRecord {
                 commit: "b".repeat(40),
@@ -587,6 +801,7 @@ mod tests {
                 why: "does not build".into(),
                 seconds: 30.0,
                 runs: 1,
+                run_verdicts: vec![],
             },
         ];
         let s = summary(&steps, Some(("c", "the bad one")), Duration::from_secs(120));
@@ -604,5 +819,60 @@ mod tests {
         )
         .unwrap();
         assert_eq!(read_steps(&log).len(), 2);
+    }
+
+    fn step(verdict: BisectVerdict, runs: &[BisectVerdict]) -> StepRecord {
+        StepRecord {
+            commit: "c".repeat(40),
+            subject: String::new(),
+            verdict,
+            why: String::new(),
+            seconds: 1.0,
+            runs: runs.len() as u32,
+            run_verdicts: runs.to_vec(),
+        }
+    }
+
+    #[test]
+    fn runs_make_a_step_bad_when_any_is_bad_and_skip_when_one_could_not_test() {
+        use BisectVerdict::*;
+        let r = |v: &[BisectVerdict]| {
+            combine_runs(
+                &v.iter()
+                    .map(|v| (v.clone(), format!("{v:?}")))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        assert_eq!(r(&[Good, Good, Good]).0, Good);
+        let (v, why) = r(&[Good, Bad, Good]);
+        assert_eq!(
+            (v, why.starts_with("bad in 1 of 3 run(s)")),
+            (Bad, true),
+            "{why}"
+        );
+        assert_eq!(r(&[Bad, Skip]).0, Skip);
+    }
+
+    #[test]
+    fn confidence_follows_the_reproduction_rate_and_the_runs_per_good_step() {
+        use BisectVerdict::*;
+        // A bug seen in every run of 2 bad steps x 2 runs: p = 5/6; two good steps of 2 runs
+        // each miss it with (1/6)^2 each.
+        let steps = vec![
+            step(Good, &[Good, Good]),
+            step(Bad, &[Bad, Bad]),
+            step(Good, &[Good, Good]),
+            step(Bad, &[Bad, Bad]),
+        ];
+        let c = confidence(&steps).unwrap();
+        assert!((c.p - 5.0 / 6.0).abs() < 1e-9);
+        let want = (1.0 - (1.0f64 / 6.0).powi(2)).powi(2);
+        assert!((c.value - want).abs() < 1e-9, "{c:?}");
+        // A bug that showed in half the runs makes one-run good steps far less trustworthy.
+        let flaky = vec![step(Good, &[Good]), step(Bad, &[Bad, Good, Good, Bad])];
+        let c2 = confidence(&flaky).unwrap();
+        assert!(c2.value < 0.6, "{c2:?}");
+        assert!(confidence(&[step(Good, &[Good])]).is_none());
+        assert!(summary(&steps, Some(("c", "x")), Duration::from_secs(1)).contains("confidence: "));
     }
 }

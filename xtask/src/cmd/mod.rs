@@ -6,6 +6,8 @@ pub mod bench_rig;
 pub mod bisect;
 pub mod exec;
 pub mod fuzz;
+pub mod lint;
+pub mod merge;
 pub mod shell;
 pub mod test;
 pub mod tree;

@@ -17,8 +17,11 @@ use crate::parse::results::{combine, RunResult};
 use crate::parse::TestVerdict;
 use crate::plan::{SkipWhy, Snapshots, TestPlan};
 use crate::report::fmt_duration;
+use crate::report::kcidb::{self, Provenance};
 use crate::stages::vm::{Accel, Ending, Event, Limits};
 use crate::stages::{self, console_tail, Prepared, Times};
+use crate::triage::flaky;
+use crate::triage::known::{self, Date, KnownIssues};
 use crate::{parse::ktap, parse::splat, report};
 
 /// Progress on the terminal while the guest runs.
@@ -35,8 +38,7 @@ fn show(ev: &Event, boot_shown: &mut bool, started: Instant) {
             if let Some((status, _, name, _)) = ktap::parse_result(l.trim_start()) {
                 let word = match status {
                     TestVerdict::Pass => "ok",
-                    TestVerdict::Fail => "FAIL",
-                    TestVerdict::Skip => "SKIP",
+                    other => other.word(),
                 };
                 let indent = if l.starts_with("    ") {
                     "      "
@@ -64,6 +66,15 @@ pub struct RunInfo {
     pub kernel_rebuilt: bool,
     pub times: Times,
     pub snapshot_mismatches: Vec<String>,
+    /// `I/N` when this run was one shard of a split run.
+    #[serde(default)]
+    pub shard: Option<String>,
+    /// The tests this run selected (its shard's part), for `merge`.
+    #[serde(default)]
+    pub selected: Vec<String>,
+    /// What was built and booted, for KCIDB.
+    #[serde(default)]
+    pub provenance: Option<Provenance>,
 }
 
 impl RunInfo {
@@ -82,6 +93,37 @@ pub fn run(env: &Env, plan: TestPlan) -> Result<ExitCode> {
     run_and_report(env, &plan).map(|(_, code)| code)
 }
 
+/// The selection of `plan`, with the whole-run checks it ends with.
+pub struct Selection {
+    pub names: Vec<String>,
+    pub whole_run: Vec<String>,
+}
+
+fn selection(env: &Env, guest: &Path, plan: &TestPlan) -> Result<Selection> {
+    let s = &plan.suite;
+    let names = stages::select(env, guest, &s.patterns, s.shard)?;
+    let whole_run = stages::whole_run(env, guest)?;
+    if let Some(shard) = s.shard {
+        if names.iter().all(|n| whole_run.contains(n)) {
+            bail!(
+                "shard {shard} holds none of the selected tests (tests are split by name, so                  small selections leave some shards empty); use fewer shards"
+            );
+        }
+    }
+    Ok(Selection { names, whole_run })
+}
+
+/// A retry of `names`, each selected by exact name, in a fresh boot.
+fn retry_plan(plan: &TestPlan, names: &[String], attempt: u32) -> TestPlan {
+    let mut r = plan.clone();
+    r.suite.patterns = names.iter().map(|n| format!("={n}")).collect();
+    r.suite.shard = None;
+    r.suite.attempt = attempt;
+    r.snapshots = Snapshots::Skip(SkipWhy::Retry);
+    r.outputs = Default::default();
+    r
+}
+
 /// A finished guest run: the typed result and where its artefacts are.
 pub struct Executed {
     pub result: RunResult,
@@ -96,14 +138,48 @@ pub fn run_and_report(env: &Env, plan: &TestPlan) -> Result<(RunResult, ExitCode
     let mut times = Times::default();
     let t = Instant::now();
     let guest = stages::build_guest(env)?;
-    let selected = stages::select(env, &guest, &plan.suite.patterns)?;
+    let sel = selection(env, &guest, plan)?;
     times.add("guest build", t.elapsed());
+    let started = crate::report::kcidb::now_rfc3339();
     let p = stages::prepare(env, &plan.kernel, &plan.vm, &mut times)?;
-    let x = execute(env, plan, &p, &guest, &selected, &env.run_dir(), &mut times)?;
+    let mut x = execute(
+        env,
+        plan,
+        &p,
+        &guest,
+        &sel.names,
+        &env.run_dir(),
+        &mut times,
+    )?;
+    let t = Instant::now();
+    for attempt in 1..=plan.triage.retries {
+        let again = flaky::to_retry(&x.result, &sel.whole_run);
+        if again.is_empty() || x.result.boot_failed {
+            break;
+        }
+        println!("\nretry {attempt}: {} in a fresh boot", again.join(", "));
+        let rplan = retry_plan(plan, &again, attempt);
+        let names = stages::select(env, &guest, &rplan.suite.patterns, None)?;
+        let dir = x.run_dir.join(format!("retry-{attempt}"));
+        let rx = execute(env, &rplan, &p, &guest, &names, &dir, &mut Times::default())?;
+        flaky::apply(&mut x.result, attempt, &again, &rx.result);
+    }
+    if plan.triage.retries > 0 {
+        times.add("retries", t.elapsed());
+    }
     times.add("total", total.elapsed());
-    let json = save_report(plan, &p, &x, &times)?;
-    write_outputs(plan, &x.run_dir, &x.result, &json)?;
-    let code = finish(&x.result, &x.mismatches, &x.console, &times, &x.run_dir)?;
+    let run_id = plan.outputs.kcidb.as_ref().and_then(|k| k.run_id.clone());
+    let prov = Provenance::of(env, &plan.kernel, &plan.vm, &p, &times, started, run_id);
+    let json = save_report(plan, &p, &x, &times, &sel.names, Some(prov.clone()))?;
+    write_outputs(env, plan, &x, &json, &prov)?;
+    let code = finish(
+        &x.result,
+        &x.mismatches,
+        &x.console,
+        &times,
+        &x.run_dir,
+        plan.triage.strict,
+    )?;
     Ok((x.result, code))
 }
 
@@ -119,6 +195,8 @@ fn guest_command(plan: &TestPlan, p: &Prepared, guest: &Path, run_dir: &Path) ->
         fuzz_seconds: s.fuzz.as_ref().map(|f| f.seconds),
         fuzz_seed: s.fuzz.as_ref().map(|f| f.seed),
         fuzz_ops: s.fuzz.as_ref().and_then(|f| f.ops),
+        shard: s.shard,
+        attempt: s.attempt,
         patterns: s.patterns.clone(),
     };
     std::iter::once(guest.display().to_string())
@@ -178,7 +256,8 @@ pub fn execute(
     )?;
 
     let t = Instant::now();
-    let result = analyse(run_dir, selected, &session.ending)?;
+    let mut result = analyse(run_dir, selected, &session.ending)?;
+    known::apply(&mut result, &plan.triage.known, Date::today());
     let mismatches = match &plan.snapshots {
         _ if result.boot_failed => vec![],
         Snapshots::Compare { accept } => {
@@ -191,7 +270,7 @@ pub fn execute(
             );
             vec![]
         }
-        Snapshots::Skip(SkipWhy::ComparedElsewhere) => vec![],
+        Snapshots::Skip(SkipWhy::ComparedElsewhere | SkipWhy::Retry) => vec![],
     };
     times.add("report", t.elapsed());
     Ok(Executed {
@@ -203,7 +282,14 @@ pub fn execute(
 }
 
 /// Writes results.json into the run directory; returns its text.
-pub fn save_report(plan: &TestPlan, p: &Prepared, x: &Executed, times: &Times) -> Result<String> {
+pub fn save_report(
+    plan: &TestPlan,
+    p: &Prepared,
+    x: &Executed,
+    times: &Times,
+    selected: &[String],
+    provenance: Option<Provenance>,
+) -> Result<String> {
     let info = RunInfo {
         profile: plan.kernel.profile.name().to_string(),
         kernel: p.identity.clone(),
@@ -212,6 +298,9 @@ pub fn save_report(plan: &TestPlan, p: &Prepared, x: &Executed, times: &Times) -
         kernel_rebuilt: p.built.rebuilt,
         times: times.clone(),
         snapshot_mismatches: x.mismatches.clone(),
+        shard: plan.suite.shard.map(|s| s.to_string()),
+        selected: selected.to_vec(),
+        provenance,
     };
     let json = serde_json::to_string_pretty(&report::JsonReport {
         result: &x.result,
@@ -221,7 +310,14 @@ pub fn save_report(plan: &TestPlan, p: &Prepared, x: &Executed, times: &Times) -
     Ok(json)
 }
 
-fn write_outputs(plan: &TestPlan, run_dir: &Path, result: &RunResult, json: &str) -> Result<()> {
+fn write_outputs(
+    env: &Env,
+    plan: &TestPlan,
+    x: &Executed,
+    json: &str,
+    prov: &Provenance,
+) -> Result<()> {
+    let (run_dir, result) = (&x.run_dir, &x.result);
     let write = |dest: &Option<PathBuf>, data: &[u8]| -> Result<()> {
         if let Some(d) = dest {
             fs::write(d, data).with_context(|| format!("writing {}", d.display()))?;
@@ -233,6 +329,12 @@ fn write_outputs(plan: &TestPlan, run_dir: &Path, result: &RunResult, json: &str
     write(&o.junit, report::junit(result).as_bytes())?;
     if o.ktap.is_some() {
         write(&o.ktap, &fs::read(ktap_path(run_dir))?)?;
+    }
+    if let Some(k) = &o.kcidb {
+        let mut b = kcidb::Builder::new(k, prov);
+        let build = b.build(prov, true, None);
+        b.run(&build, prov, result);
+        kcidb::write(env, &b.finish(), &k.path)?;
     }
     Ok(())
 }
@@ -274,9 +376,9 @@ fn check_snapshots(r: &RunResult, profile: &str, accept: bool) -> Vec<String> {
 
 /// A failure is reported as such (comparing it would only repeat it); a pass and a SKIP are
 /// compared, so a test that starts skipping (a detector switched off, a heap gone) differs
-/// from its recorded verdict.
+/// from its recorded verdict. KNOWN and FLAKY are triage verdicts no snapshot records.
 fn snapshotted(t: &crate::parse::results::TestResult) -> bool {
-    !t.is_selftest() && t.verdict != crate::parse::results::TestVerdict::Fail
+    !t.is_selftest() && matches!(t.verdict, TestVerdict::Pass | TestVerdict::Skip)
 }
 
 pub fn finish(
@@ -285,6 +387,7 @@ pub fn finish(
     console: &[String],
     times: &Times,
     run_dir: &Path,
+    strict: bool,
 ) -> Result<ExitCode> {
     println!();
     print!("{}", report::table(r));
@@ -300,7 +403,12 @@ pub fn finish(
             println!("  {l}");
         }
     }
-    let (pass, fail, skip) = r.counts(mismatches);
+    let known = report::known_seen(r);
+    if !known.is_empty() {
+        println!();
+        print!("{known}");
+    }
+    let counts = r.counts(mismatches);
     println!("\ntime: {}", times.line());
     println!("artefacts: {}", run_dir.display());
     if !mismatches.is_empty() {
@@ -311,7 +419,10 @@ pub fn finish(
         );
     }
     // The plain closing line CI readers look for.
-    println!("heaprig: {pass} passed, {fail} failed, {skip} skipped");
+    println!("heaprig: {counts}");
+    if strict && r.has_flakes() {
+        println!("--strict: a FLAKY test fails the run");
+    }
     if r.boot_failed {
         bail!(
             "the guest never ran the test suite ({}). The kernel console tail is above; the \
@@ -320,11 +431,13 @@ pub fn finish(
             run_dir.display()
         );
     }
-    Ok(if r.passed() && mismatches.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(
+        if r.passed() && mismatches.is_empty() && !(strict && r.has_flakes()) {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        },
+    )
 }
 
 pub fn parse(env: &Env, a: ParseArgs) -> Result<ExitCode> {
@@ -344,13 +457,18 @@ pub fn parse(env: &Env, a: ParseArgs) -> Result<ExitCode> {
             .unwrap_or_else(|_| r#"{"kind":"exited","code":0}"#.into()),
     )
     .context("reading ending.json")?;
-    let result = analyse(&dir, &selected, &ending)?;
+    let mut result = analyse(&dir, &selected, &ending)?;
+    let known = match &a.known_issues {
+        Some(path) => KnownIssues::load(path)?,
+        None => KnownIssues::default(),
+    };
+    known::apply(&mut result, &known, Date::today());
     let console: Vec<String> = fs::read_to_string(dir.join("console.log"))
         .unwrap_or_default()
         .lines()
         .map(str::to_string)
         .collect();
-    finish(&result, &[], &console, &Times::default(), &dir)
+    finish(&result, &[], &console, &Times::default(), &dir, false)
 }
 
 #[cfg(test)]

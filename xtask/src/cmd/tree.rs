@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 use xshell::{cmd, Shell};
 
 use crate::env::Env;
+use crate::report::kcidb::Provenance;
 use clap::ValueEnum;
 
 use crate::cmd::test;
@@ -224,8 +225,9 @@ pub fn run_suite(env: &Env, plan: &TestPlan, out: &Path) -> Result<(SuiteOutcome
     let mut times = Times::default();
     let t = Instant::now();
     let guest = stages::build_guest(env)?;
-    let selected = stages::select(env, &guest, &plan.suite.patterns)?;
+    let selected = stages::select(env, &guest, &plan.suite.patterns, None)?;
     times.add("guest build", t.elapsed());
+    let started = crate::report::kcidb::now_rfc3339();
     let _lock = match &plan.kernel.tree_id {
         Some(id) => Some(TreeLock::take(env, id)?),
         None => None,
@@ -236,7 +238,8 @@ pub fn run_suite(env: &Env, plan: &TestPlan, out: &Path) -> Result<(SuiteOutcome
         Err(StageError::Rig(e)) => return Err(e),
     };
     let x = test::execute(env, plan, &p, &guest, &selected, out, &mut times)?;
-    test::save_report(plan, &p, &x, &times)?;
+    let prov = Provenance::of(env, &plan.kernel, &plan.vm, &p, &times, started, None);
+    test::save_report(plan, &p, &x, &times, &selected, Some(prov))?;
     // No test reported at all: the suite never ran (a panic or hang during boot included).
     if x.result.boot_failed || x.result.tests.is_empty() {
         return Ok((

@@ -451,6 +451,25 @@ fn validate_in(
         }
         None => {}
     }
+    if let Some(k) = a.kcidb.plan() {
+        let base_dir = if base_side.cached {
+            cache.dir.clone()
+        } else {
+            out_root.join("base")
+        };
+        let sides = [
+            (base_dir, base_result.clone(), None),
+            (
+                out_root.join("patched"),
+                match &patched.outcome {
+                    SuiteOutcome::Ran(r) => r.clone(),
+                    _ => base_result.clone(),
+                },
+                Some(patchset_hash(sh, scratch, &series)?),
+            ),
+        ];
+        write_kcidb(env, &k, &base, &sides, &patched.outcome)?;
+    }
     let md_path = out_root.join("report.md");
     fs::write(&md_path, &md)?;
     if let Some(p) = &a.report {
@@ -465,6 +484,60 @@ fn validate_in(
     })
 }
 
+/// KCIDB's patchset hash: sha256 over the newline-terminated sha256 of each patch, in order.
+fn patchset_hash(sh: &xshell::Shell, s: &Scratch, series: &[(String, String)]) -> Result<String> {
+    let mut all = String::new();
+    for (h, _) in series {
+        let patch = s.git(sh, &["format-patch", "--stdout", "-1", h])?;
+        all.push_str(&crate::hash::sha256_hex(patch.as_bytes()));
+        all.push('\n');
+    }
+    Ok(crate::hash::sha256_hex(all.as_bytes()))
+}
+
+/// The base and the patched run as two checkouts of one commit (the patched one with the
+/// series' patchset hash), each with its build and tests. A patched tree that did not build
+/// is a failed build with the error in its log excerpt.
+fn write_kcidb(
+    env: &Env,
+    k: &crate::plan::KcidbPlan,
+    base: &str,
+    sides: &[(PathBuf, RunResult, Option<String>)],
+    patched: &SuiteOutcome,
+) -> Result<()> {
+    let mut provs = Vec::new();
+    for (dir, _, patchset) in sides {
+        // A patched tree that did not build or boot saved no report: its build is the base's.
+        let saved = match test::RunInfo::read(&dir.join("results.json")) {
+            Ok(info) => info.provenance,
+            Err(_) if !provs.is_empty() => provs.first().cloned(),
+            Err(e) => return Err(e),
+        };
+        let Some(mut prov) = saved else {
+            bail!(
+                "{} carries no provenance (an older cached base): cannot write KCIDB; clear {}",
+                dir.display(),
+                dir.display()
+            );
+        };
+        prov.source = format!("git:{base}");
+        prov.patchset_hash = patchset.clone();
+        provs.push(prov);
+    }
+    let mut b = crate::report::kcidb::Builder::new(k, &provs[0]);
+    for ((_, r, _), prov) in sides.iter().zip(&provs) {
+        let (ok, log) = match (prov.patchset_hash.is_some(), patched) {
+            (true, SuiteOutcome::NoBuild(e)) => (false, Some(e.as_str())),
+            _ => (true, None),
+        };
+        let build = b.build(prov, ok, log);
+        if ok {
+            b.run(&build, prov, r);
+        }
+    }
+    crate::report::kcidb::write(env, &b.finish(), &k.path)
+}
+
 /// `bench` on the base (cached like the suite's result) and on the patched tree; the
 /// medians that moved beyond noise.
 fn bench_both(
@@ -476,6 +549,7 @@ fn bench_both(
     out_root: &Path,
 ) -> Result<Vec<String>> {
     let plan = BenchPlan {
+        kcidb: None,
         kernel: KernelPlan {
             profile: Profile::Perf,
             src: Some(scratch.path().to_path_buf()),

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::parse::ktap::{Ktap, Node};
 use crate::parse::splat::Splat;
@@ -11,10 +11,12 @@ use crate::stages::vm::Ending;
 
 pub use super::TestVerdict;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HeapResult {
     pub heap: String,
     pub verdict: TestVerdict,
+    /// What the guest runner said, before kernel splats and triage.
+    pub guest: TestVerdict,
     pub reasons: Vec<String>,
     pub facts: Vec<(String, String)>,
     pub diags: Vec<String>,
@@ -22,10 +24,12 @@ pub struct HeapResult {
     pub time_ms: Option<u64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TestResult {
     pub name: String,
     pub verdict: TestVerdict,
+    /// What the guest runner said, before kernel splats and triage.
+    pub guest: TestVerdict,
     pub reasons: Vec<String>,
     pub heaps: Vec<HeapResult>,
     pub facts: Vec<(String, String)>,
@@ -34,7 +38,7 @@ pub struct TestResult {
     pub time_ms: Option<u64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunResult {
     pub tests: Vec<TestResult>,
     pub heaps: Vec<String>,
@@ -47,11 +51,17 @@ pub struct RunResult {
     pub ending: Ending,
     /// The guest never got as far as running the suite: the rig, not a test, failed.
     pub boot_failed: bool,
+    /// Known-issue entries that matched a splat of this run (`--known-issues`), live or expired.
+    #[serde(default)]
+    pub known_seen: Vec<crate::triage::known::Seen>,
 }
 
 fn verdict_of(node: &Node) -> (TestVerdict, Vec<String>) {
     match &node.status {
-        Some(TestVerdict::Pass) => (TestVerdict::Pass, vec![]),
+        // The guest never says KNOWN or FLAKY (the parser does not produce them either).
+        Some(TestVerdict::Pass | TestVerdict::Known | TestVerdict::Flaky) => {
+            (TestVerdict::Pass, vec![])
+        }
         Some(TestVerdict::Skip) => (
             TestVerdict::Skip,
             vec![format!(
@@ -76,7 +86,7 @@ fn verdict_of(node: &Node) -> (TestVerdict, Vec<String>) {
     }
 }
 
-fn splat_reason(s: &Splat) -> String {
+pub fn splat_reason(s: &Splat) -> String {
     format!("kernel {}: {}", s.kind.label(), s.title)
 }
 
@@ -89,6 +99,7 @@ pub fn combine(ktap: &Ktap, splats: &[Splat], selected: &[String], ending: &Endi
             TestResult {
                 name: n.name.clone(),
                 verdict,
+                guest: verdict,
                 reasons,
                 heaps: n
                     .subtests
@@ -98,6 +109,7 @@ pub fn combine(ktap: &Ktap, splats: &[Splat], selected: &[String], ending: &Endi
                         HeapResult {
                             heap: s.name.clone(),
                             verdict,
+                            guest: verdict,
                             reasons,
                             facts: s.facts.clone(),
                             diags: s.diags.clone(),
@@ -174,6 +186,7 @@ pub fn combine(ktap: &Ktap, splats: &[Splat], selected: &[String], ending: &Endi
         problems,
         ending: ending.clone(),
         boot_failed,
+        known_seen: Vec::new(),
     }
 }
 
@@ -185,9 +198,9 @@ impl RunResult {
             && self.problems.is_empty()
     }
 
-    /// (passed, failed, skipped); a test whose snapshot differs counts as failed, and so
-    /// does a selected test that never ran.
-    pub fn counts(&self, snapshot_mismatches: &[String]) -> (usize, usize, usize) {
+    /// Tests per verdict; a test whose snapshot differs counts as failed, and so does a
+    /// selected test that never ran.
+    pub fn counts(&self, snapshot_mismatches: &[String]) -> Counts {
         let verdict = |t: &TestResult| {
             if snapshot_mismatches.contains(&t.name) {
                 TestVerdict::Fail
@@ -196,11 +209,46 @@ impl RunResult {
             }
         };
         let c = |v| self.tests.iter().filter(|t| verdict(t) == v).count();
-        (
-            c(TestVerdict::Pass),
-            c(TestVerdict::Fail) + self.not_run.len(),
-            c(TestVerdict::Skip),
-        )
+        Counts {
+            pass: c(TestVerdict::Pass),
+            fail: c(TestVerdict::Fail) + self.not_run.len(),
+            skip: c(TestVerdict::Skip),
+            known: c(TestVerdict::Known),
+            flaky: c(TestVerdict::Flaky),
+        }
+    }
+
+    /// Whether any test is FLAKY (fails the run under `--strict`).
+    pub fn has_flakes(&self) -> bool {
+        self.tests.iter().any(|t| t.verdict == TestVerdict::Flaky)
+    }
+}
+
+/// Tests per verdict, for the closing line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counts {
+    pub pass: usize,
+    pub fail: usize,
+    pub skip: usize,
+    pub known: usize,
+    pub flaky: usize,
+}
+
+impl std::fmt::Display for Counts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} passed, {} failed, {} skipped",
+            self.pass, self.fail, self.skip
+        )?;
+        // Only when triage was asked for, so the usual line stays as CI readers know it.
+        if self.known > 0 {
+            write!(f, ", {} known", self.known)?;
+        }
+        if self.flaky > 0 {
+            write!(f, ", {} flaky", self.flaky)?;
+        }
+        Ok(())
     }
 }
 

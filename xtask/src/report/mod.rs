@@ -3,6 +3,7 @@
 //! (validate's base and patched).
 
 pub mod compare;
+pub mod kcidb;
 
 use std::fmt::Write as _;
 
@@ -24,11 +25,28 @@ pub fn fmt_duration(d: std::time::Duration) -> String {
 }
 
 fn cell(v: TestVerdict) -> &'static str {
-    match v {
-        TestVerdict::Pass => "PASS",
-        TestVerdict::Fail => "FAIL",
-        TestVerdict::Skip => "SKIP",
+    v.word()
+}
+
+/// The known-issues entries a run matched, live and expired (empty when none).
+pub fn known_seen(r: &RunResult) -> String {
+    let mut out = String::new();
+    for k in &r.known_seen {
+        let state = if k.expired {
+            format!("EXPIRED on {}, so it failed the run", k.expires)
+        } else {
+            format!("until {}", k.expires)
+        };
+        let _ = writeln!(
+            out,
+            "known issue ({state}): {}\n  {} ({})\n  seen in: {}",
+            k.fingerprint,
+            k.reason,
+            k.link,
+            k.seen_in.join(", ")
+        );
     }
+    out
 }
 
 /// The summary table: one row per test, one column per heap, side by side.
@@ -199,6 +217,22 @@ pub fn junit(r: &RunResult) -> String {
         );
         match c.verdict {
             TestVerdict::Pass => out.push_str("/>\n"),
+            // Passing, with what was triaged away kept visible (surefire's flakyFailure).
+            TestVerdict::Flaky => {
+                let _ = writeln!(
+                    out,
+                    ">\n    <flakyFailure message=\"{}\">{}</flakyFailure>\n  </testcase>",
+                    xml_escape(c.text.lines().next().unwrap_or("flaky")),
+                    xml_escape(&c.text)
+                );
+            }
+            TestVerdict::Known => {
+                let _ = writeln!(
+                    out,
+                    ">\n    <system-out>{}</system-out>\n  </testcase>",
+                    xml_escape(&c.text)
+                );
+            }
             TestVerdict::Fail => {
                 let _ = writeln!(
                     out,

@@ -402,12 +402,17 @@ fn make_base_args(src: &Path, build: &Path) -> Vec<String> {
     ]
 }
 
+/// The Kconfig fragments a profile merges, in order (file names under kernel-config/).
+pub fn fragment_names(profile: Profile) -> Vec<String> {
+    vec!["base.config".into(), format!("{}.config", profile.name())]
+}
+
 fn fragments(env: &Env, profile: Profile) -> Vec<PathBuf> {
     let dir = env.root.join("kernel-config");
-    vec![
-        dir.join("base.config"),
-        dir.join(format!("{}.config", profile.name())),
-    ]
+    fragment_names(profile)
+        .into_iter()
+        .map(|f| dir.join(f))
+        .collect()
 }
 
 /// The merged fragments: what the final .config must contain.

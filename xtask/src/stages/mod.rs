@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use heaprig_protocol::guest::ListArgs;
 use serde::{Deserialize, Serialize};
 use xshell::cmd;
 
@@ -187,9 +188,20 @@ pub fn build_guest(env: &Env) -> Result<PathBuf> {
 }
 
 /// The tests a pattern list selects, asked of the runner itself (it runs on the host too).
-pub fn select(env: &Env, guest: &Path, patterns: &[String]) -> Result<Vec<String>> {
+pub fn select(
+    env: &Env,
+    guest: &Path,
+    patterns: &[String],
+    shard: Option<heaprig_protocol::shard::Shard>,
+) -> Result<Vec<String>> {
     let sh = &env.sh;
-    let out = cmd!(sh, "{guest} list {patterns...}").quiet().read()?;
+    let args = ListArgs {
+        shard,
+        whole_run: false,
+        patterns: patterns.to_vec(),
+    }
+    .to_argv();
+    let out = cmd!(sh, "{guest} {args...}").quiet().read()?;
     let names: Vec<String> = out.lines().map(str::to_string).collect();
     if names.is_empty() {
         let all = cmd!(sh, "{guest} list").quiet().read()?;
@@ -200,6 +212,17 @@ pub fn select(env: &Env, guest: &Path, patterns: &[String]) -> Result<Vec<String
         );
     }
     Ok(names)
+}
+
+/// The checks over the whole run every selection ends with (kmemleak).
+pub fn whole_run(env: &Env, guest: &Path) -> Result<Vec<String>> {
+    let args = ListArgs {
+        whole_run: true,
+        ..ListArgs::default()
+    }
+    .to_argv();
+    let out = cmd!(env.sh, "{guest} {args...}").quiet().read()?;
+    Ok(out.lines().map(str::to_string).collect())
 }
 
 /// Console lines a failure report shows (every report of a console tail uses it).

@@ -48,10 +48,51 @@ const DEB: &[(&str, &str)] = &[
         "udev",
         "virtme-ng-init finds its virtio-serial ports through udevd",
     ),
+    (
+        "python3-venv",
+        "a private venv for the KCIDB validator and the workflow linters",
+    ),
 ];
 
 pub const VIRTME_NG: &str = "1.42";
 pub const BINDGEN: &str = "0.71.1";
+/// KCIDB's schema and validator (`kernelci/kcidb-io`), pinned: every KCIDB file the rig
+/// writes is validated with it.
+pub const KCIDB_IO: &str = "141";
+/// The workflow linters (`cargo xtask lint`): JSON-schema validation of GitHub workflows,
+/// and zizmor's offline audits. actionlint is not among them: its PyPI package is an sdist
+/// that downloads the binary from GitHub while building, which this machine cannot reach.
+pub const CHECK_JSONSCHEMA: &str = "0.39.0";
+pub const ZIZMOR: &str = "1.32.0";
+
+/// The private venv's Python packages, pinned.
+fn venv_packages() -> [String; 3] {
+    [
+        format!("kcidb-io=={KCIDB_IO}"),
+        format!("check-jsonschema=={CHECK_JSONSCHEMA}"),
+        format!("zizmor=={ZIZMOR}"),
+    ]
+}
+
+/// The rig's private venv (KCIDB validation, workflow linters): `setup` makes it.
+pub fn venv(env: &Env) -> std::path::PathBuf {
+    env.cache.join("venv")
+}
+
+pub fn venv_python(env: &Env) -> std::path::PathBuf {
+    venv(env).join("bin/python")
+}
+
+/// The installed versions of the venv's packages, as `kcidb-io==V ...`, if the venv runs.
+fn venv_versions(env: &Env) -> Option<String> {
+    let python = venv_python(env);
+    let script = "import importlib.metadata as m\nprint(' '.join(p + '==' + m.version(p) for p in ('kcidb-io', 'check-jsonschema', 'zizmor')))";
+    cmd!(env.sh, "{python} -c {script}")
+        .quiet()
+        .ignore_stderr()
+        .read()
+        .ok()
+}
 
 #[derive(Debug)]
 pub struct Check {
@@ -82,7 +123,8 @@ pub fn tool_version(sh: &Shell, tool: &str) -> Option<String> {
         .and_then(|o| o.lines().next().map(str::to_string))
 }
 
-pub fn checks(sh: &Shell) -> Vec<Check> {
+pub fn checks(env: &Env) -> Vec<Check> {
+    let sh = &env.sh;
     let mut out: Vec<Check> = DEB
         .iter()
         .map(|(pkg, why)| {
@@ -109,11 +151,19 @@ pub fn checks(sh: &Shell) -> Vec<Check> {
         found: bindgen,
         why: "Rust bindings for the kernel (Debian's 0.60 is older than 6.12's minimum 0.65.1)",
     });
+    let want = venv_packages().join(" ");
+    let found = venv_versions(env);
+    out.push(Check {
+        name: format!("venv {want}"),
+        ok: found.as_deref() == Some(want.as_str()),
+        found,
+        why: "validates KCIDB files (--kcidb) and lints the GitHub workflow (cargo xtask lint)",
+    });
     out
 }
 
 /// The commands that install whatever `checks` found missing.
-fn install_plan(missing: &[&Check]) -> Vec<Vec<String>> {
+fn install_plan(missing: &[&Check], venv: &Path) -> Vec<Vec<String>> {
     let mut plan = Vec::new();
     let debs: Vec<String> = missing
         .iter()
@@ -140,6 +190,21 @@ fn install_plan(missing: &[&Check]) -> Vec<Vec<String>> {
             plan.push(vec!["pyenv".into(), "rehash".into()]);
         }
     }
+    if missing.iter().any(|c| c.name.starts_with("venv ")) {
+        let dir = venv.display().to_string();
+        plan.push(vec![
+            "python3".into(),
+            "-m".into(),
+            "venv".into(),
+            dir.clone(),
+        ]);
+        plan.push(
+            [format!("{dir}/bin/pip"), "install".into(), "--quiet".into()]
+                .into_iter()
+                .chain(venv_packages())
+                .collect(),
+        );
+    }
     if missing.iter().any(|c| c.name.starts_with("cargo ")) {
         plan.push(
             [
@@ -158,7 +223,7 @@ fn install_plan(missing: &[&Check]) -> Vec<Vec<String>> {
 }
 
 pub fn doctor(env: &Env) -> Result<bool> {
-    let checks = checks(&env.sh);
+    let checks = checks(env);
     println!("{:<34} {:<8} found", "requirement", "status");
     for c in &checks {
         let status = match (&c.found, c.ok) {
@@ -198,7 +263,7 @@ fn is_root() -> bool {
 
 /// Installs what is missing; `quiet_if_ok` makes the implicit call from `test` silent.
 pub fn ensure(env: &Env, quiet_if_ok: bool) -> Result<()> {
-    let checks = checks(&env.sh);
+    let checks = checks(env);
     let missing: Vec<&Check> = checks.iter().filter(|c| !c.ok).collect();
     if missing.is_empty() {
         if !quiet_if_ok {
@@ -206,7 +271,7 @@ pub fn ensure(env: &Env, quiet_if_ok: bool) -> Result<()> {
         }
         return Ok(());
     }
-    let plan = install_plan(&missing);
+    let plan = install_plan(&missing, &venv(env));
     let names: Vec<&str> = missing.iter().map(|c| c.name.as_str()).collect();
     let script: Vec<String> = plan.iter().map(|c| c.join(" ")).collect();
     let debian = Path::new("/etc/debian_version").exists();
@@ -249,7 +314,7 @@ pub fn ensure(env: &Env, quiet_if_ok: bool) -> Result<()> {
 }
 
 fn checks_after(env: &Env) -> Vec<String> {
-    checks(&env.sh)
+    checks(env)
         .into_iter()
         .filter(|c| !c.ok)
         .map(|c| {
@@ -278,7 +343,8 @@ mod tests {
         let b = mk("deb bison");
         let c = mk(&format!("pip virtme-ng=={VIRTME_NG}"));
         let d = mk(&format!("cargo bindgen-cli {BINDGEN}"));
-        let plan = install_plan(&[&a, &b, &c, &d]);
+        let e = mk("venv kcidb-io==141");
+        let plan = install_plan(&[&a, &b, &c, &d, &e], Path::new("/v"));
         let text: Vec<String> = plan.iter().map(|c| c.join(" ")).collect();
         assert_eq!(text[0], "apt-get update");
         assert!(text[1].starts_with("apt-get install") && text[1].ends_with("flex bison"));
@@ -287,6 +353,10 @@ mod tests {
             .last()
             .unwrap()
             .contains("bindgen-cli --locked --version 0.71.1"));
-        assert!(install_plan(&[]).is_empty());
+        assert!(text.iter().any(|l| l == "python3 -m venv /v"));
+        assert!(text
+            .iter()
+            .any(|l| l.starts_with("/v/bin/pip install --quiet kcidb-io==141 ")));
+        assert!(install_plan(&[], Path::new("/v")).is_empty());
     }
 }
