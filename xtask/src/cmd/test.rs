@@ -500,4 +500,23 @@ mod tests {
             .filter(|t| t.is_selftest())
             .all(|t| !snapshotted(t)));
     }
+
+    /// FLAKY passes the run, unless --strict; KNOWN passes it.
+    #[test]
+    fn strict_makes_a_flake_fail_the_run() {
+        let k = ktap::parse(
+            "KTAP version 1\n1..1\nnot ok 1 zeroing\n# heaprig-done: pass=0 fail=1 skip=0\n",
+        );
+        let mut r = combine(&k, &[], &["zeroing".into()], &Ending::Exited { code: 1 });
+        let dir = tempfile::tempdir().unwrap();
+        let code = |r: &RunResult, strict| {
+            finish(r, &[], &[], &Times::default(), dir.path(), strict).unwrap()
+        };
+        assert_eq!(code(&r, false), ExitCode::from(1));
+        r.tests[0].verdict = TestVerdict::Flaky;
+        assert_eq!(code(&r, false), ExitCode::SUCCESS);
+        assert_eq!(code(&r, true), ExitCode::from(1));
+        r.tests[0].verdict = TestVerdict::Known;
+        assert_eq!(code(&r, true), ExitCode::SUCCESS);
+    }
 }
