@@ -33,16 +33,17 @@ pub fn pattern_matches(pattern: &str, name: &str) -> bool {
 
 /// The cases a run executes. With no patterns: every case except the rig self-tests.
 /// Self-tests run only when a pattern names them explicitly (contains "selftest"). The
-/// `Finally` cases (checks over the whole run) come last in every non-empty selection, and
-/// belong to every shard.
+/// `Finally` cases (checks over the whole run, kmemleak's 13 s) end the complete run, and a
+/// targeted run only when a pattern names them (`-- vmap kmemleak`): a targeted run pays for
+/// what it selected, with each test's own leak oracle as its leak check. Shards of the
+/// complete run each end with them.
 pub fn select<'a>(cases: &'a [Case], patterns: &[String], shard: Option<Shard>) -> Vec<&'a Case> {
     let in_shard = |c: &Case| shard.is_none_or(|s| s.owns(c.name));
+    let named = |c: &Case| patterns.iter().any(|p| pattern_matches(p, c.name));
     let chosen = |c: &Case| {
         in_shard(c)
             && match c.kind {
-                CaseKind::Test => {
-                    patterns.is_empty() || patterns.iter().any(|p| pattern_matches(p, c.name))
-                }
+                CaseKind::Test => patterns.is_empty() || named(c),
                 CaseKind::SelfTest => patterns
                     .iter()
                     .any(|p| pattern_matches(p, c.name) && p.contains("selftest")),
@@ -51,7 +52,11 @@ pub fn select<'a>(cases: &'a [Case], patterns: &[String], shard: Option<Shard>) 
     };
     let mut out: Vec<&Case> = cases.iter().filter(|c| chosen(c)).collect();
     if !out.is_empty() {
-        out.extend(cases.iter().filter(|c| c.kind == CaseKind::Finally));
+        out.extend(
+            cases
+                .iter()
+                .filter(|c| c.kind == CaseKind::Finally && (patterns.is_empty() || named(c))),
+        );
     }
     out
 }
@@ -86,18 +91,20 @@ mod tests {
         assert!(star.iter().all(|c| c.kind != CaseKind::SelfTest));
         let st = select(CASES, &["rig_selftest_fail".to_string()], None);
         assert_eq!(st[0].name, "rig_selftest_fail");
-        assert!(st[1..].iter().all(|c| c.kind == CaseKind::Finally));
+        assert_eq!(st.len(), 1, "a targeted run has no whole-run checks");
     }
 
     #[test]
-    fn whole_run_checks_come_last_in_any_selection() {
+    fn whole_run_checks_end_the_complete_run_and_runs_that_name_them() {
         let finally: Vec<&str> = CASES
             .iter()
             .filter(|c| c.kind == CaseKind::Finally)
             .map(|c| c.name)
             .collect();
         assert!(!finally.is_empty());
-        for patterns in [vec![], vec!["vmap".to_string()]] {
+        let targeted = select(CASES, &["vmap".to_string()], None);
+        assert!(targeted.iter().all(|c| c.kind == CaseKind::Test));
+        for patterns in [vec![], vec!["vmap".to_string(), "kmemleak".to_string()]] {
             let s = select(CASES, &patterns, None);
             let tail: Vec<&str> = s[s.len() - finally.len()..]
                 .iter()
@@ -122,8 +129,8 @@ mod tests {
         let s = select(CASES, &["=vmap".to_string()], None);
         assert!(s.is_empty(), "no test is called exactly vmap");
         let s = select(CASES, &["=rig_selftest_flaky".to_string()], None);
+        assert_eq!(s.len(), 1);
         assert_eq!(s[0].name, "rig_selftest_flaky");
-        assert!(s[1..].iter().all(|c| c.kind == CaseKind::Finally));
     }
 
     #[test]

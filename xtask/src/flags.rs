@@ -402,7 +402,8 @@ impl FuzzArgs {
             kernel: self.vm.kernel.plan(Profile::Debug),
             vm: self.vm.plan(),
             suite: SuitePlan {
-                patterns: vec!["fuzz".to_string()],
+                // kmemleak named: a targeted run skips the whole-run checks otherwise.
+                patterns: vec!["fuzz".to_string(), "kmemleak".to_string()],
                 test_timeout: Duration::from_secs(per_test),
                 run_timeout: Duration::from_secs(run),
                 heaps: self.heap,
@@ -641,7 +642,7 @@ mod tests {
         };
         let p = f.plan(9);
         assert_eq!(p.snapshots, Snapshots::Compare { accept: false });
-        assert_eq!(p.suite.patterns, ["fuzz"]);
+        assert_eq!(p.suite.patterns, ["fuzz", "kmemleak"]);
         assert_eq!(
             p.suite.fuzz.as_ref().map(|f| (f.seconds, f.seed)),
             Some((5, 9))

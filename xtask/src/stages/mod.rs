@@ -134,6 +134,7 @@ pub fn vm_spec(env: &Env, v: &VmPlan, p: &Prepared, rwdir: Option<PathBuf>) -> V
         cpus: v.cpus,
         rwdir,
         cwd: env.root.clone(),
+        udev_rules: Some(env.root.join("xtask/guest-udev")),
     }
 }
 
