@@ -15,7 +15,7 @@ use kernel::{
     prelude::*,
     sync::Mutex,
     types::{AsBytes, FromBytes},
-    uaccess::UserSlice,
+    uaccess::{UserSlice, UserSliceWriter},
 };
 
 // Shared with user space, which uses items the kernel side does not.
@@ -38,8 +38,31 @@ module! {
 /// What a handle keeps alive: a vmap, or an attachment mapped for the importer's device.
 enum Held {
     Vmap(Vmapped),
-    /// Kept for its `Drop` (unmap and detach).
-    Attachment { _mapped: MappedAttachment },
+    /// Kept for its `Drop` (unmap and detach, then unregister).
+    Attachment { _hold: AttachHold },
+}
+
+/// An attachment mapped for the importer's device, registered in `Importer::attached` from
+/// before it is mapped until after it is unmapped: while registered, no other hold of the
+/// same buffer, from any open file, can map the same pages for the device a second time.
+struct AttachHold {
+    imp: &'static Importer,
+    id: usize,
+    mapped: Option<MappedAttachment>,
+}
+
+impl Drop for AttachHold {
+    fn drop(&mut self) {
+        // Unmapped first, then the buffer is free to be attached again.
+        drop(self.mapped.take());
+        let mut attached = self.imp.attached.lock();
+        if let Some(i) = attached.iter().position(|&id| id == self.id) {
+            let last = attached.len() - 1;
+            attached.swap(i, last);
+            // SAFETY: shrinking by one over a `usize`, which needs no drop.
+            unsafe { attached.set_len(last) };
+        }
+    }
 }
 
 struct Hold {
@@ -49,12 +72,21 @@ struct Hold {
 
 #[pin_data]
 struct Importer {
-    #[pin]
-    holds: Mutex<KVec<Hold>>,
-    /// Taken only by the `lock_inversion` fault, in both orders with `holds`.
+    /// Taken only by the `lock_inversion` fault, in both orders with a file's holds.
     #[pin]
     order: Mutex<()>,
     next_handle: AtomicU64,
+    /// The buffers with an attachment hold (`DmaBufRef::id`), across all open files.
+    #[pin]
+    attached: Mutex<KVec<usize>>,
+}
+
+/// An open file's holds: released with the file, so a test process that dies between HOLD
+/// and RELEASE leaks nothing past its exit.
+#[pin_data]
+struct Holds {
+    #[pin]
+    list: Mutex<KVec<Hold>>,
 }
 
 /// The fault knob: an index into `FAULTS` (0 is "none"); see the uapi file.
@@ -91,7 +123,7 @@ impl debugfs::File for Faults {
     }
 }
 
-/// Most vmaps one importer keeps at a time (each pins a buffer).
+/// Most holds one open file keeps at a time (each pins a buffer).
 const MAX_HOLDS: usize = 4096;
 
 /// Rejects argument blocks with an unknown operation or a fill that is not a byte.
@@ -116,8 +148,8 @@ fn checksum_and_fill(b: &Bytes<'_>, h: u64, args: &ImporterArgs) -> u64 {
 }
 
 impl Importer {
-    fn vmap(&self, args: &mut ImporterArgs) -> Result {
-        self.inject_faults(args)?;
+    fn vmap(&self, holds: &Holds, args: &mut ImporterArgs) -> Result {
+        self.inject_faults(holds, args)?;
         // Taken before the vmap so that only a failing vmap leaks it (`error_path_leak`).
         let extra = if FAULT.is(FAULT_ERROR_PATH_LEAK) {
             Some(DmaBufRef::from_fd(args.fd)?)
@@ -148,7 +180,7 @@ impl Importer {
     }
 
     /// The misbehaviour a fault knob asks `VMAP` for, before it does its real work.
-    fn inject_faults(&self, args: &ImporterArgs) -> Result {
+    fn inject_faults(&self, holds: &Holds, args: &ImporterArgs) -> Result {
         if FAULT.is(FAULT_LEAK_REF) {
             core::mem::forget(DmaBufRef::from_fd(args.fd)?);
         }
@@ -157,11 +189,11 @@ impl Importer {
         }
         if FAULT.is(FAULT_LOCK_INVERSION) {
             {
-                let _h = self.holds.lock();
+                let _h = holds.list.lock();
                 let _o = self.order.lock();
             }
             let _o = self.order.lock();
-            let _h = self.holds.lock();
+            let _h = holds.list.lock();
         }
         Ok(())
     }
@@ -208,19 +240,58 @@ impl Importer {
         Ok(())
     }
 
-    fn hold(&self, args: &mut ImporterArgs, held: Held) -> Result {
-        let handle = self.next_handle.fetch_add(1, Relaxed);
-        let mut holds = self.holds.lock();
+    /// Makes a hold with `make` and tells user space its handle
+    /// before committing it: a handle that cannot be copied out (`EFAULT`) leaves nothing
+    /// held, since the caller could never release it.
+    fn hold(
+        &self,
+        holds: &Holds,
+        out: &mut UserSliceWriter,
+        args: &mut ImporterArgs,
+        make: impl FnOnce() -> Result<Held>,
+    ) -> Result {
+        let mut holds = holds.list.lock();
         if holds.len() >= MAX_HOLDS {
             return Err(ENOSPC);
         }
-        holds.push(Hold { handle, held }, GFP_KERNEL)?;
+        // Reserved first, so the push below cannot fail once the handle is out.
+        holds.reserve(1, GFP_KERNEL)?;
+        let held = make()?;
+        let handle = self.next_handle.fetch_add(1, Relaxed);
         args.handle = handle;
+        out.write(args)?;
+        holds.push(Hold { handle, held }, GFP_KERNEL)?;
         Ok(())
     }
 
-    fn release(&self, args: &mut ImporterArgs) -> Result {
-        let mut holds = self.holds.lock();
+    /// Attaches `buf` to the device and maps it, unless it already has an attachment hold
+    /// (`EBUSY`): a second mapping of the same pages for one device overlaps the first, which
+    /// DMA-API debug reports as a kernel WARNING user space must not be able to cause.
+    fn attach_hold(
+        &'static self,
+        buf: DmaBufRef,
+        dev: &'static kernel::device::Device,
+    ) -> Result<AttachHold> {
+        let id = buf.id();
+        {
+            let mut attached = self.attached.lock();
+            if attached.contains(&id) {
+                return Err(EBUSY);
+            }
+            attached.push(id, GFP_KERNEL)?;
+        }
+        // Registered: dropping `hold` on an error below unregisters it again.
+        let mut hold = AttachHold {
+            imp: self,
+            id,
+            mapped: None,
+        };
+        hold.mapped = Some(buf.attach_mapped(dev, DataDirection::Bidirectional)?);
+        Ok(hold)
+    }
+
+    fn release(&self, holds: &Holds, args: &mut ImporterArgs) -> Result {
+        let mut holds = holds.list.lock();
         let i = holds
             .iter()
             .position(|h| h.handle == args.handle)
@@ -264,28 +335,61 @@ unsafe impl FromBytes for ImporterArgs {}
 unsafe impl AsBytes for ImporterArgs {}
 kernel::static_assert!(core::mem::size_of::<ImporterArgs>() == 48);
 
+/// Every ioctl the importer has; anything else is `ENOTTY` before the argument is read.
+const IOCTLS: [u32; 8] = [
+    IMPORTER_VMAP,
+    IMPORTER_VMAP_TWICE,
+    IMPORTER_KMAP_WALK,
+    IMPORTER_ATTACH_MAP,
+    IMPORTER_HOLD,
+    IMPORTER_ATTACH_HOLD,
+    IMPORTER_RELEASE,
+    IMPORTER_CPU_ACCESS,
+];
+
 impl MiscDevice for Importer {
-    fn ioctl(reg: &'static Registration<Self>, cmd: u32, arg: usize) -> Result<isize> {
+    type Open = Holds;
+
+    fn open(_reg: &'static Registration<Self>) -> impl PinInit<Holds, Error> {
+        try_pin_init!(Holds {
+            list <- new_mutex!(KVec::new(), "Holds::list"),
+        }? Error)
+    }
+
+    fn ioctl(
+        reg: &'static Registration<Self>,
+        holds: &Holds,
+        cmd: u32,
+        arg: usize,
+    ) -> Result<isize> {
+        if !IOCTLS.contains(&cmd) {
+            return Err(ENOTTY);
+        }
         let size = core::mem::size_of::<ImporterArgs>();
         let (mut r, mut w) = UserSlice::new(arg, size).reader_writer();
         let mut args: ImporterArgs = r.read()?;
         validate(&args)?;
-        let imp = reg.data();
+        let imp: &'static Importer = reg.data();
         match cmd {
-            IMPORTER_VMAP => imp.vmap(&mut args)?,
+            IMPORTER_VMAP => imp.vmap(holds, &mut args)?,
             IMPORTER_VMAP_TWICE => imp.vmap_twice(&mut args)?,
             IMPORTER_KMAP_WALK => imp.kmap_walk(reg.device(), &mut args)?,
             IMPORTER_ATTACH_MAP => imp.attach_map(reg.device(), &mut args)?,
+            // Each copies its result out itself, before committing the hold.
             IMPORTER_HOLD => {
                 let map = DmaBufRef::from_fd(args.fd)?.vmap()?;
-                imp.hold(&mut args, Held::Vmap(map))?
+                imp.hold(holds, &mut w, &mut args, || Ok(Held::Vmap(map)))?;
+                return Ok(0);
             }
             IMPORTER_ATTACH_HOLD => {
-                let att = DmaBufRef::from_fd(args.fd)?
-                    .attach_mapped(reg.device(), DataDirection::Bidirectional)?;
-                imp.hold(&mut args, Held::Attachment { _mapped: att })?
+                let buf = DmaBufRef::from_fd(args.fd)?;
+                imp.hold(holds, &mut w, &mut args, || {
+                    imp.attach_hold(buf, reg.device())
+                        .map(|hold| Held::Attachment { _hold: hold })
+                })?;
+                return Ok(0);
             }
-            IMPORTER_RELEASE => imp.release(&mut args)?,
+            IMPORTER_RELEASE => imp.release(holds, &mut args)?,
             IMPORTER_CPU_ACCESS => imp.cpu_access(&mut args)?,
             _ => return Err(ENOTTY),
         }
@@ -301,8 +405,8 @@ impl kernel::Module for ImporterModule {
         let reg = Registration::register(
             c_str!("dmabuf_test_importer"),
             try_pin_init!(Importer {
-                holds <- new_mutex!(KVec::new(), "Importer::holds"),
                 order <- new_mutex!((), "Importer::order"),
+                attached <- new_mutex!(KVec::new(), "Importer::attached"),
                 next_handle: AtomicU64::new(1),
             }),
         )?;

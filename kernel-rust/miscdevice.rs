@@ -5,8 +5,9 @@
 //! C header: [`include/linux/miscdevice.h`](srctree/include/linux/miscdevice.h).
 //!
 //! 6.12 has no Rust misc device abstraction (6.13 added one); this follows its shape: the C
-//! `struct miscdevice` in an [`Opaque`], a trait for the driver, and `extern "C"` trampolines.
-//! A registration is for a built-in driver and is never removed.
+//! `struct miscdevice` in an [`Opaque`], a trait for the driver with per-open-file state
+//! (created in `open`, dropped in `release`), and `extern "C"` trampolines. A registration is
+//! for a built-in driver and is never removed.
 
 use crate::{
     bindings,
@@ -21,8 +22,28 @@ use core::marker::PhantomData;
 
 /// A misc device driver.
 pub trait MiscDevice: Sized + Sync + Send + 'static {
-    /// Handles `ioctl(cmd, arg)` on any open file of the device.
-    fn ioctl(reg: &'static Registration<Self>, cmd: u32, arg: usize) -> Result<isize>;
+    /// What each open file of the device owns; dropped when the file is released (its last
+    /// reference closed, or its process died).
+    type Open: Send + Sync;
+
+    /// Creates the state of a newly opened file.
+    fn open(reg: &'static Registration<Self>) -> impl PinInit<Self::Open, Error>;
+
+    /// Handles `ioctl(cmd, arg)` on an open file of the device.
+    fn ioctl(
+        reg: &'static Registration<Self>,
+        open: &Self::Open,
+        cmd: u32,
+        arg: usize,
+    ) -> Result<isize>;
+}
+
+/// What an open file's `private_data` points to.
+#[pin_data]
+struct OpenFile<T: MiscDevice> {
+    reg: &'static Registration<T>,
+    #[pin]
+    open: T::Open,
 }
 
 /// A registered misc device and its driver data.
@@ -108,23 +129,66 @@ struct FopsTable<T: MiscDevice>(PhantomData<T>);
 
 impl<T: MiscDevice> FopsTable<T> {
     const FOPS: bindings::file_operations = bindings::file_operations {
+        open: Some(Self::open),
+        release: Some(Self::release),
         unlocked_ioctl: Some(Self::ioctl),
-        // SAFETY: all other members may be NULL; misc_open sets `private_data`.
+        // SAFETY: all other members may be NULL.
         ..unsafe { core::mem::MaybeUninit::zeroed().assume_init() }
     };
 
     /// # Safety
     ///
-    /// Called by the VFS for a file opened through a [`Registration<T>`].
+    /// Called by `misc_open` for a file of a [`Registration<T>`], with `private_data` set to
+    /// its `miscdevice`.
+    unsafe extern "C" fn open(
+        _inode: *mut bindings::inode,
+        file: *mut bindings::file,
+    ) -> crate::ffi::c_int {
+        // SAFETY: misc_open stored the `miscdevice` pointer, which is the first field of a
+        // `#[repr(C)]` `Registration<T>`; registrations are never freed, hence `'static`.
+        let reg: &'static Registration<T> = unsafe { &*(*file).private_data.cast() };
+        let init = try_pin_init!(OpenFile::<T> {
+            reg,
+            open <- T::open(reg),
+        }? Error);
+        match KBox::try_pin_init(init, GFP_KERNEL) {
+            Ok(of) => {
+                // SAFETY: the box is never moved out of: `release` rebuilds and drops it in
+                // place, so pinning holds.
+                let raw = KBox::into_raw(unsafe { Pin::into_inner_unchecked(of) });
+                // SAFETY: `file` is valid during `open`; from now on `private_data` is ours.
+                unsafe { (*file).private_data = raw.cast() };
+                0
+            }
+            Err(e) => e.to_errno(),
+        }
+    }
+
+    /// # Safety
+    ///
+    /// Called by the VFS once, after the last use of a file `open` succeeded on.
+    unsafe extern "C" fn release(
+        _inode: *mut bindings::inode,
+        file: *mut bindings::file,
+    ) -> crate::ffi::c_int {
+        // SAFETY: `open` stored a leaked `KBox<OpenFile<T>>` here, and nothing uses it after
+        // release; dropping it in place keeps it pinned until it is gone.
+        drop(unsafe { KBox::from_raw((*file).private_data.cast::<OpenFile<T>>()) });
+        0
+    }
+
+    /// # Safety
+    ///
+    /// Called by the VFS for a file `open` succeeded on, before its `release`.
     unsafe extern "C" fn ioctl(
         file: *mut bindings::file,
         cmd: crate::ffi::c_uint,
         arg: crate::ffi::c_ulong,
     ) -> crate::ffi::c_long {
-        // SAFETY: misc_open stored the `miscdevice` pointer, which is the first field of a
-        // `#[repr(C)]` `Registration<T>`; registrations are never freed, hence `'static`.
-        let reg: &'static Registration<T> = unsafe { &*(*file).private_data.cast() };
-        match T::ioctl(reg, cmd, arg as usize) {
+        // SAFETY: `open` stored a `KBox<OpenFile<T>>`, alive until `release`, which the VFS
+        // does not call while an ioctl runs.
+        let of: &OpenFile<T> = unsafe { &*(*file).private_data.cast() };
+        match T::ioctl(of.reg, &of.open, cmd, arg as usize) {
             Ok(v) => v as crate::ffi::c_long,
             Err(e) => e.to_errno() as crate::ffi::c_long,
         }

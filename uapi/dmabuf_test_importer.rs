@@ -50,14 +50,19 @@ pub const IMPORTER_KMAP_WALK: u32 = _IOWR::<ImporterArgs>(MAGIC, 3);
 /// Attach `count` times, map each, begin/end CPU access, unmap, detach.
 pub const IMPORTER_ATTACH_MAP: u32 = _IOWR::<ImporterArgs>(MAGIC, 4);
 /// Take a dma-buf reference and a vmap, and keep both after the call; returns `handle`.
+/// A hold whose handle cannot be copied back (`EFAULT`) is not kept.
 pub const IMPORTER_HOLD: u32 = _IOWR::<ImporterArgs>(MAGIC, 5);
 /// Checksum a held vmap, then drop the vmap and the reference.
 pub const IMPORTER_RELEASE: u32 = _IOWR::<ImporterArgs>(MAGIC, 6);
 /// `dma_buf_begin_cpu_access` (end = 0) or `dma_buf_end_cpu_access` (end = 1), bidirectional.
 pub const IMPORTER_CPU_ACCESS: u32 = _IOWR::<ImporterArgs>(MAGIC, 7);
 /// Attach and map for the importer's device, and keep it mapped after the call; returns
-/// `handle`, which `IMPORTER_RELEASE` takes (its checksum is then 0).
+/// `handle`, which `IMPORTER_RELEASE` takes (its checksum is then 0). `EBUSY` while the
+/// buffer already has one: two mappings of the same pages for one device overlap.
 pub const IMPORTER_ATTACH_HOLD: u32 = _IOWR::<ImporterArgs>(MAGIC, 8);
+/// No importer ioctl has this number: the importer answers `ENOTTY` without reading the
+/// argument (the tests use it).
+pub const IMPORTER_NOT_AN_IOCTL: u32 = _IOWR::<ImporterArgs>(MAGIC, 0x7f);
 
 /// FNV-1a 64 offset basis: the checksum of no bytes.
 pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;

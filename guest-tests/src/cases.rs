@@ -52,6 +52,7 @@ pub const CASES: &[Case] = &[
     case("alloc_sizes", Body::PerHeap(heap::alloc_sizes)),
     case("zeroing", Body::PerHeap(heap::zeroing)),
     case("mmap_bounds", Body::PerHeap(heap::mmap_bounds)),
+    case("mmap_private", Body::PerHeap(heap::mmap_private)),
     case("sync_end_storm", Body::PerHeap(heap::sync_end_storm)),
     case(
         "importer_vmap_reads_user_writes",
@@ -67,6 +68,11 @@ pub const CASES: &[Case] = &[
         Body::PerHeap(importer::kmap_walk_matches_vmap),
     ),
     case("importer_attach_map", Body::PerHeap(importer::attach_map)),
+    case("importer_misuse", Body::PerHeap(importer::misuse)),
+    case(
+        "importer_holds_die_with_their_file",
+        Body::PerHeap(importer::holds_die_with_their_file),
+    ),
     case(
         "importer_hold_after_close",
         Body::PerHeap(importer::hold_after_close),

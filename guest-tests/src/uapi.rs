@@ -223,7 +223,24 @@ impl DmaBuf {
 
     /// Maps `len` bytes at `offset` shared and read-write.
     pub fn mmap(&self, offset: u64, len: usize) -> io::Result<Mapping> {
-        Mapping::new(self.raw_fd(), std::ptr::null_mut(), 0, offset, len)
+        Mapping::new(
+            self.raw_fd(),
+            std::ptr::null_mut(),
+            libc::MAP_SHARED,
+            offset,
+            len,
+        )
+    }
+
+    /// A `MAP_PRIVATE` (copy-on-write) mapping, which a heap may refuse.
+    pub fn mmap_private(&self, offset: u64, len: usize) -> io::Result<Mapping> {
+        Mapping::new(
+            self.raw_fd(),
+            std::ptr::null_mut(),
+            libc::MAP_PRIVATE,
+            offset,
+            len,
+        )
     }
 
     /// Maps at exactly `addr` (`MAP_FIXED_NOREPLACE`: `EEXIST` if anything is there), e.g. in
@@ -232,14 +249,14 @@ impl DmaBuf {
         Mapping::new(
             self.raw_fd(),
             addr as *mut libc::c_void,
-            libc::MAP_FIXED_NOREPLACE,
+            libc::MAP_SHARED | libc::MAP_FIXED_NOREPLACE,
             offset,
             len,
         )
     }
 }
 
-/// A shared mapping of a dma-buf, unmapped on drop.
+/// A mapping of a dma-buf (shared unless made by `mmap_private`), unmapped on drop.
 #[derive(Debug)]
 pub struct Mapping {
     ptr: *mut u8,
@@ -262,7 +279,7 @@ impl Mapping {
                 addr,
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | flags,
+                flags,
                 fd,
                 offset as libc::off_t,
             )
@@ -374,6 +391,16 @@ impl Importer {
                 args as *mut importer::ImporterArgs,
             )
         })?;
+        Ok(())
+    }
+
+    /// Issues `req` with `arg` as the argument's address, whatever it points to: the kernel
+    /// checks user pointers, and a bad one is what a caller of this wants to see refused.
+    pub fn call_at(&self, req: u32, arg: usize) -> io::Result<()> {
+        // SAFETY: the kernel accesses `arg` only through its user-copy routines, which fail
+        // with EFAULT on a bad address; no Rust object is written through it unless the
+        // caller passed one that is valid for it.
+        check(unsafe { libc::ioctl(self.file.as_raw_fd(), req as libc::c_ulong, arg) })?;
         Ok(())
     }
 

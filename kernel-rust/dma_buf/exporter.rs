@@ -198,8 +198,14 @@ impl<T: Exporter> PageBuffer<T> {
     /// Maps the pages covering the VMA, from its `vm_pgoff`, contiguous runs in one call each.
     ///
     /// Bounds are checked against the buffer size, `vm_pgoff` included, without overflow; the
-    /// mapping is made `VM_DONTEXPAND` so mremap cannot grow it past the buffer.
+    /// mapping is made `VM_DONTEXPAND` so mremap cannot grow it past the buffer. Only shared
+    /// mappings: a private one is copy-on-write, so CPU writes would land in anonymous copies
+    /// no device sees, and `remap_pfn_range` on it succeeds or fails with the physical layout
+    /// (it must cover the whole VMA in one call), so it is refused outright.
     pub fn mmap(&self, vma: &mut Vma) -> Result {
+        if !vma.is_shared() {
+            return Err(EINVAL);
+        }
         let pages = vma.pages();
         let buf_pages = self.len >> bindings::PAGE_SHIFT;
         let end = vma.pgoff().checked_add(pages).ok_or(EINVAL)?;
@@ -295,6 +301,13 @@ pub struct Vma {
 }
 
 impl Vma {
+    /// `VM_SHARED`: a `MAP_SHARED` mapping.
+    pub fn is_shared(&self) -> bool {
+        // SAFETY: valid by the type invariant; `vm_flags` is the readable view of the flags.
+        let flags = unsafe { (*self.vma).__bindgen_anon_2.vm_flags };
+        flags & bindings::VM_SHARED as bindings::vm_flags_t != 0
+    }
+
     fn start(&self) -> usize {
         // SAFETY: valid by the type invariant.
         unsafe { (*self.vma).__bindgen_anon_1.__bindgen_anon_1.vm_start as usize }

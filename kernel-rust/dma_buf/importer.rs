@@ -34,6 +34,12 @@ impl DmaBufRef {
         self.buf.as_ptr()
     }
 
+    /// An identity for the buffer, equal for two references to the same dma-buf (two fds of
+    /// one buffer included) and unique among live buffers while this reference is held.
+    pub fn id(&self) -> usize {
+        self.buf.as_ptr() as usize
+    }
+
     /// Size in bytes.
     pub fn size(&self) -> usize {
         // SAFETY: the buffer is alive while we hold a reference.
@@ -255,7 +261,9 @@ impl Mapping<'_> {
                 let idx = pos >> bindings::PAGE_SHIFT;
                 let in_page = pos & (bindings::PAGE_SIZE - 1);
                 let chunk = (bindings::PAGE_SIZE - in_page).min(end - pos);
-                // SAFETY: `page + idx` is a page of this entry (contiguous memmap on x86_64).
+                // SAFETY: `page + idx` is a page of this entry: the entry's pages are
+                // physically contiguous, and their `struct page`s virtually contiguous because
+                // the importer depends on SPARSEMEM_VMEMMAP (its Kconfig entry).
                 let va = unsafe { bindings::kmap_local_page(page.add(idx)) }.cast::<u8>();
                 // INVARIANT: the page stays mapped until `kunmap_local` below.
                 let bytes = Bytes {

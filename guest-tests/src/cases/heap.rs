@@ -9,6 +9,7 @@ use crate::uapi::{
 };
 
 use crate::uapi::PAGE;
+use heaprig_protocol::bench::OURS;
 
 use super::{KIB, MIB};
 
@@ -69,6 +70,25 @@ pub fn zeroing(ctx: &mut Ctx, heap: &Heap) -> Outcome {
 }
 
 /// mmap within, across and past the end; the last page; mremap growth.
+/// `MAP_PRIVATE` is copy-on-write: CPU writes would go to anonymous copies no device sees.
+/// Ours refuses every private mapping (EINVAL). Before it did, a private mapping of a buffer
+/// held in one contiguous chunk succeeded and one spanning two chunks failed, by physical
+/// layout alone. The C heap maps page by page, and `remap_pfn_range` on a copy-on-write VMA
+/// must cover it whole, so it maps one page and refuses more; that is recorded, not asserted.
+pub fn mmap_private(ctx: &mut Ctx, heap: &Heap) -> Outcome {
+    let len = 16 * PAGE;
+    let buf = heap.alloc(len).context("alloc 64 KiB")?;
+    for (label, n) in [("1 page", PAGE), ("16 pages", len)] {
+        let r = buf.mmap_private(0, n as usize);
+        let v = result_name(&r);
+        ctx.fact(format!("MAP_PRIVATE {label}"), &v);
+        if heap.name == OURS {
+            ensure!(v == "EINVAL", "MAP_PRIVATE {label}: {v}, expected EINVAL");
+        }
+    }
+    Ok(())
+}
+
 pub fn mmap_bounds(ctx: &mut Ctx, heap: &Heap) -> Outcome {
     let len = 16 * PAGE;
     let buf = heap.alloc(len).context("alloc 64 KiB")?;

@@ -3,10 +3,12 @@
 
 use crate::ensure;
 use crate::expect::stats;
+use crate::harness::result_name;
 use crate::harness::{Context, Ctx, Outcome, Stop};
 use crate::uapi::importer::{
-    checksum, ImporterArgs, IMPORTER_ATTACH_MAP, IMPORTER_CPU_ACCESS, IMPORTER_HOLD,
-    IMPORTER_KMAP_WALK, IMPORTER_RELEASE, IMPORTER_VMAP, IMPORTER_VMAP_TWICE, OP_CHECKSUM, OP_FILL,
+    checksum, ImporterArgs, IMPORTER_ATTACH_HOLD, IMPORTER_ATTACH_MAP, IMPORTER_CPU_ACCESS,
+    IMPORTER_HOLD, IMPORTER_KMAP_WALK, IMPORTER_NOT_AN_IOCTL, IMPORTER_RELEASE, IMPORTER_VMAP,
+    IMPORTER_VMAP_TWICE, OP_CHECKSUM, OP_FILL,
 };
 use crate::uapi::{Access, DmaBuf, Heap};
 
@@ -215,6 +217,152 @@ pub fn hold_after_close(ctx: &mut Ctx, heap: &Heap) -> Outcome {
     ensure!(
         second == "ENOENT",
         "second release of a released handle: {second}, expected ENOENT"
+    );
+    Ok(())
+}
+
+/// An argument block in a page user space can read but the kernel cannot write back to.
+struct ReadOnlyArgs {
+    page: *mut libc::c_void,
+}
+
+impl ReadOnlyArgs {
+    fn new(args: ImporterArgs) -> Result<ReadOnlyArgs, Stop> {
+        let len = crate::uapi::PAGE as usize;
+        // SAFETY: a fresh anonymous mapping aliases nothing.
+        let page = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if page == libc::MAP_FAILED {
+            return Err(Stop::Fail(format!(
+                "mmap of an argument page: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        let ro = ReadOnlyArgs { page };
+        // SAFETY: the page is ours, writable and large enough for one `ImporterArgs`.
+        unsafe { page.cast::<ImporterArgs>().write(args) };
+        // SAFETY: changing the protection of our own mapping.
+        if unsafe { libc::mprotect(page, len, libc::PROT_READ) } != 0 {
+            return Err(Stop::Fail(format!(
+                "mprotect: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        Ok(ro)
+    }
+
+    fn addr(&self) -> usize {
+        self.page as usize
+    }
+}
+
+impl Drop for ReadOnlyArgs {
+    fn drop(&mut self) {
+        // SAFETY: unmapping the page `new` mapped, which nothing references any more.
+        unsafe { libc::munmap(self.page, crate::uapi::PAGE as usize) };
+    }
+}
+
+/// What user space must not be able to do to the importer: an unknown ioctl is ENOTTY
+/// (even with a bad pointer); a hold whose handle cannot be copied back is EFAULT and keeps
+/// nothing (the leak oracle after this test would see the buffer otherwise); a second
+/// attachment hold of one buffer is EBUSY (it would map the pages twice for one device, a
+/// DMA-API debug WARNING), and possible again once the first is released.
+pub fn misuse(ctx: &mut Ctx, heap: &Heap) -> Outcome {
+    let imp = importer()?;
+    let unknown = result_name(&imp.call_at(IMPORTER_NOT_AN_IOCTL, 0));
+    ctx.fact("unknown ioctl, NULL argument", &unknown);
+    ensure!(
+        unknown == "ENOTTY",
+        "unknown ioctl: {unknown}, expected ENOTTY"
+    );
+
+    let buf = heap.alloc(64 * 1024).context("alloc 64 KiB")?;
+    for req in [IMPORTER_HOLD, IMPORTER_ATTACH_HOLD] {
+        let args = ReadOnlyArgs::new(ImporterArgs {
+            fd: buf.raw_fd(),
+            op: OP_CHECKSUM,
+            ..Default::default()
+        })?;
+        let what = if req == IMPORTER_HOLD {
+            "HOLD"
+        } else {
+            "ATTACH_HOLD"
+        };
+        let r = result_name(&imp.call_at(req, args.addr()));
+        ctx.fact(format!("{what} into a read-only argument"), &r);
+        ensure!(
+            r == "EFAULT",
+            "{what} into a read-only argument: {r}, expected EFAULT"
+        );
+    }
+
+    let first = imp
+        .on(IMPORTER_ATTACH_HOLD, &buf, OP_CHECKSUM, 0)
+        .context("first ATTACH_HOLD")?;
+    let second = result_name(&imp.on(IMPORTER_ATTACH_HOLD, &buf, OP_CHECKSUM, 0));
+    ctx.fact("second ATTACH_HOLD of one buffer", &second);
+    let dup = buf.try_clone().context("dup")?;
+    let via_dup = result_name(&imp.on(IMPORTER_ATTACH_HOLD, &dup, OP_CHECKSUM, 0));
+    ctx.fact("ATTACH_HOLD through a dup of its fd", &via_dup);
+    imp.release(first.handle).context("release the first")?;
+    ensure!(
+        second == "EBUSY",
+        "second ATTACH_HOLD: {second}, expected EBUSY"
+    );
+    ensure!(
+        via_dup == "EBUSY",
+        "ATTACH_HOLD through a dup: {via_dup}, expected EBUSY"
+    );
+    let again = imp
+        .on(IMPORTER_ATTACH_HOLD, &buf, OP_CHECKSUM, 0)
+        .context("ATTACH_HOLD after the release")?;
+    imp.release(again.handle).context("release")?;
+    ctx.fact("ATTACH_HOLD after the release", "ok");
+    Ok(())
+}
+
+/// Holds belong to the open file that made them: a process that exits between HOLD and
+/// RELEASE leaves nothing held (the leak oracle after this test sees the buffer gone once
+/// the test closes it), and its attachment hold no longer blocks another file's.
+pub fn holds_die_with_their_file(ctx: &mut Ctx, heap: &Heap) -> Outcome {
+    let buf = heap.alloc(64 * 1024).context("alloc 64 KiB")?;
+    let fd = buf.raw_fd();
+    let mut child = crate::process::spawn(std::time::Duration::from_secs(30), move || {
+        // Its own open file: one inherited from the parent would outlive the child.
+        let Ok(imp) = crate::uapi::Importer::open() else {
+            return 4;
+        };
+        let vmap = imp.on_fd(IMPORTER_HOLD, fd, OP_CHECKSUM, 0);
+        let att = imp.on_fd(IMPORTER_ATTACH_HOLD, fd, OP_CHECKSUM, 0);
+        // Exits holding both: the file's release must undo them.
+        i32::from(vmap.is_err()) + 2 * i32::from(att.is_err())
+    })
+    .context("fork")?;
+    let code = child
+        .wait(std::time::Duration::from_secs(30))
+        .map_err(Stop::Fail)?;
+    ensure!(
+        code == 0,
+        "the child's HOLD or ATTACH_HOLD failed (exit {code}: 1 HOLD, 2 ATTACH_HOLD, 3 both, 4 open)"
+    );
+    let imp = importer()?;
+    let after = result_name(
+        &imp.on(IMPORTER_ATTACH_HOLD, &buf, OP_CHECKSUM, 0)
+            .and_then(|a| imp.release(a.handle)),
+    );
+    ctx.fact("ATTACH_HOLD after the holding process exited", &after);
+    ensure!(
+        after == "ok",
+        "ATTACH_HOLD after the holding process exited: {after}, expected ok (its hold outlived its file)"
     );
     Ok(())
 }
