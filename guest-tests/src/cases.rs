@@ -90,6 +90,10 @@ pub const CASES: &[Case] = &[
         Body::OnHeap("rust_system", heap::rust_heap_ion_compat),
     ),
     case(
+        "rust_heap_ion_meets_importer",
+        Body::OnHeap("rust_system", heap::rust_heap_ion_meets_importer),
+    ),
+    case(
         "rust_heap_huge_alloc",
         Body::OnHeap("rust_system", heap::rust_heap_huge_alloc),
     ),

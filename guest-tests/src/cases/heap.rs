@@ -272,6 +272,127 @@ pub fn rust_heap_ion_compat(ctx: &mut Ctx, heap: &Heap) -> Outcome {
     Ok(())
 }
 
+/// One step of [`rust_heap_ion_meets_importer`].
+#[derive(Clone, Copy, Debug)]
+enum IonStep {
+    /// SYNC START (read-write): in ION mode, a kernel mapping reference.
+    Start,
+    /// SYNC END.
+    End,
+    /// 100 SYNC ENDs in a row, the seed thread's refcount attack.
+    EndStorm,
+    /// Importer VMAP (checksum), vmapped and vunmapped inside the call.
+    Vmap,
+    /// Importer VMAP_TWICE: two nested vmaps must share one address.
+    Twice,
+    /// Importer HOLD: a vmap kept across calls.
+    Hold,
+    /// Importer RELEASE of the hold, whose checksum must be the user's pattern.
+    Release,
+}
+
+/// ION mode (`ion_compat`: START maps, END unmaps, as old ION did) and importer vmaps on one
+/// buffer, in both orders, with END storms in between. Whatever the order, there is one
+/// kernel mapping, shared (exactly one created per sequence), the importer reads the user's
+/// data through it, an END never drops a reference it does not own (so storms cannot unmap
+/// the importer's mapping under it), and every sequence ends with no mapping left.
+pub fn rust_heap_ion_meets_importer(ctx: &mut Ctx, heap: &Heap) -> Outcome {
+    use crate::expect::importer;
+    use crate::uapi::importer::{
+        checksum, IMPORTER_HOLD, IMPORTER_VMAP, IMPORTER_VMAP_TWICE, OP_CHECKSUM,
+    };
+    use IonStep::*;
+    let imp = importer()?;
+    let buf = heap.alloc(MIB).context("alloc 1 MiB")?;
+    let pattern: Vec<u8> = (0..MIB as usize).map(|i| (i % 253) as u8).collect();
+    {
+        let mut m = buf.mmap(0, MIB as usize).context("mmap")?;
+        m.as_mut_slice().copy_from_slice(&pattern);
+    }
+    let sum = checksum(&pattern);
+    let _on = IonCompat::set(&heap.name, true).context("ion_compat on")?;
+    let sequences: &[&[IonStep]] = &[
+        &[Start, Vmap, End],
+        &[Start, Hold, End, Release],
+        &[Hold, Start, End, Release],
+        &[Hold, Start, EndStorm, Start, Release, End],
+        &[Hold, EndStorm, Vmap, Release],
+        &[Start, Twice, EndStorm],
+        &[Hold, Twice, Start, Twice, Release, End],
+    ];
+    for seq in sequences {
+        let label = format!("{seq:?}");
+        let created = stat(heap, "kernel_mappings_created")?;
+        let live = stat(heap, "current_vmaps")?;
+        let mut handle = None;
+        for step in *seq {
+            let fail = |what: String| Stop::Fail(format!("{label}: {step:?}: {what}"));
+            match step {
+                Start => buf.sync_start(Access::ReadWrite).context("SYNC START")?,
+                End => buf.sync_end(Access::ReadWrite).context("SYNC END")?,
+                EndStorm => {
+                    for _ in 0..100 {
+                        buf.sync_end(Access::ReadWrite).context("SYNC END")?;
+                    }
+                }
+                Vmap | Twice => {
+                    let req = if matches!(step, Vmap) {
+                        IMPORTER_VMAP
+                    } else {
+                        IMPORTER_VMAP_TWICE
+                    };
+                    let a = imp.on(req, &buf, OP_CHECKSUM, 0).context("importer vmap")?;
+                    if a.checksum != sum {
+                        return Err(fail(format!(
+                            "read {:#x}, the user wrote {sum:#x}",
+                            a.checksum
+                        )));
+                    }
+                    if matches!(step, Twice) && a.shared != 1 {
+                        return Err(fail("two nested vmaps got two addresses".into()));
+                    }
+                }
+                Hold => {
+                    let a = imp
+                        .on(IMPORTER_HOLD, &buf, OP_CHECKSUM, 0)
+                        .context("HOLD")?;
+                    handle = Some(a.handle);
+                }
+                Release => {
+                    let h = handle
+                        .take()
+                        .ok_or_else(|| fail("no hold to release".into()))?;
+                    let a = imp.release(h).context("RELEASE")?;
+                    if a.checksum != sum {
+                        return Err(fail(format!(
+                            "the held mapping read {:#x}, the user wrote {sum:#x}",
+                            a.checksum
+                        )));
+                    }
+                }
+            }
+            if stat(heap, "current_vmaps")? - live > 1 {
+                return Err(fail("more than one kernel mapping of one buffer".into()));
+            }
+        }
+        let made = stat(heap, "kernel_mappings_created")? - created;
+        let left = stat(heap, "current_vmaps")? - live;
+        ctx.fact(
+            format!("{label}: mappings created, left"),
+            format!("{made}, {left}"),
+        );
+        ensure!(
+            made == 1,
+            "{label}: {made} kernel mappings created, expected one shared"
+        );
+        ensure!(
+            left == 0,
+            "{label}: {left} kernel mapping(s) left after the sequence"
+        );
+    }
+    Ok(())
+}
+
 /// A request larger than RAM fails at once with ENOMEM: no OOM killer, no splat.
 pub fn rust_heap_huge_alloc(ctx: &mut Ctx, heap: &Heap) -> Outcome {
     let refused = stat(heap, "alloc_refused_too_large")?;
