@@ -73,6 +73,11 @@ pub const CASES: &[Case] = &[
         "importer_holds_die_with_their_file",
         Body::PerHeap(importer::holds_die_with_their_file),
     ),
+    // The loops are the importer's, the same for every exporter: one heap is enough.
+    case(
+        "importer_long_loops_yield",
+        Body::OnHeap("rust_system", importer::long_loops_yield),
+    ),
     case(
         "importer_hold_after_close",
         Body::PerHeap(importer::hold_after_close),

@@ -277,6 +277,10 @@ impl Mapping<'_> {
                 unsafe { bindings::kunmap_local(va.cast()) };
                 pos += chunk;
                 pages += 1;
+                // Outside the local mapping: a walk of a huge buffer yields now and then.
+                if pages % 16 == 0 {
+                    super::cond_resched();
+                }
             }
             // SAFETY: advancing within the table's `n` entries.
             sg = unsafe { bindings::sg_next(sg) };

@@ -182,8 +182,25 @@ pub fn totalram_pages() -> usize {
     unsafe { bindings::totalram_pages() as usize }
 }
 
+/// Lets the scheduler run something else during a long loop: on a kernel without preemption
+/// (the rig's), a multi-GiB byte loop would otherwise hold its CPU until the soft-lockup
+/// detector fires. Sleeps, so never in atomic context.
+pub(crate) fn cond_resched() {
+    #[cfg(any(not(CONFIG_PREEMPTION), CONFIG_PREEMPT_DYNAMIC))]
+    // SAFETY: `__cond_resched` has no preconditions beyond process context, which every
+    // caller (an ioctl or a release path) is in.
+    unsafe {
+        bindings::__cond_resched();
+    }
+}
+
+/// Bytes between scheduling points in [`Bytes`]' loops: small enough to stay far below the
+/// soft-lockup threshold under emulation, large enough to cost nothing.
+const RESCHED_EVERY: usize = 64 * 1024;
+
 /// A range of kernel-mapped bytes of a dma-buf, accessed with volatile reads and writes
-/// (user space may write the same memory at any time, so no Rust reference is formed).
+/// (user space may write the same memory at any time, so no Rust reference is formed). The
+/// loops over it may sleep (every 64 KiB), so a range is never walked in atomic context.
 ///
 /// # Invariants
 ///
@@ -215,6 +232,9 @@ impl Bytes<'_> {
         for i in 0..self.len {
             // SAFETY: `i < len`, and the range is mapped (type invariant).
             f(unsafe { core::ptr::read_volatile(self.ptr.add(i)) });
+            if i % RESCHED_EVERY == RESCHED_EVERY - 1 {
+                cond_resched();
+            }
         }
     }
 
@@ -233,6 +253,9 @@ impl Bytes<'_> {
         for i in 0..self.len {
             // SAFETY: `i < len`, and the range is mapped writable (type invariant).
             unsafe { core::ptr::write_volatile(self.ptr.add(i), b) };
+            if i % RESCHED_EVERY == RESCHED_EVERY - 1 {
+                cond_resched();
+            }
         }
     }
 }
