@@ -461,21 +461,36 @@ pub fn heap_stats(heap: &str) -> Option<std::collections::BTreeMap<String, u64>>
 }
 
 /// Sets a heap's `ion_compat` switch; restores the previous value on drop.
-pub struct IonCompat {
+pub struct IonCompat;
+
+impl IonCompat {
+    pub fn set(heap: &str, on: bool) -> io::Result<Knob> {
+        Knob::set(
+            &format!("/sys/kernel/debug/{heap}_heap/ion_compat"),
+            if on { "1" } else { "0" },
+        )
+    }
+}
+
+/// A kernel knob (a debugfs, sysfs or procfs file) set for a while: its old value is written
+/// back on drop, so a test that fails half-way leaves the knob as it found it.
+pub struct Knob {
     path: String,
     old: String,
 }
 
-impl IonCompat {
-    pub fn set(heap: &str, on: bool) -> io::Result<IonCompat> {
-        let path = format!("/sys/kernel/debug/{heap}_heap/ion_compat");
-        let old = std::fs::read_to_string(&path)?;
-        std::fs::write(&path, if on { "1" } else { "0" })?;
-        Ok(IonCompat { path, old })
+impl Knob {
+    pub fn set(path: &str, value: &str) -> io::Result<Knob> {
+        let old = std::fs::read_to_string(path)?;
+        std::fs::write(path, value)?;
+        Ok(Knob {
+            path: path.to_string(),
+            old,
+        })
     }
 }
 
-impl Drop for IonCompat {
+impl Drop for Knob {
     fn drop(&mut self) {
         let _ = std::fs::write(&self.path, self.old.trim());
     }

@@ -46,14 +46,6 @@ fn cache_dir() -> Result<PathBuf> {
     Ok(PathBuf::from(home).join(".cache/heaprig"))
 }
 
-/// The UTC date a measurement is labelled with.
-pub fn today(env: &Env) -> String {
-    xshell::cmd!(env.sh, "date -u +%Y-%m-%d")
-        .quiet()
-        .read()
-        .unwrap_or_default()
-}
-
 /// The host's cores, for labelling measurements.
 pub fn host_cores() -> usize {
     std::thread::available_parallelism().map_or(0, |n| n.get())

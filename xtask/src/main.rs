@@ -1,6 +1,7 @@
 //! heaprig's orchestrator. This file only parses flags and dispatches; each task lives in
 //! its own module.
 
+mod clock;
 mod cmd;
 mod env;
 mod flags;

@@ -32,8 +32,7 @@ fn xtask(args: &[&str]) -> Output {
 }
 
 fn results(dir: &Path) -> serde_json::Value {
-    let text = std::fs::read_to_string(dir.join("results.json")).expect("results.json");
-    serde_json::from_str(&text).expect("valid JSON")
+    json_file(&dir.join("results.json"))
 }
 
 fn test_named<'a>(r: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
@@ -64,7 +63,8 @@ fn verdicts(r: &serde_json::Value) -> Vec<(String, String, String)> {
 }
 
 fn json_file(path: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).expect("valid JSON")
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).expect("valid JSON")
 }
 
 /// The whole suite passes (JUnit and a KCIDB file written, the KCIDB file validated by the

@@ -286,17 +286,15 @@ pub fn misuse(ctx: &mut Ctx, heap: &Heap) -> Outcome {
     );
 
     let buf = heap.alloc(64 * 1024).context("alloc 64 KiB")?;
-    for req in [IMPORTER_HOLD, IMPORTER_ATTACH_HOLD] {
+    for (what, req) in [
+        ("HOLD", IMPORTER_HOLD),
+        ("ATTACH_HOLD", IMPORTER_ATTACH_HOLD),
+    ] {
         let args = ReadOnlyArgs::new(ImporterArgs {
             fd: buf.raw_fd(),
             op: OP_CHECKSUM,
             ..Default::default()
         })?;
-        let what = if req == IMPORTER_HOLD {
-            "HOLD"
-        } else {
-            "ATTACH_HOLD"
-        };
         let r = result_name(&imp.call_at(req, args.addr()));
         ctx.fact(format!("{what} into a read-only argument"), &r);
         ensure!(
@@ -367,31 +365,8 @@ pub fn holds_die_with_their_file(ctx: &mut Ctx, heap: &Heap) -> Outcome {
     Ok(())
 }
 
-/// The soft-lockup threshold a long-loop test lowers (seconds; a lockup is reported after
-/// twice this), restored when dropped.
-struct WatchdogThresh(String);
-
+/// The soft-lockup threshold (seconds; a lockup is reported after twice this).
 const WATCHDOG_THRESH: &str = "/proc/sys/kernel/watchdog_thresh";
-
-impl WatchdogThresh {
-    fn set(secs: u32) -> Result<WatchdogThresh, Stop> {
-        let old = std::fs::read_to_string(WATCHDOG_THRESH).map_err(|e| {
-            crate::expect::missing(
-                "CONFIG_SOFTLOCKUP_DETECTOR",
-                format!("{WATCHDOG_THRESH}: {e}"),
-            )
-        })?;
-        std::fs::write(WATCHDOG_THRESH, secs.to_string())
-            .context(format!("writing {secs} to {WATCHDOG_THRESH}"))?;
-        Ok(WatchdogThresh(old.trim().to_string()))
-    }
-}
-
-impl Drop for WatchdogThresh {
-    fn drop(&mut self) {
-        let _ = std::fs::write(WATCHDOG_THRESH, &self.0);
-    }
-}
 
 /// Bytes the long-loop test has the importer checksum and fill through a vmap: 3.6 s under
 /// KASAN and TCG (0.9 s per 64 MiB, measured 2026-11-30), longer than the lowered
@@ -406,7 +381,14 @@ const LONG_LOOP_BYTES: u64 = 256 * MIB;
 pub fn long_loops_yield(ctx: &mut Ctx, heap: &Heap) -> Outcome {
     let imp = importer()?;
     let buf = heap.alloc(LONG_LOOP_BYTES).context("alloc")?;
-    let _thresh = WatchdogThresh::set(1)?;
+    if !std::path::Path::new(WATCHDOG_THRESH).exists() {
+        return Err(crate::expect::missing(
+            "CONFIG_SOFTLOCKUP_DETECTOR",
+            format!("{WATCHDOG_THRESH} is missing"),
+        ));
+    }
+    let _thresh = crate::uapi::Knob::set(WATCHDOG_THRESH, "1")
+        .context(format!("setting {WATCHDOG_THRESH} to 1"))?;
     let t = std::time::Instant::now();
     imp.on(IMPORTER_VMAP, &buf, OP_FILL, 0x5a)
         .context("importer VMAP fill")?;

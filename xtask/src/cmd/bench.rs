@@ -283,7 +283,7 @@ impl Measured {
 /// bench.svg into `dir` (replacing an earlier run's). `validate --bench` runs it on both trees.
 pub fn measure(env: &Env, plan: &BenchPlan, dir: &std::path::Path) -> Result<Measured> {
     let mut times = Times::default();
-    let started = crate::report::kcidb::now_rfc3339();
+    let started = crate::clock::rfc3339_now();
     let guest = build_guest(env)?;
     let profile = plan.kernel.profile;
     let p = stages::prepare(env, &plan.kernel, &plan.vm, &mut times)?;
@@ -335,7 +335,7 @@ pub fn measure(env: &Env, plan: &BenchPlan, dir: &std::path::Path) -> Result<Mea
     let text =
         fs::read_to_string(&lines).with_context(|| format!("reading {}", lines.display()))?;
     let rows = rows(&text)?;
-    let date = crate::env::today(env);
+    let date = crate::clock::Date::today().to_string();
     let machine = format!(
         "{} cores, {:?}, {} kernel, {} guest CPUs, {}{}",
         crate::env::host_cores(),

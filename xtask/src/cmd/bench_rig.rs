@@ -231,7 +231,7 @@ pub fn run(env: &Env, a: &BenchArgs) -> Result<ExitCode> {
         );
     }
 
-    let date = crate::env::today(env);
+    let date = crate::clock::Date::today().to_string();
     let machine = format!(
         "{} cores, {}, {} guest CPUs, {}",
         crate::env::host_cores(),

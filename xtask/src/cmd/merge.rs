@@ -193,7 +193,7 @@ pub fn run(env: &Env, a: MergeArgs) -> Result<ExitCode> {
     mismatches.dedup();
     let dir: PathBuf = env.root.join("target/heaprig/merged");
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut run = shards[0].0.run.clone_for_merge(&shards);
+    let mut run = merged_info(&shards);
     run.snapshot_mismatches = mismatches.clone();
     let json = serde_json::to_string_pretty(&report::JsonReport {
         result: &merged,
@@ -224,29 +224,22 @@ pub fn run(env: &Env, a: MergeArgs) -> Result<ExitCode> {
     finish(&merged, &mismatches, &[], &Times::default(), &dir, false)
 }
 
-impl RunInfo {
-    /// The merged run's description: the first shard's, covering every shard's selection.
-    fn clone_for_merge(&self, shards: &[(Saved, Shard)]) -> RunInfo {
-        let mut selected: Vec<String> = Vec::new();
-        for (s, _) in shards {
-            for n in &s.run.selected {
-                if !selected.contains(n) {
-                    selected.push(n.clone());
-                }
+/// The merged run's description: the first shard's, covering every shard's selection.
+fn merged_info(shards: &[(Saved, Shard)]) -> RunInfo {
+    let mut selected: Vec<String> = Vec::new();
+    for (s, _) in shards {
+        for n in &s.run.selected {
+            if !selected.contains(n) {
+                selected.push(n.clone());
             }
         }
-        RunInfo {
-            profile: self.profile.clone(),
-            kernel: self.kernel.clone(),
-            accel: self.accel,
-            accel_why: self.accel_why.clone(),
-            kernel_rebuilt: self.kernel_rebuilt,
-            times: Times::default(),
-            snapshot_mismatches: vec![],
-            shard: None,
-            selected,
-            provenance: self.provenance.clone(),
-        }
+    }
+    RunInfo {
+        times: Times::default(),
+        snapshot_mismatches: vec![],
+        shard: None,
+        selected,
+        ..shards[0].0.run.clone()
     }
 }
 

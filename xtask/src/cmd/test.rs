@@ -57,7 +57,7 @@ fn show(ev: &Event, boot_shown: &mut bool, started: Instant) {
 }
 
 /// How a run was made: the `run` half of results.json.
-#[derive(Serialize, Deserialize, Debug)]
+#[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct RunInfo {
     pub profile: String,
     pub kernel: String,
@@ -140,7 +140,7 @@ pub fn run_and_report(env: &Env, plan: &TestPlan) -> Result<(RunResult, ExitCode
     let guest = stages::build_guest(env)?;
     let sel = selection(env, &guest, plan)?;
     times.add("guest build", t.elapsed());
-    let started = crate::report::kcidb::now_rfc3339();
+    let started = crate::clock::rfc3339_now();
     let p = stages::prepare(env, &plan.kernel, &plan.vm, &mut times)?;
     let mut x = execute(
         env,

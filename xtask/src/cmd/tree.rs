@@ -227,7 +227,7 @@ pub fn run_suite(env: &Env, plan: &TestPlan, out: &Path) -> Result<(SuiteOutcome
     let guest = stages::build_guest(env)?;
     let selected = stages::select(env, &guest, &plan.suite.patterns, None)?;
     times.add("guest build", t.elapsed());
-    let started = crate::report::kcidb::now_rfc3339();
+    let started = crate::clock::rfc3339_now();
     let _lock = match &plan.kernel.tree_id {
         Some(id) => Some(TreeLock::take(env, id)?),
         None => None,

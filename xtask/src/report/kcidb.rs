@@ -89,20 +89,7 @@ impl Provenance {
 
 /// The id part a run gets when none was given: unique per machine and second.
 pub fn default_run_id() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    format!("{secs}-{}", std::process::id())
-}
-
-/// Now, as RFC 3339 UTC.
-pub fn now_rfc3339() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let d = crate::triage::known::Date::from_days((secs / 86_400) as i64);
-    let s = secs % 86_400;
-    format!("{d}T{:02}:{:02}:{:02}Z", s / 3600, (s / 60) % 60, s % 60)
+    format!("{}-{}", crate::clock::unix_now(), std::process::id())
 }
 
 #[derive(Serialize, Debug)]
@@ -536,7 +523,7 @@ mod tests {
     use crate::parse::{ktap, splat};
     use crate::stages::vm::Ending;
 
-    pub fn provenance() -> Provenance {
+    fn provenance() -> Provenance {
         Provenance {
             source: "git:0123456789abcdef0123456789abcdef01234567+deadbeef".into(),
             git_url: None,

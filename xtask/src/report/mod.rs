@@ -24,10 +24,6 @@ pub fn fmt_duration(d: std::time::Duration) -> String {
     }
 }
 
-fn cell(v: TestVerdict) -> &'static str {
-    v.word()
-}
-
 /// The known-issues entries a run matched, live and expired (empty when none).
 pub fn known_seen(r: &RunResult) -> String {
     let mut out = String::new();
@@ -75,13 +71,13 @@ pub fn table(r: &RunResult) -> String {
     }
     let _ = writeln!(out, "  TIME");
     for t in &r.tests {
-        let _ = write!(out, "{:<name_w$}  {:<6}", t.name, cell(t.verdict));
+        let _ = write!(out, "{:<name_w$}  {:<6}", t.name, t.verdict.word());
         for h in &heaps {
             let c = t
                 .heaps
                 .iter()
                 .find(|x| &x.heap == h)
-                .map_or("-", |x| cell(x.verdict));
+                .map_or("-", |x| x.verdict.word());
             let _ = write!(out, "  {c:<col_w$}");
         }
         let time = t.time_ms.map_or("-".to_string(), |ms| format!("{ms}ms"));
@@ -106,7 +102,7 @@ pub fn details(r: &RunResult) -> String {
                 lines.extend(h.reasons.iter().map(|x| format!("  [{}] {x}", h.heap)));
             }
         }
-        let _ = writeln!(out, "{} {}:", cell(t.verdict), t.name);
+        let _ = writeln!(out, "{} {}:", t.verdict.word(), t.name);
         lines.dedup();
         for l in lines {
             let _ = writeln!(out, "{l}");

@@ -65,13 +65,19 @@ pub const KCIDB_IO: &str = "141";
 pub const CHECK_JSONSCHEMA: &str = "0.39.0";
 pub const ZIZMOR: &str = "1.32.0";
 
-/// The private venv's Python packages, pinned.
-fn venv_packages() -> [String; 3] {
-    [
-        format!("kcidb-io=={KCIDB_IO}"),
-        format!("check-jsonschema=={CHECK_JSONSCHEMA}"),
-        format!("zizmor=={ZIZMOR}"),
-    ]
+/// The private venv's Python packages and their pinned versions.
+const VENV_PACKAGES: [(&str, &str); 3] = [
+    ("kcidb-io", KCIDB_IO),
+    ("check-jsonschema", CHECK_JSONSCHEMA),
+    ("zizmor", ZIZMOR),
+];
+
+/// `name==version` for each venv package, as pip takes them.
+fn venv_packages() -> Vec<String> {
+    VENV_PACKAGES
+        .iter()
+        .map(|(name, version)| format!("{name}=={version}"))
+        .collect()
 }
 
 /// The rig's private venv (KCIDB validation, workflow linters): `setup` makes it.
@@ -86,8 +92,9 @@ pub fn venv_python(env: &Env) -> std::path::PathBuf {
 /// The installed versions of the venv's packages, as `kcidb-io==V ...`, if the venv runs.
 fn venv_versions(env: &Env) -> Option<String> {
     let python = venv_python(env);
-    let script = "import importlib.metadata as m\nprint(' '.join(p + '==' + m.version(p) for p in ('kcidb-io', 'check-jsonschema', 'zizmor')))";
-    cmd!(env.sh, "{python} -c {script}")
+    let script = "import importlib.metadata as m, sys\nprint(' '.join(p + '==' + m.version(p) for p in sys.argv[1:]))";
+    let names = VENV_PACKAGES.map(|(name, _)| name);
+    cmd!(env.sh, "{python} -c {script} {names...}")
         .quiet()
         .ignore_stderr()
         .read()
