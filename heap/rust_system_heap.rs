@@ -21,19 +21,19 @@
 
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use kernel::{
-    bindings, c_str, debugfs,
+    bindings, c_str,
     dma_buf::{self, DataDirection, Exported, Exporter, PageBuffer, Pages},
-    dma_heap, fmt,
+    dma_heap,
     prelude::*,
+    rig::{compat, debugfs},
     str::CString,
 };
 
-module! {
+kernel::rig_module! {
     type: RustSystemHeapModule,
     name: "rust_system_heap",
-    author: "heaprig",
     description: "dma-buf system heap written in Rust",
-    license: "GPL",
+    imports_ns: ["DMA_BUF", "DMA_BUF_HEAP"],
 }
 
 /// Orders tried from largest to smallest, as in drivers/dma-buf/heaps/system_heap.c.
@@ -99,8 +99,8 @@ impl debugfs::File for Stats {
             ("alloc_interrupted", &self.alloc_interrupted),
         ];
         for (name, v) in rows {
-            let line = CString::try_from_fmt(fmt!("{}: {}\n", name, v.load(Relaxed)))?;
-            out.extend_from_slice(line.as_bytes(), GFP_KERNEL)?;
+            let line = CString::try_from_fmt(compat::fmt!("{}: {}\n", name, v.load(Relaxed)))?;
+            out.extend_from_slice(compat::c_str_bytes(&line), GFP_KERNEL)?;
         }
         Ok(())
     }
@@ -219,7 +219,13 @@ fn alloc_largest(remaining: usize, max_order: u32) -> Option<Pages> {
 }
 
 impl dma_heap::Heap for RustSystemHeap {
-    fn allocate(&'static self, len: usize, fd_flags: u32, _heap_flags: u64) -> Result<Exported> {
+    fn allocate(
+        &'static self,
+        owner: &'static ThisModule,
+        len: usize,
+        fd_flags: u32,
+        _heap_flags: u64,
+    ) -> Result<Exported> {
         if len >> bindings::PAGE_SHIFT > dma_buf::totalram_pages() {
             self.stats.alloc_refused_too_large.fetch_add(1, Relaxed);
             return Err(ENOMEM);
@@ -245,7 +251,8 @@ impl dma_heap::Heap for RustSystemHeap {
         let policy = Policy {
             open_brackets: AtomicU64::new(0),
         };
-        let exported = dma_buf::export(c_str!("rust_system"), chunks, len, fd_flags, policy)?;
+        let exported =
+            dma_buf::export(c_str!("rust_system"), owner, chunks, len, fd_flags, policy)?;
         // Counted after export: `released` runs only for exported buffers, and not before
         // the core has installed the fd, which happens after this returns.
         self.stats.live_buffers.fetch_add(1, Relaxed);
@@ -254,23 +261,30 @@ impl dma_heap::Heap for RustSystemHeap {
     }
 }
 
-struct RustSystemHeapModule;
+/// The module's state. A dma-buf heap cannot be removed once added, so `dma_heap::register`
+/// pins the module: it is never unloaded and this is never dropped.
+struct RustSystemHeapModule {
+    _files: Option<debugfs::Dir>,
+}
 
 impl kernel::Module for RustSystemHeapModule {
-    fn init(_module: &'static ThisModule) -> Result<Self> {
+    fn init(module: &'static ThisModule) -> Result<Self> {
         // debugfs is optional equipment: the heap works without it.
         let files = debugfs::Dir::new(c_str!("rust_system_heap")).and_then(|dir| {
             dir.file(c_str!("stats"), 0o444, &HEAP.stats)?;
-            dir.file(c_str!("ion_compat"), 0o644, &HEAP.ion_compat)
+            dir.file(c_str!("ion_compat"), 0o644, &HEAP.ion_compat)?;
+            Ok(dir)
         });
-        if let Err(e) = files {
-            pr_warn!(
-                "no debugfs files ({:?}); stats and ion_compat unavailable\n",
-                e
-            );
-        }
-        dma_heap::register(c_str!("rust_system"), &HEAP)?;
+        let files = files
+            .inspect_err(|e| {
+                pr_warn!(
+                    "no debugfs files ({:?}); stats and ion_compat unavailable\n",
+                    e
+                )
+            })
+            .ok();
+        dma_heap::register(c_str!("rust_system"), &HEAP, module)?;
         pr_info!("registered /dev/dma_heap/rust_system\n");
-        Ok(Self)
+        Ok(Self { _files: files })
     }
 }

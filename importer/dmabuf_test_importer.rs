@@ -8,14 +8,17 @@
 
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use kernel::{
-    c_str, debugfs,
+    c_str,
     dma_buf::{Bytes, DataDirection, DmaBufRef, MappedAttachment, Vmapped},
-    miscdevice::{MiscDevice, Registration},
     new_mutex,
     prelude::*,
+    rig::{
+        compat::{self, AsBytes, FromBytes},
+        debugfs,
+        miscdevice::{MiscDevice, Registration},
+    },
     sync::Mutex,
-    types::{AsBytes, FromBytes},
-    uaccess::{UserSlice, UserSliceWriter},
+    uaccess::UserSliceWriter,
 };
 
 // Shared with user space, which uses items the kernel side does not.
@@ -26,12 +29,11 @@ mod uapi {
 }
 use uapi::*;
 
-module! {
+kernel::rig_module! {
     type: ImporterModule,
     name: "dmabuf_test_importer",
-    author: "heaprig",
     description: "dma-buf test importer",
-    license: "GPL",
+    imports_ns: ["DMA_BUF"],
 }
 
 /// A vmap kept alive across calls (and past the close of its fd), by handle.
@@ -39,7 +41,9 @@ module! {
 enum Held {
     Vmap(Vmapped),
     /// Kept for its `Drop` (unmap and detach, then unregister).
-    Attachment { _hold: AttachHold },
+    Attachment {
+        _hold: AttachHold,
+    },
 }
 
 /// An attachment mapped for the importer's device, registered in `Importer::attached` from
@@ -57,10 +61,7 @@ impl Drop for AttachHold {
         drop(self.mapped.take());
         let mut attached = self.imp.attached.lock();
         if let Some(i) = attached.iter().position(|&id| id == self.id) {
-            let last = attached.len() - 1;
-            attached.swap(i, last);
-            // SAFETY: shrinking by one over a `usize`, which needs no drop.
-            unsafe { attached.set_len(last) };
+            compat::kvec_swap_remove(&mut attached, i);
         }
     }
 }
@@ -171,7 +172,9 @@ impl Importer {
                 ..*args
             };
             args.checksum = checksum_and_fill(&bytes, FNV_OFFSET, &read_only);
-            bytes.prefix(bytes.len().saturating_sub(1)).fill(args.fill as u8);
+            bytes
+                .prefix(bytes.len().saturating_sub(1))
+                .fill(args.fill as u8);
         } else {
             args.checksum = checksum_and_fill(&bytes, FNV_OFFSET, args);
         }
@@ -366,7 +369,7 @@ impl MiscDevice for Importer {
             return Err(ENOTTY);
         }
         let size = core::mem::size_of::<ImporterArgs>();
-        let (mut r, mut w) = UserSlice::new(arg, size).reader_writer();
+        let (mut r, mut w) = compat::user_slice(arg, size).reader_writer();
         let mut args: ImporterArgs = r.read()?;
         validate(&args)?;
         let imp: &'static Importer = reg.data();
@@ -398,12 +401,18 @@ impl MiscDevice for Importer {
     }
 }
 
-struct ImporterModule;
+/// The module's state: dropping it (the module's exit) removes the debugfs knobs, then the
+/// device. No file of the device is open by then: open files keep the module loaded.
+struct ImporterModule {
+    _files: Option<debugfs::Dir>,
+    _reg: Pin<KBox<Registration<Importer>>>,
+}
 
 impl kernel::Module for ImporterModule {
-    fn init(_module: &'static ThisModule) -> Result<Self> {
+    fn init(module: &'static ThisModule) -> Result<Self> {
         let reg = Registration::register(
             c_str!("dmabuf_test_importer"),
+            module,
             try_pin_init!(Importer {
                 order <- new_mutex!((), "Importer::order"),
                 attached <- new_mutex!(KVec::new(), "Importer::attached"),
@@ -412,12 +421,17 @@ impl kernel::Module for ImporterModule {
         )?;
         reg.set_dma_params()?;
         // debugfs is optional: without it the fault knobs stay off.
-        let files = debugfs::Dir::new(c_str!("dmabuf_test_importer"))
-            .and_then(|dir| dir.file(c_str!("faults"), 0o600, &FAULT));
-        if let Err(e) = files {
-            pr_warn!("no debugfs fault knobs ({:?})\n", e);
-        }
+        let files = debugfs::Dir::new(c_str!("dmabuf_test_importer")).and_then(|dir| {
+            dir.file(c_str!("faults"), 0o600, &FAULT)?;
+            Ok(dir)
+        });
+        let files = files
+            .inspect_err(|e| pr_warn!("no debugfs fault knobs ({:?})\n", e))
+            .ok();
         pr_info!("registered /dev/dmabuf_test_importer\n");
-        Ok(Self)
+        Ok(Self {
+            _files: files,
+            _reg: reg,
+        })
     }
 }

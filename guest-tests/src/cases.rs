@@ -15,6 +15,7 @@ mod detectors;
 mod faults;
 mod heap;
 mod importer;
+mod modules;
 
 /// Shorthand for table rows.
 const fn case(name: &'static str, body: Body) -> Case {
@@ -101,6 +102,14 @@ pub const CASES: &[Case] = &[
     case(
         "rust_heap_huge_alloc",
         Body::OnHeap("rust_system", heap::rust_heap_huge_alloc),
+    ),
+    case(
+        "module_heap_pinned",
+        Body::OnHeap("rust_system", modules::heap_module_pinned),
+    ),
+    case(
+        "module_importer_unload_reload",
+        Body::Global(modules::importer_module_unload_reload),
     ),
     case(
         "rust_heap_stats",

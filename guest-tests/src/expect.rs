@@ -12,6 +12,7 @@ use crate::uapi::importer::IMPORTER_DEV;
 use crate::uapi::{heap_stats, Importer};
 
 static BUILT_WITH: OnceLock<BTreeSet<String>> = OnceLock::new();
+static MODULES: OnceLock<BTreeSet<String>> = OnceLock::new();
 
 /// The options a `.config` sets to `y` or `m`.
 pub fn parse_config(text: &str) -> BTreeSet<String> {
@@ -22,9 +23,25 @@ pub fn parse_config(text: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// Records the kernel's options for this process and the test children it forks.
-pub fn set(options: BTreeSet<String>) {
-    let _ = BUILT_WITH.set(options);
+/// The options a `.config` builds as modules (`m`).
+pub fn parse_modules(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter_map(|l| l.trim().split_once('='))
+        .filter(|(k, v)| k.starts_with("CONFIG_") && *v == "m")
+        .map(|(k, _)| k.to_string())
+        .collect()
+}
+
+/// Records the kernel's options (from its `.config`) for this process and the test children
+/// it forks.
+pub fn set_config(text: &str) {
+    let _ = BUILT_WITH.set(parse_config(text));
+    let _ = MODULES.set(parse_modules(text));
+}
+
+/// Whether the kernel builds `option` as a loadable module.
+pub fn built_as_module(option: &str) -> bool {
+    MODULES.get().is_some_and(|o| o.contains(option))
 }
 
 /// Whether the kernel was built with `option` (`y` or `m`); false when no config was given.
@@ -136,6 +153,8 @@ mod tests {
             c.into_iter().collect::<Vec<_>>(),
             ["CONFIG_DEBUG_KMEMLEAK", "CONFIG_LKDTM"]
         );
+        let m = parse_modules("CONFIG_A=y\nCONFIG_B=m\n# CONFIG_C is not set\n");
+        assert_eq!(m.into_iter().collect::<Vec<_>>(), ["CONFIG_B"]);
     }
 
     #[test]

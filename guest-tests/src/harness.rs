@@ -111,6 +111,7 @@ pub fn errno_name(err: &std::io::Error) -> String {
         Some(libc::EACCES) => "EACCES",
         Some(libc::ENODEV) => "ENODEV",
         Some(libc::EBUSY) => "EBUSY",
+        Some(libc::EAGAIN) => "EAGAIN",
         Some(libc::EINTR) => "EINTR",
         Some(libc::ENOENT) => "ENOENT",
         Some(libc::EOVERFLOW) => "EOVERFLOW",

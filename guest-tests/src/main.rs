@@ -118,7 +118,7 @@ fn parse_run(args: &[String]) -> Result<Run, String> {
     if let Some(path) = &a.kernel_config {
         let text =
             std::fs::read_to_string(path).map_err(|e| format!("--kernel-config {path}: {e}"))?;
-        guest_tests::expect::set(guest_tests::expect::parse_config(&text));
+        guest_tests::expect::set_config(&text);
     }
     let mut fuzz = fuzz::Config::from_time(Duration::from_secs(
         a.fuzz_seconds.unwrap_or(SUITE_FUZZ_SECONDS),

@@ -563,3 +563,56 @@ mod tests {
         assert_eq!(checksum(b"a"), 0xaf63_dc4c_8601_ec8c);
     }
 }
+
+/// Loadable kernel modules: load, unload and reference counts (`init_module(2)`,
+/// `delete_module(2)`, `/sys/module/<name>/refcnt`).
+pub mod module {
+    use std::ffi::CString;
+    use std::fs::File;
+    use std::io;
+    use std::os::fd::AsRawFd;
+    use std::path::{Path, PathBuf};
+
+    /// Where the rig says it loaded each module from (`HEAPRIG_MODULES`, `:`-separated).
+    pub const MODULES_ENV: &str = "HEAPRIG_MODULES";
+
+    /// The `.ko` the rig loaded for module `name`, if it loaded one.
+    pub fn loaded_from(name: &str) -> Option<PathBuf> {
+        std::env::var(MODULES_ENV).ok().and_then(|v| {
+            v.split(':')
+                .map(PathBuf::from)
+                .find(|p| p.file_stem().is_some_and(|s| s == name))
+        })
+    }
+
+    /// `finit_module` of a `.ko` file, without parameters.
+    pub fn load(path: &Path) -> io::Result<()> {
+        let f = File::open(path)?;
+        let params = c"";
+        // SAFETY: `f` is an open file and `params` a valid C string for the call.
+        let r = unsafe { libc::syscall(libc::SYS_finit_module, f.as_raw_fd(), params.as_ptr(), 0) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// `delete_module(name, O_NONBLOCK)`: fails at once (`EAGAIN`) while the module is in
+    /// use, as `rmmod` does.
+    pub fn unload(name: &str) -> io::Result<()> {
+        let name = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: `name` is a valid C string for the call.
+        let r = unsafe { libc::syscall(libc::SYS_delete_module, name.as_ptr(), libc::O_NONBLOCK) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// The module's reference count, `None` when it is not loaded.
+    pub fn refcnt(name: &str) -> Option<u64> {
+        std::fs::read_to_string(format!("/sys/module/{name}/refcnt"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    }
+}

@@ -61,6 +61,13 @@ pub trait Exporter: Sized + Send + Sync + 'static {
 }
 
 /// A page-backed buffer exported as a dma-buf.
+///
+/// # Invariants
+///
+/// - `len` is non-zero and equals the total size of `chunks`, which this object owns.
+/// - `mapped` is the number of attachments in `state` whose table is currently DMA-mapped.
+/// - Once `exported` is set, the dma-buf core owns this object (through the dma-buf's
+///   `priv`) and frees it in `release`; before that the exporting function does.
 pub struct PageBuffer<T: Exporter> {
     chunks: KVVec<Pages>,
     len: usize,
@@ -258,10 +265,7 @@ impl<T: Exporter> PageBuffer<T> {
         let mut state = self.state.lock();
         let list = &mut state.attachments;
         if let Some(i) = list.iter().position(|&a| a == rec) {
-            let last = list.len() - 1;
-            list.swap(i, last);
-            // SAFETY: shrinking by one drops nothing (raw pointers) and keeps the rest valid.
-            unsafe { list.set_len(last) };
+            compat::kvec_swap_remove(list, i);
         }
         drop(state);
         // SAFETY: `rec` was created by `attach` via `KBox::into_raw` and is no longer listed.
@@ -352,12 +356,14 @@ impl Vma {
 /// A newly exported dma-buf, to be handed back to the dma-buf heap core.
 pub struct Exported(pub(crate) NonNull<bindings::dma_buf>);
 
-/// Exports `chunks` (covering `len` bytes) with policy `data` as a dma-buf named `name`.
+/// Exports `chunks` (covering `len` bytes) with policy `data` as a dma-buf named `name`,
+/// owned by `owner`: the buffer keeps that module loaded until it is released.
 ///
 /// `len` must equal the chunks' total size (and not be zero), or this fails with `EINVAL`:
 /// importers read `len` bytes of every mapping.
 pub fn export<T: Exporter>(
     name: &'static CStr,
+    owner: &'static ThisModule,
     chunks: KVVec<Pages>,
     len: usize,
     fd_flags: u32,
@@ -391,9 +397,10 @@ pub fn export<T: Exporter>(
     )?;
     let raw = KBox::into_raw(buf);
     // SAFETY: an all-zero `dma_buf_export_info` is valid; the fields that matter are set below
-    // (this is what DEFINE_DMA_BUF_EXPORT_INFO does, with no owning module when built in).
+    // (this is what DEFINE_DMA_BUF_EXPORT_INFO does).
     let mut info: bindings::dma_buf_export_info = unsafe { core::mem::zeroed() };
-    info.exp_name = name.as_char_ptr();
+    info.owner = owner.as_ptr();
+    info.exp_name = compat::c_str_ptr(name);
     info.ops = OpsTable::<T>::build();
     info.size = len;
     info.flags = fd_flags as _;
@@ -423,7 +430,6 @@ struct OpsTable<T: Exporter>(PhantomData<T>);
 
 impl<T: Exporter> OpsTable<T> {
     const OPS: bindings::dma_buf_ops = bindings::dma_buf_ops {
-        cache_sgt_mapping: false,
         attach: Some(Self::attach),
         detach: Some(Self::detach),
         pin: None,
@@ -436,6 +442,10 @@ impl<T: Exporter> OpsTable<T> {
         mmap: Some(Self::mmap),
         vmap: Some(Self::vmap),
         vunmap: Some(Self::vunmap),
+        // Whatever else a kernel's `dma_buf_ops` has is off (6.12's `cache_sgt_mapping`,
+        // gone in 7.x; the rarely used callbacks above are listed for the reader).
+        // SAFETY: all-zero is a valid `dma_buf_ops`: `None` callbacks and `false` flags.
+        ..unsafe { core::mem::zeroed() }
     };
 
     const fn build() -> &'static bindings::dma_buf_ops {
@@ -625,4 +635,3 @@ impl<T: Exporter> OpsTable<T> {
         }
     }
 }
-

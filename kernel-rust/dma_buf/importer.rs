@@ -4,6 +4,7 @@
 //! attachments with their mapped scatter-gather tables, each undone on drop.
 
 use super::*;
+use core::cell::Cell;
 
 /// A reference to a dma-buf from any exporter (importer side), dropped with `dma_buf_put`.
 ///
@@ -75,13 +76,83 @@ impl DmaBufRef {
 
     /// `dma_buf_attach` for `dev`.
     pub fn attach<'a>(&'a self, dev: &'a crate::device::Device) -> Result<Attachment<'a>> {
-        // SAFETY: the buffer is alive and `dev` is a valid device.
-        let a = unsafe { bindings::dma_buf_attach(self.as_ptr(), dev.as_raw()) };
-        let a = crate::error::from_err_ptr(a)?;
         Ok(Attachment {
-            buf: self,
-            att: NonNull::new(a).ok_or(EINVAL)?,
+            raw: RawAttachment::new(self, dev)?,
+            _buf: PhantomData,
         })
+    }
+}
+
+/// What every attachment owns: the attachment, a reference to its device, and its mapping
+/// while it has one. Leaking it (`mem::forget` is safe) leaks, but never leaves a freed
+/// device in the buffer's attachment list (the device reference goes with it) nor frees a
+/// table that is still DMA-mapped (dropping the attachment unmaps first).
+///
+/// # Invariants
+///
+/// `att` was returned by `dma_buf_attach` for `buf`, which outlives it (a reference the
+/// owner holds); `dev` is the attachment's device, with one reference owned by this object;
+/// `mapped` is the table `att` is mapped to, and its direction, if it is mapped.
+struct RawAttachment {
+    buf: NonNull<bindings::dma_buf>,
+    att: NonNull<bindings::dma_buf_attachment>,
+    dev: NonNull<bindings::device>,
+    mapped: Cell<Option<(NonNull<bindings::sg_table>, DataDirection)>>,
+}
+
+impl RawAttachment {
+    fn new(buf: &DmaBufRef, dev: &crate::device::Device) -> Result<Self> {
+        // SAFETY: the buffer is alive and `dev` is a valid device.
+        let a = unsafe { bindings::dma_buf_attach(buf.as_ptr(), dev.as_raw()) };
+        let att = NonNull::new(crate::error::from_err_ptr(a)?).ok_or(EINVAL)?;
+        // SAFETY: `dev` is valid; the reference taken is dropped in `drop`.
+        let dev = unsafe { bindings::get_device(dev.as_raw()) };
+        // INVARIANT: attached above, one device reference taken, not mapped.
+        Ok(Self {
+            buf: buf.buf,
+            att,
+            dev: NonNull::new(dev).ok_or(EINVAL)?,
+            mapped: Cell::new(None),
+        })
+    }
+
+    /// `dma_buf_map_attachment_unlocked`; the caller keeps one mapping at a time.
+    fn map(&self, dir: DataDirection) -> Result<NonNull<bindings::sg_table>> {
+        if self.mapped.get().is_some() {
+            return Err(EBUSY);
+        }
+        // SAFETY: `att` is a live attachment (type invariant).
+        let t =
+            unsafe { bindings::dma_buf_map_attachment_unlocked(self.att.as_ptr(), dir.as_raw()) };
+        let t = NonNull::new(crate::error::from_err_ptr(t)?).ok_or(EINVAL)?;
+        self.mapped.set(Some((t, dir)));
+        Ok(t)
+    }
+
+    /// Undoes [`RawAttachment::map`], if mapped.
+    fn unmap(&self) {
+        if let Some((table, dir)) = self.mapped.take() {
+            // SAFETY: `table` came from mapping this attachment with `dir` (type invariant).
+            unsafe {
+                bindings::dma_buf_unmap_attachment_unlocked(
+                    self.att.as_ptr(),
+                    table.as_ptr(),
+                    dir.as_raw(),
+                )
+            };
+        }
+    }
+}
+
+impl Drop for RawAttachment {
+    fn drop(&mut self) {
+        self.unmap();
+        // SAFETY: `att` came from `dma_buf_attach` on `buf`, alive (type invariant), and is
+        // detached once; then the device reference `new` took is dropped.
+        unsafe {
+            bindings::dma_buf_detach(self.buf.as_ptr(), self.att.as_ptr());
+            bindings::put_device(self.dev.as_ptr());
+        }
     }
 }
 
@@ -134,12 +205,11 @@ impl Drop for Vmapped {
 ///
 /// # Invariants
 ///
-/// `att` is an attachment of `buf` for a `'static` device, and `table` its mapping for `dir`.
+/// `raw` is an attachment of `buf`, mapped.
 pub struct MappedAttachment {
-    buf: DmaBufRef,
-    att: NonNull<bindings::dma_buf_attachment>,
-    table: NonNull<bindings::sg_table>,
-    dir: DataDirection,
+    // Declared first: dropped (unmapped, detached) before the buffer reference.
+    _raw: RawAttachment,
+    _buf: DmaBufRef,
 }
 
 // SAFETY: attaching, mapping and their undoing may happen on any thread; the pointers are
@@ -152,84 +222,45 @@ impl DmaBufRef {
     /// Attaches `buf` to `dev` and maps it for `dir`, keeping both until the result drops.
     pub fn attach_mapped(
         self,
-        dev: &'static crate::device::Device,
+        dev: &crate::device::Device,
         dir: DataDirection,
     ) -> Result<MappedAttachment> {
-        // SAFETY: the buffer is alive and `dev` is a valid device that outlives the attachment.
-        let a = crate::error::from_err_ptr(unsafe {
-            bindings::dma_buf_attach(self.as_ptr(), dev.as_raw())
-        })?;
-        let att = NonNull::new(a).ok_or(EINVAL)?;
-        // SAFETY: `att` was just attached to this buffer.
-        let t = unsafe { bindings::dma_buf_map_attachment_unlocked(att.as_ptr(), dir.as_raw()) };
-        match crate::error::from_err_ptr(t).and_then(|t| NonNull::new(t).ok_or(EINVAL)) {
-            // INVARIANT: attached above, mapped for `dir` here.
-            Ok(table) => Ok(MappedAttachment {
-                buf: self,
-                att,
-                table,
-                dir,
-            }),
-            Err(e) => {
-                // SAFETY: `att` is our attachment and was not mapped.
-                unsafe { bindings::dma_buf_detach(self.as_ptr(), att.as_ptr()) };
-                Err(e)
-            }
-        }
+        // On failure `raw` drops: detached, device reference dropped.
+        let raw = RawAttachment::new(&self, dev)?;
+        raw.map(dir)?;
+        Ok(MappedAttachment {
+            _raw: raw,
+            _buf: self,
+        })
     }
 }
 
-impl Drop for MappedAttachment {
-    fn drop(&mut self) {
-        // SAFETY: unmapping and detaching exactly what `attach_mapped` did (type invariant).
-        unsafe {
-            bindings::dma_buf_unmap_attachment_unlocked(
-                self.att.as_ptr(),
-                self.table.as_ptr(),
-                self.dir.as_raw(),
-            );
-            bindings::dma_buf_detach(self.buf.as_ptr(), self.att.as_ptr());
-        }
-    }
-}
-
-/// An importer's attachment, detached on drop.
-///
-/// # Invariants
-///
-/// `att` was returned by `dma_buf_attach` for `buf`.
+/// An importer's attachment, detached on drop (unmapped first if a [`Mapping`] of it was
+/// leaked).
 pub struct Attachment<'a> {
-    buf: &'a DmaBufRef,
-    att: NonNull<bindings::dma_buf_attachment>,
+    raw: RawAttachment,
+    _buf: PhantomData<&'a DmaBufRef>,
 }
 
 impl Attachment<'_> {
     /// `dma_buf_map_attachment_unlocked`; `&mut` so one attachment has one mapping at a time.
     pub fn map(&mut self, dir: DataDirection) -> Result<Mapping<'_>> {
-        // SAFETY: `att` is a live attachment (type invariant).
-        let t =
-            unsafe { bindings::dma_buf_map_attachment_unlocked(self.att.as_ptr(), dir.as_raw()) };
-        let t = crate::error::from_err_ptr(t)?;
+        let table = self.raw.map(dir)?;
         Ok(Mapping {
-            att: self,
-            table: NonNull::new(t).ok_or(EINVAL)?,
-            dir,
+            att: &self.raw,
+            table,
         })
     }
 }
 
-impl Drop for Attachment<'_> {
-    fn drop(&mut self) {
-        // SAFETY: `att` came from `dma_buf_attach` on this buffer and is detached once.
-        unsafe { bindings::dma_buf_detach(self.buf.as_ptr(), self.att.as_ptr()) };
-    }
-}
-
 /// A mapped attachment, unmapped on drop.
+///
+/// # Invariants
+///
+/// `table` is `att`'s current mapping.
 pub struct Mapping<'a> {
-    att: &'a Attachment<'a>,
+    att: &'a RawAttachment,
     table: NonNull<bindings::sg_table>,
-    dir: DataDirection,
 }
 
 impl Mapping<'_> {
@@ -291,14 +322,6 @@ impl Mapping<'_> {
 
 impl Drop for Mapping<'_> {
     fn drop(&mut self) {
-        // SAFETY: `table` came from mapping this attachment with `dir`.
-        unsafe {
-            bindings::dma_buf_unmap_attachment_unlocked(
-                self.att.att.as_ptr(),
-                self.table.as_ptr(),
-                self.dir.as_raw(),
-            )
-        };
+        self.att.unmap();
     }
 }
-

@@ -27,6 +27,7 @@ use crate::{
     bindings,
     error::{code::*, from_result, to_result, Result},
     prelude::*,
+    rig::compat,
     str::CStr,
     sync::Mutex,
 };
@@ -46,9 +47,9 @@ pub enum DataDirection {
 impl DataDirection {
     fn from_raw(dir: bindings::dma_data_direction) -> Result<Self> {
         match dir {
-            bindings::dma_data_direction_DMA_BIDIRECTIONAL => Ok(Self::Bidirectional),
-            bindings::dma_data_direction_DMA_TO_DEVICE => Ok(Self::ToDevice),
-            bindings::dma_data_direction_DMA_FROM_DEVICE => Ok(Self::FromDevice),
+            compat::DMA_BIDIRECTIONAL => Ok(Self::Bidirectional),
+            compat::DMA_TO_DEVICE => Ok(Self::ToDevice),
+            compat::DMA_FROM_DEVICE => Ok(Self::FromDevice),
             _ => Err(EINVAL),
         }
     }
@@ -56,9 +57,9 @@ impl DataDirection {
     /// The C value.
     pub fn as_raw(self) -> bindings::dma_data_direction {
         match self {
-            Self::Bidirectional => bindings::dma_data_direction_DMA_BIDIRECTIONAL,
-            Self::ToDevice => bindings::dma_data_direction_DMA_TO_DEVICE,
-            Self::FromDevice => bindings::dma_data_direction_DMA_FROM_DEVICE,
+            Self::Bidirectional => compat::DMA_BIDIRECTIONAL,
+            Self::ToDevice => compat::DMA_TO_DEVICE,
+            Self::FromDevice => compat::DMA_FROM_DEVICE,
         }
     }
 }
@@ -259,4 +260,3 @@ impl Bytes<'_> {
         }
     }
 }
-

@@ -15,6 +15,7 @@ use crate::plan::{
     TestPlan, Triage, VmPlan,
 };
 use crate::stages::kernel::Profile;
+use crate::stages::series::Series;
 use crate::stages::vm::{parse_memory, AccelChoice};
 use crate::triage::known::KnownIssues;
 
@@ -288,6 +289,7 @@ impl KernelArgs {
     pub fn plan(&self, default: Profile) -> KernelPlan {
         KernelPlan {
             profile: self.profile_or(default),
+            series: self.kernel.unwrap_or(Series::DEFAULT),
             src: self.kernel_src.clone(),
             tree_id: self.tree_id.clone(),
         }
@@ -474,7 +476,12 @@ pub struct KernelArgs {
     /// perf for `bench`.
     #[arg(long, value_enum)]
     pub profile: Option<Profile>,
-    /// A Linux tree to test instead of Debian's 6.12 source; never written to.
+    /// Kernel series, built from Debian's source package: 6.12 (LTS, the default; heap and
+    /// importer built in) or 7.3 (heap and importer as loadable modules).
+    #[arg(long, value_enum, conflicts_with = "kernel_src")]
+    pub kernel: Option<Series>,
+    /// A Linux tree to test instead of a Debian source; never written to. Its Makefile's
+    /// version picks the kernel support (patches, config, toolchain).
     #[arg(long, value_name = "DIR")]
     pub kernel_src: Option<PathBuf>,
     /// Cache identity of a rig scratch tree (set by `validate` and `bisect`): steps share
@@ -508,6 +515,9 @@ impl VmArgs {
         let mut v = Vec::new();
         if let Some(p) = self.kernel.profile {
             v.extend(["--profile".into(), p.name().into()]);
+        }
+        if let Some(s) = self.kernel.kernel {
+            v.extend(["--kernel".into(), s.name().into()]);
         }
         if let Some(src) = &self.kernel.kernel_src {
             v.extend(["--kernel-src".into(), src.display().to_string()]);

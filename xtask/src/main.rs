@@ -56,7 +56,9 @@ fn main() -> ExitCode {
         }
     };
     let result = env::Env::new().and_then(|env| match flags.cmd {
-        Cmd::Setup => setup::ensure(&env, false).map(|()| ExitCode::SUCCESS),
+        Cmd::Setup => setup::ensure(&env, false)
+            .and_then(|()| setup::fetch_sources(&env))
+            .map(|()| ExitCode::SUCCESS),
         Cmd::Doctor => setup::doctor(&env).map(|ok| {
             if ok {
                 ExitCode::SUCCESS

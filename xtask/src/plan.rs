@@ -8,6 +8,7 @@ use std::time::Duration;
 use heaprig_protocol::shard::Shard;
 
 use crate::stages::kernel::Profile;
+use crate::stages::series::Series;
 use crate::stages::vm::AccelChoice;
 use crate::triage::known::KnownIssues;
 
@@ -15,7 +16,10 @@ use crate::triage::known::KnownIssues;
 #[derive(Debug, Clone, PartialEq)]
 pub struct KernelPlan {
     pub profile: Profile,
-    /// A Linux tree to test (never written to); Debian's 6.12 source when None.
+    /// Which Debian kernel source to build when `src` is None (a tree's own version picks
+    /// its kernel support).
+    pub series: Series,
+    /// A Linux tree to test (never written to); Debian's source of `series` when None.
     pub src: Option<PathBuf>,
     /// Cache identity of a rig scratch tree (validate, bisect): its steps share one private
     /// copy and build dir.

@@ -14,12 +14,12 @@ use crate::uapi::{Access, DmaBuf, Heap};
 
 use super::MIB;
 
-const LEN: u64 = MIB + 8 * 4096;
+pub(super) const LEN: u64 = MIB + 8 * 4096;
 
 use crate::expect::importer;
 
 /// A buffer filled from user space with a pattern; returns it and the pattern's checksum.
-fn patterned(heap: &Heap, seed: u8) -> Result<(DmaBuf, u64), Stop> {
+pub(super) fn patterned(heap: &Heap, seed: u8) -> Result<(DmaBuf, u64), Stop> {
     let buf = heap.alloc(LEN).context("alloc")?;
     let mut map = buf.mmap(0, LEN as usize).context("mmap")?;
     buf.sync_start(Access::Write).context("SYNC START")?;

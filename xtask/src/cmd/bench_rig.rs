@@ -167,7 +167,8 @@ pub fn run(env: &Env, a: &BenchArgs) -> Result<ExitCode> {
         Some(p) => vec![p],
         None => vec![Profile::Debug, Profile::Perf],
     };
-    let src = kernel::prepare_source(env, a.vm.kernel.kernel_src.as_deref(), None)?;
+    let k = a.vm.kernel.plan(Profile::Debug);
+    let src = kernel::prepare_source(env, k.series, k.src.as_deref(), None)?;
     let mut rows = Vec::new();
     for p in profiles {
         let scratch_root = env.cache.join("build");

@@ -225,8 +225,9 @@ pub fn execute(
         run: plan.suite.run_timeout,
     };
     println!(
-        "run: {} test(s) on the {} kernel under {:?}",
+        "run: {} test(s) on the Linux {} {} kernel under {:?}",
         selected.len(),
+        p.built.series,
         plan.kernel.profile.name(),
         p.accel
     );
@@ -261,7 +262,11 @@ pub fn execute(
     let mismatches = match &plan.snapshots {
         _ if result.boot_failed => vec![],
         Snapshots::Compare { accept } => {
-            check_snapshots(&result, plan.kernel.profile.name(), *accept)
+            let variant = heaprig::Variant {
+                kernel: p.built.series.name(),
+                profile: plan.kernel.profile.name(),
+            };
+            check_snapshots(&result, variant, *accept)
         }
         Snapshots::Skip(SkipWhy::HeapSubset) => {
             println!(
@@ -359,19 +364,34 @@ pub fn analyse(run_dir: &Path, selected: &[String], ending: &Ending) -> Result<R
     Ok(combine(&k, &splats, selected, ending))
 }
 
-fn check_snapshots(r: &RunResult, profile: &str, accept: bool) -> Vec<String> {
+fn check_snapshots(r: &RunResult, variant: heaprig::Variant<'_>, accept: bool) -> Vec<String> {
     if accept {
         // Read by insta when it decides whether to write .snap files.
         std::env::set_var("INSTA_UPDATE", "always");
     }
-    r.tests
+    let mismatches = r
+        .tests
         .iter()
         .filter(|t| snapshotted(t))
         .filter(|t| {
-            heaprig::check(&t.name, profile, &t.snapshot()) == heaprig::SnapshotMatch::Mismatch
+            heaprig::check(&t.name, variant, accept, &t.snapshot())
+                == heaprig::SnapshotMatch::Mismatch
         })
         .map(|t| t.name.clone())
-        .collect()
+        .collect();
+    if accept {
+        for t in r.tests.iter().filter(|t| snapshotted(t)) {
+            match heaprig::prune(variant, &t.name) {
+                Ok(true) => println!(
+                    "snapshots: {} is the same on {}/{} as below it; no override kept",
+                    t.name, variant.kernel, variant.profile
+                ),
+                Ok(false) => {}
+                Err(e) => eprintln!("snapshots: could not prune {}'s override: {e}", t.name),
+            }
+        }
+    }
+    mismatches
 }
 
 /// A failure is reported as such (comparing it would only repeat it); a pass and a SKIP are

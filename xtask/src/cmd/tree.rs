@@ -18,6 +18,7 @@ use crate::cmd::test;
 use crate::parse::results::RunResult;
 use crate::plan::{TestPlan, VmPlan};
 use crate::stages::kernel;
+use crate::stages::series::Series;
 use crate::stages::{self, StageError, Times};
 
 /// A commit as reports show it: its first 12 hex digits (all of a shorter name).
@@ -297,7 +298,10 @@ pub fn result_key(
         commit.to_string(),
         profile.name().to_string(),
         rig_version(env),
-        kernel::config_identity(env, profile).unwrap_or_default(),
+        // The commit's own version picks the series; every series' identity is covered.
+        Series::ALL
+            .map(|s| kernel::config_identity(env, profile, s).unwrap_or_default())
+            .concat(),
         accel,
         format!("{} {} {}", vm.memory, vm.cpus, vm.boot_timeout.as_secs()),
         what.to_string(),

@@ -21,6 +21,7 @@ use crate::plan::{BenchPlan, KernelPlan, TestPlan};
 use crate::report::compare::{self, Diff};
 use crate::report::fmt_duration;
 use crate::stages::kernel::Profile;
+use crate::stages::series::Series;
 use crate::stages::vm::Ending;
 
 /// What the user passed as PATCH.
@@ -552,6 +553,8 @@ fn bench_both(
         kcidb: None,
         kernel: KernelPlan {
             profile: Profile::Perf,
+            // The scratch tree's own version picks its kernel support.
+            series: Series::DEFAULT,
             src: Some(scratch.path().to_path_buf()),
             tree_id: Some(scratch.tree_id.clone()),
         },

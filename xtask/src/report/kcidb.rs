@@ -72,10 +72,10 @@ impl Provenance {
             patchset_hash: None,
             profile: kernel.profile.name().to_string(),
             arch: "x86_64".into(),
-            fragments: crate::stages::kernel::fragment_names(kernel.profile),
+            fragments: crate::stages::kernel::fragment_names(kernel.profile, p.built.series),
             compiler: format!(
                 "{} + {}",
-                first("clang"),
+                first(&p.built.series.toolchain()[0]),
                 first(crate::stages::kernel::KERNEL_RUSTC)
             ),
             build_seconds: times.get("build").unwrap_or(0.0),

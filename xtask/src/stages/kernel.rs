@@ -18,9 +18,8 @@ use xshell::cmd;
 use crate::env::Env;
 use crate::report::fmt_duration;
 use crate::stages::kconfig::{describe_missing, Kconfig};
+use crate::stages::series::{self, Series};
 
-const DEBIAN_TARBALL: &str = "/usr/src/linux-source-6.12.tar.xz";
-const DEBIAN_PACKAGE: &str = "linux-source-6.12";
 /// The rustc the kernel accepts (rustc-web); the rustup one on PATH has no rust-src.
 pub const KERNEL_RUSTC: &str = "/usr/bin/rustc";
 /// Bumped when the way the rig configures or builds changes, so old caches are not reused.
@@ -48,6 +47,8 @@ impl Profile {
 pub struct Source {
     /// Short, path-safe name for cache directories.
     pub id: String,
+    /// The kernel support (patches, fragment, toolchain) the tree is built with.
+    pub series: Series,
     /// What the tree is, for the cache key (tarball version, or git commit + diff hash).
     pub identity: String,
     pub dir: PathBuf,
@@ -55,6 +56,8 @@ pub struct Source {
 
 pub struct Built {
     pub bzimage: PathBuf,
+    /// The kernel support it was built with.
+    pub series: Series,
     /// The private source tree it was built from.
     pub source: PathBuf,
     pub build_dir: PathBuf,
@@ -63,9 +66,9 @@ pub struct Built {
 }
 
 /// heaprig's own kernel sources, kept in the project so they are read, reviewed and edited
-/// like any other code, and copied into the private tree: (project path, tree path).
+/// like any other code, and copied into the private tree: (project path, tree path). One
+/// file differs by series: [`COMPAT`].
 pub const OVERLAY: &[(&str, &str)] = &[
-    ("kernel-rust/debugfs.rs", "rust/kernel/debugfs.rs"),
     ("kernel-rust/dma_buf/mod.rs", "rust/kernel/dma_buf/mod.rs"),
     (
         "kernel-rust/dma_buf/exporter.rs",
@@ -76,7 +79,12 @@ pub const OVERLAY: &[(&str, &str)] = &[
         "rust/kernel/dma_buf/importer.rs",
     ),
     ("kernel-rust/dma_heap.rs", "rust/kernel/dma_heap.rs"),
-    ("kernel-rust/miscdevice.rs", "rust/kernel/miscdevice.rs"),
+    ("kernel-rust/rig.rs", "rust/kernel/rig.rs"),
+    ("kernel-rust/rig/debugfs.rs", "rust/kernel/rig/debugfs.rs"),
+    (
+        "kernel-rust/rig/miscdevice.rs",
+        "rust/kernel/rig/miscdevice.rs",
+    ),
     (
         "heap/rust_system_heap.rs",
         "drivers/dma-buf/heaps/rust_system_heap.rs",
@@ -91,8 +99,26 @@ pub const OVERLAY: &[(&str, &str)] = &[
     ),
 ];
 
-fn overlay_sources(env: &Env) -> Vec<PathBuf> {
+/// Where a series' compat module goes; the project keeps one per series
+/// (`kernel-rust/compat/linux-<series>.rs`), with the same items.
+const COMPAT: &str = "rust/kernel/rig/compat.rs";
+
+/// The overlay of a series: [`OVERLAY`] and its compat module.
+fn overlay(series: Series) -> Vec<(String, &'static str)> {
     OVERLAY
+        .iter()
+        .map(|(from, to)| (from.to_string(), *to))
+        .chain([(format!("kernel-rust/compat/linux-{series}.rs"), COMPAT)])
+        .collect()
+}
+
+/// Every tree path the overlay writes (the same for every series).
+pub fn overlay_targets() -> impl Iterator<Item = &'static str> {
+    OVERLAY.iter().map(|(_, to)| *to).chain([COMPAT])
+}
+
+fn overlay_sources(env: &Env, series: Series) -> Vec<PathBuf> {
+    overlay(series)
         .iter()
         .map(|(from, _)| env.root.join(from))
         .collect()
@@ -105,21 +131,17 @@ const KERNEL_CRATE_ROOT: &str = "rust/kernel/lib.rs";
 /// module that became a directory) extracts a clean tree instead of leaving the old file
 /// beside the new one. A user's tree is synced with `--delete`, which removes it there.
 fn overlay_layout() -> String {
-    OVERLAY
-        .iter()
-        .map(|(_, to)| *to)
-        .collect::<Vec<_>>()
-        .join(" ")
+    overlay_targets().collect::<Vec<_>>().join(" ")
 }
 
 /// Copies the overlay into `dir`, rewriting only files whose content changed so make's
 /// timestamps stay meaningful.
-fn apply_overlay(env: &Env, dir: &Path) -> Result<()> {
+fn apply_overlay(env: &Env, dir: &Path, series: Series) -> Result<()> {
     // A new file is invisible to rustc's dependency list of the crate it joins (make only
     // checks the files the crate's last build read): rebuild that crate.
     let mut created = false;
-    for (from, to) in OVERLAY {
-        let data = fs::read(env.root.join(from)).with_context(|| format!("reading {from}"))?;
+    for (from, to) in overlay(series) {
+        let data = fs::read(env.root.join(&from)).with_context(|| format!("reading {from}"))?;
         let dst = dir.join(to);
         let now = fs::read(&dst).ok();
         if now.as_deref() != Some(data.as_slice()) {
@@ -143,18 +165,26 @@ fn apply_overlay(env: &Env, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn patches(env: &Env) -> Result<Vec<PathBuf>> {
+/// A series' patches, in the order its `kernel-patches/series-*` file lists them.
+fn patches(env: &Env, s: Series) -> Result<Vec<PathBuf>> {
     let dir = env.root.join("kernel-patches");
+    let list = dir.join(s.series_file());
+    let text = fs::read_to_string(&list).with_context(|| format!("reading {}", list.display()))?;
     let mut v = Vec::new();
-    if dir.is_dir() {
-        for e in fs::read_dir(&dir)? {
-            let p = e?.path();
-            if p.extension().is_some_and(|x| x == "patch") {
-                v.push(p);
-            }
+    for name in text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let p = dir.join(name);
+        if !p.is_file() {
+            bail!(
+                "{} lists {name}, which is not in kernel-patches/",
+                list.display()
+            );
         }
+        v.push(p);
     }
-    v.sort();
     Ok(v)
 }
 
@@ -168,9 +198,9 @@ fn hash_files(paths: &[PathBuf]) -> Result<String> {
 }
 
 /// Files the patches touch (`+++ b/<path>` lines).
-fn patched_files(env: &Env) -> Result<Vec<String>> {
+fn patched_files(env: &Env, s: Series) -> Result<Vec<String>> {
     let mut out = Vec::new();
-    for p in patches(env)? {
+    for p in patches(env, s)? {
         for line in fs::read_to_string(&p)?.lines() {
             if let Some(path) = line.strip_prefix("+++ b/") {
                 out.push(path.split('\t').next().unwrap_or(path).to_string());
@@ -180,8 +210,8 @@ fn patched_files(env: &Env) -> Result<Vec<String>> {
     Ok(out)
 }
 
-fn apply_patches(env: &Env, dir: &Path) -> Result<()> {
-    for p in patches(env)? {
+fn apply_patches(env: &Env, dir: &Path, s: Series) -> Result<()> {
+    for p in patches(env, s)? {
         let out = Command::new("patch")
             .args(["-p1", "--forward", "--batch", "-i"])
             .arg(&p)
@@ -189,14 +219,16 @@ fn apply_patches(env: &Env, dir: &Path) -> Result<()> {
             .output()
             .context("running patch")?;
         if !out.status.success() {
+            let list = s.series_file();
             bail!(
-                "kernel patch {} does not apply to the tree at {}:\n{}{}The rig's patches target \
-                 Linux 6.12; a tree that already carries the change or diverged here needs the \
-                 patch rebased.",
+                "kernel patch {} does not apply to the tree at {}:\n{}{}It is in the rig's \
+                 Linux {s} support (kernel-patches/{}); a tree that already carries the \
+                 change or diverged here needs the patch rebased.",
                 p.display(),
                 dir.display(),
                 String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
+                String::from_utf8_lossy(&out.stderr),
+                list
             );
         }
     }
@@ -214,7 +246,7 @@ pub fn validate_tree(dir: &Path) -> Result<()> {
         bail!(
             "--kernel-src {} is not a Linux kernel tree: it needs a top-level Makefile with \
              VERSION/PATCHLEVEL, a Kconfig and arch/x86. Pass the top directory of a kernel \
-             checkout, or omit --kernel-src to use Debian's 6.12 source.",
+             checkout, or omit --kernel-src to use a Debian source (--kernel).",
             dir.display()
         );
     }
@@ -230,38 +262,40 @@ pub fn carries_heap(tree: &Path) -> bool {
     tree.join(CARRIED_MARK).is_file()
 }
 
-/// `tree_id` names a rig scratch tree (see `KernelArgs::tree_id`).
+/// `tree_id` names a rig scratch tree (see `KernelArgs::tree_id`). Without a user tree the
+/// source is Debian's tarball of `series`; a user tree's own version picks the series.
 pub fn prepare_source(
     env: &Env,
+    series: Series,
     user_tree: Option<&Path>,
     tree_id: Option<&str>,
 ) -> Result<Source> {
-    let patch_hash = hash_files(&patches(env)?)?;
     match user_tree {
-        None => prepare_debian(env, &patch_hash),
-        Some(t) => prepare_user_tree(env, t, &patch_hash, tree_id),
+        None => prepare_debian(env, series),
+        Some(t) => prepare_user_tree(env, t, tree_id),
     }
 }
 
-fn prepare_debian(env: &Env, patch_hash: &str) -> Result<Source> {
+fn prepare_debian(env: &Env, series: Series) -> Result<Source> {
     let sh = &env.sh;
-    let fmt = "-f=${Version}";
-    let version = cmd!(sh, "dpkg-query -W {fmt} {DEBIAN_PACKAGE}")
-        .quiet()
-        .ignore_stderr()
-        .read()
-        .with_context(|| format!("{DEBIAN_PACKAGE} is not installed; run `cargo xtask setup`"))?;
+    let patch_hash = hash_files(&patches(env, series)?)?;
+    let (tarball, version) = series::tarball(env, series)?;
     let id = format!("debian-{}", version.replace(['~', ':', '+'], "_"));
     let top = env.cache.join("src").join(&id);
-    let dir = top.join("linux-source-6.12");
+    let dir = top.join(format!("linux-source-{series}"));
     let stamp = top.join("heaprig-source.stamp");
     let want = format!("{version}\n{patch_hash}\n{}\n", overlay_layout());
     let identity = format!("debian:{version}");
     if fs::read_to_string(&stamp).ok().as_deref() == Some(want.as_str())
         && dir.join("Makefile").is_file()
     {
-        apply_overlay(env, &dir)?;
-        return Ok(Source { id, identity, dir });
+        apply_overlay(env, &dir, series)?;
+        return Ok(Source {
+            id,
+            series,
+            identity,
+            dir,
+        });
     }
     // Files an earlier patch set touched: after re-extraction they carry the tarball's old
     // mtimes, older than the objects built from the patched versions, so they are touched
@@ -282,34 +316,40 @@ fn prepare_debian(env: &Env, patch_hash: &str) -> Result<Source> {
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp)?;
     let t = Instant::now();
-    println!("source: extracting {DEBIAN_TARBALL} ({version})");
-    cmd!(sh, "tar -xf {DEBIAN_TARBALL} -C {tmp}")
+    println!("source: extracting {} ({version})", tarball.display());
+    cmd!(sh, "tar -xf {tarball} -C {tmp}")
         .quiet()
         .run()
         .context("extracting the kernel tarball")?;
-    let tree = tmp.join("linux-source-6.12");
+    let tree = tmp.join(format!("linux-source-{series}"));
     for f in &touch {
         if let Ok(file) = fs::File::options().append(true).open(tree.join(f)) {
             file.set_modified(std::time::SystemTime::now())?;
         }
     }
-    apply_patches(env, &tree)?;
-    touch = patched_files(env)?;
+    apply_patches(env, &tree, series)?;
+    touch = patched_files(env, series)?;
     fs::write(tmp.join("heaprig-patched-files"), touch.join("\n"))?;
     fs::write(tmp.join("heaprig-source.stamp"), &want)?;
     fs::rename(&tmp, &top)?;
-    apply_overlay(env, &dir)?;
+    apply_overlay(env, &dir, series)?;
     println!("source: ready in {}", fmt_duration(t.elapsed()));
-    Ok(Source { id, identity, dir })
+    Ok(Source {
+        id,
+        series,
+        identity,
+        dir,
+    })
 }
 
-fn prepare_user_tree(
-    env: &Env,
-    tree: &Path,
-    patch_hash: &str,
-    tree_id: Option<&str>,
-) -> Result<Source> {
+fn prepare_user_tree(env: &Env, tree: &Path, tree_id: Option<&str>) -> Result<Source> {
     validate_tree(tree)?;
+    let (major, minor) = Series::of_tree(tree)?;
+    let (series, note) = Series::for_version(major, minor);
+    if let Some(note) = note {
+        println!("source: {note}");
+    }
+    let patch_hash = hash_files(&patches(env, series)?)?;
     let tree = tree
         .canonicalize()
         .with_context(|| format!("resolving {}", tree.display()))?;
@@ -350,9 +390,8 @@ fn prepare_user_tree(
     let excludes: Vec<String> = if carried {
         vec![]
     } else {
-        OVERLAY
-            .iter()
-            .map(|(_, to)| format!("--exclude=/{to}"))
+        overlay_targets()
+            .map(|to| format!("--exclude=/{to}"))
             .collect()
     };
     // A user's tree keeps its mtimes (-a), so make rebuilds what changed there. A scratch
@@ -381,51 +420,70 @@ fn prepare_user_tree(
         cmd!(sh, "make -s -C {dir} mrproper").quiet().run()?;
     }
     if carried {
-        return Ok(Source { id, identity, dir });
+        return Ok(Source {
+            id,
+            series,
+            identity,
+            dir,
+        });
     }
-    apply_patches(env, &dir)?;
-    apply_overlay(env, &dir)?;
+    apply_patches(env, &dir, series)?;
+    apply_overlay(env, &dir, series)?;
     Ok(Source {
         id,
+        series,
         identity: format!("{identity}+patches:{patch_hash}"),
         dir,
     })
 }
 
-fn make_base_args(src: &Path, build: &Path) -> Vec<String> {
+/// make's arguments for a build of `src` into `build` (`LIBCLANG_PATH` goes to make's
+/// environment through [`make_command`]).
+fn make_base_args(src: &Source, build: &Path) -> Vec<String> {
     vec![
         "-C".into(),
-        src.display().to_string(),
+        src.dir.display().to_string(),
         format!("O={}", build.display()),
-        "LLVM=1".into(),
+        format!("LLVM={}", src.series.llvm()),
         format!("RUSTC={KERNEL_RUSTC}"),
     ]
 }
 
-/// The Kconfig fragments a profile merges, in order (file names under kernel-config/).
-pub fn fragment_names(profile: Profile) -> Vec<String> {
-    vec!["base.config".into(), format!("{}.config", profile.name())]
+/// `make` with the series' environment (bindgen's libclang).
+fn make_command(series: Series) -> Command {
+    let mut c = Command::new("make");
+    c.env("LIBCLANG_PATH", series.libclang_path());
+    c
 }
 
-fn fragments(env: &Env, profile: Profile) -> Vec<PathBuf> {
+/// The Kconfig fragments a profile merges on a series, in order (under kernel-config/).
+pub fn fragment_names(profile: Profile, series: Series) -> Vec<String> {
+    vec![
+        "base.config".into(),
+        format!("{}.config", profile.name()),
+        series.fragment(),
+    ]
+}
+
+fn fragments(env: &Env, profile: Profile, series: Series) -> Vec<PathBuf> {
     let dir = env.root.join("kernel-config");
-    fragment_names(profile)
+    fragment_names(profile, series)
         .into_iter()
         .map(|f| dir.join(f))
         .collect()
 }
 
 /// The merged fragments: what the final .config must contain.
-pub fn wanted_config(env: &Env, profile: Profile) -> Result<Kconfig> {
+pub fn wanted_config(env: &Env, profile: Profile, series: Series) -> Result<Kconfig> {
     let mut want = Kconfig::default();
-    for f in fragments(env, profile) {
+    for f in fragments(env, profile, series) {
         want.merge_in(&Kconfig::read(&f)?);
     }
     Ok(want)
 }
 
-fn run_make_quiet(args: &[String], log: &Path) -> Result<()> {
-    let out = Command::new("make")
+fn run_make_quiet(series: Series, args: &[String], log: &Path) -> Result<()> {
+    let out = make_command(series)
         .args(args)
         .output()
         .context("running make")?;
@@ -451,29 +509,31 @@ pub fn configure(
     profile: Profile,
     log: &Path,
 ) -> Result<()> {
-    let want = wanted_config(env, profile)?;
-    let mut args = make_base_args(&src.dir, build);
+    let want = wanted_config(env, profile, src.series)?;
+    let mut args = make_base_args(src, build);
     args.push("allnoconfig".into());
-    run_make_quiet(&args, log)?;
+    run_make_quiet(src.series, &args, log)?;
     let cfg_path = build.join(".config");
     let mut cfg = Kconfig::read(&cfg_path)?;
     cfg.merge_in(&want);
     fs::write(&cfg_path, cfg.to_string())?;
     args.pop();
     args.push("olddefconfig".into());
-    run_make_quiet(&args, log)?;
+    run_make_quiet(src.series, &args, log)?;
     let actual = Kconfig::read(&cfg_path)?;
     let missing = want.missing_from(&actual);
     if !missing.is_empty() {
         let mut msg = format!(
-            "the {} profile's Kconfig fragments ask for options that olddefconfig dropped:\n{}",
+            "the {} profile's Kconfig fragments (Linux {}) ask for options that olddefconfig \
+             dropped:\n{}",
             profile.name(),
+            src.series,
             describe_missing(&src.dir, &missing)
         );
         if missing.iter().any(|(k, _)| k == "CONFIG_RUST") {
             args.pop();
             args.push("rustavailable".into());
-            let out = Command::new("make").args(&args).output()?;
+            let out = make_command(src.series).args(&args).output()?;
             msg.push_str(&format!(
                 "\n`make rustavailable` says:\n{}{}",
                 String::from_utf8_lossy(&out.stdout),
@@ -485,24 +545,33 @@ pub fn configure(
     Ok(())
 }
 
-fn toolchain_identity(env: &Env) -> String {
+fn toolchain_identity(env: &Env, series: Series) -> String {
     let v = |tool: &str| {
         crate::stages::setup::tool_version(&env.sh, tool)
             .unwrap_or_else(|| format!("{tool}: not found"))
     };
-    [v(KERNEL_RUSTC), v("bindgen"), v("clang"), v("ld.lld")].join("\n")
+    let [cc, ld] = series.toolchain();
+    [
+        v(KERNEL_RUSTC),
+        v("bindgen"),
+        v(&cc),
+        v(&ld),
+        series.libclang_path().to_string(),
+    ]
+    .join("\n")
 }
 
-/// Everything but the source that decides what gets built: recipe, profile fragments,
-/// patches, overlay, toolchain.
-pub fn config_identity(env: &Env, profile: Profile) -> Result<String> {
+/// Everything but the source that decides what gets built: recipe, profile and series
+/// fragments, patches, overlay, toolchain.
+pub fn config_identity(env: &Env, profile: Profile, series: Series) -> Result<String> {
     let mut h = Sha256::new();
     h.update(RECIPE);
     h.update(profile.name());
-    h.update(hash_files(&fragments(env, profile))?);
-    h.update(hash_files(&patches(env)?)?);
-    h.update(hash_files(&overlay_sources(env))?);
-    h.update(toolchain_identity(env));
+    h.update(series.name());
+    h.update(hash_files(&fragments(env, profile, series))?);
+    h.update(hash_files(&patches(env, series)?)?);
+    h.update(hash_files(&overlay_sources(env, series))?);
+    h.update(toolchain_identity(env, series));
     Ok(hex(&h.finalize()))
 }
 
@@ -510,7 +579,7 @@ pub fn config_identity(env: &Env, profile: Profile) -> Result<String> {
 pub fn cache_key(env: &Env, src: &Source, profile: Profile) -> Result<String> {
     let mut h = Sha256::new();
     h.update(&src.identity);
-    h.update(config_identity(env, profile)?);
+    h.update(config_identity(env, profile, src.series)?);
     Ok(hex(&h.finalize()))
 }
 
@@ -542,6 +611,7 @@ pub fn build_in(env: &Env, src: &Source, profile: Profile, build_dir: &Path) -> 
         if is_bzimage(&bzimage) {
             return Ok(Built {
                 bzimage,
+                series: src.series,
                 source: src.dir.clone(),
                 build_dir,
                 rebuilt: false,
@@ -561,11 +631,14 @@ pub fn build_in(env: &Env, src: &Source, profile: Profile, build_dir: &Path) -> 
     let _ = fs::remove_file(&key_file);
     fs::write(&log, "")?;
     configure(env, src, &build_dir, profile, &log)?;
-    let mut args = make_base_args(&src.dir, &build_dir);
+    let mut args = make_base_args(src, &build_dir);
     let jobs = std::thread::available_parallelism().map_or(2, |n| n.get()) + 1;
     args.push(format!("-j{jobs}"));
     args.push("bzImage".into());
-    make_with_progress(&args, &log)?;
+    if !src.series.modules().is_empty() {
+        args.push("modules".into());
+    }
+    make_with_progress(src.series, &args, &log)?;
     if !is_bzimage(&bzimage) {
         bail!(
             "make finished but {} is not a bzImage; see {}",
@@ -576,6 +649,7 @@ pub fn build_in(env: &Env, src: &Source, profile: Profile, build_dir: &Path) -> 
     fs::write(&key_file, &key)?;
     Ok(Built {
         bzimage,
+        series: src.series,
         source: src.dir.clone(),
         build_dir,
         rebuilt: true,
@@ -595,10 +669,10 @@ fn step_area(line: &str) -> Option<String> {
 }
 
 /// Runs make, keeping the full output in `log` and showing elapsed time and current area.
-fn make_with_progress(args: &[String], log: &Path) -> Result<()> {
+fn make_with_progress(series: Series, args: &[String], log: &Path) -> Result<()> {
     let mut logf = fs::OpenOptions::new().append(true).open(log)?;
     // std::process rather than xshell: the output is streamed line by line while it runs.
-    let mut child = Command::new("make")
+    let mut child = make_command(series)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -761,7 +835,7 @@ mod tests {
                 .to_path_buf(),
             cache: tmp.path().join("cache"),
         };
-        let err = match prepare_source(&env, Some(&tree), None) {
+        let err = match prepare_source(&env, Series::DEFAULT, Some(&tree), None) {
             Ok(_) => panic!("patches applied to an empty tree"),
             Err(e) => format!("{e:#}"),
         };

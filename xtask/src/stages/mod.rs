@@ -8,6 +8,7 @@
 
 pub mod kconfig;
 pub mod kernel;
+pub mod series;
 pub mod setup;
 pub mod vm;
 
@@ -83,7 +84,7 @@ pub fn build(env: &Env, k: &KernelPlan, times: &mut Times) -> Result<(Built, Str
     setup::ensure(env, true).map_err(StageError::Rig)?;
     times.add("setup", t.elapsed());
     let t = Instant::now();
-    let src = kernel::prepare_source(env, k.src.as_deref(), k.tree_id.as_deref())
+    let src = kernel::prepare_source(env, k.series, k.src.as_deref(), k.tree_id.as_deref())
         .map_err(StageError::Rig)?;
     times.add("source", t.elapsed());
     let t = Instant::now();
@@ -138,7 +139,9 @@ pub fn vm_spec(env: &Env, v: &VmPlan, p: &Prepared, rwdir: Option<PathBuf>) -> V
     }
 }
 
-/// Boots the prepared kernel and runs `command` (already split into words) in the guest.
+/// Boots the prepared kernel and runs `command` (already split into words) in the guest,
+/// after loading the kernel's modules (the heap and the importer on a series that builds
+/// them as modules).
 pub fn boot_and_run(
     env: &Env,
     v: &VmPlan,
@@ -148,13 +151,42 @@ pub fn boot_and_run(
     rwdir: Option<PathBuf>,
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<Session> {
-    let line: Vec<String> = command.iter().map(|s| vm::sh_quote(s)).collect();
     vm::run(
         &vm_spec(env, v, p, rwdir),
-        &line.join(" "),
+        &guest_line(&module_paths(p), command),
         limits,
         on_event,
     )
+}
+
+/// The `.ko` files the guest loads before its command, in load order.
+pub fn module_paths(p: &Prepared) -> Vec<PathBuf> {
+    p.built
+        .series
+        .modules()
+        .iter()
+        .map(|m| p.built.build_dir.join(m))
+        .collect()
+}
+
+/// The guest's shell line: load each module (a failure stops the line with insmod's own
+/// error on the console), tell the command where they came from (`HEAPRIG_MODULES`, for
+/// the tests that unload and reload them), then the command.
+fn guest_line(modules: &[PathBuf], command: &[String]) -> String {
+    let quote = |p: &PathBuf| vm::sh_quote(&p.display().to_string());
+    let mut words = Vec::new();
+    if !modules.is_empty() {
+        let list: Vec<String> = modules.iter().map(|p| p.display().to_string()).collect();
+        words.push(format!(
+            "export HEAPRIG_MODULES={} &&",
+            vm::sh_quote(&list.join(":"))
+        ));
+        for m in modules {
+            words.push(format!("insmod {} &&", quote(m)));
+        }
+    }
+    words.extend(command.iter().map(|s| vm::sh_quote(s)));
+    words.join(" ")
 }
 
 /// Builds the guest test runner and returns its path, as cargo reports it.
@@ -242,6 +274,24 @@ fn last_lines(lines: &[String], n: usize) -> Vec<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn modules_load_before_the_command_and_are_named_to_it() {
+        let cmd = ["heaprig-guest".to_string(), "run".into()];
+        assert_eq!(guest_line(&[], &cmd), "heaprig-guest run");
+        let mods = [PathBuf::from("/b/heap.ko"), PathBuf::from("/b/imp.ko")];
+        let line = guest_line(&mods, &cmd);
+        assert!(
+            line.starts_with("export HEAPRIG_MODULES=") && line.contains("/b/heap.ko:/b/imp.ko"),
+            "{line}"
+        );
+        let heap = line.find("insmod /b/heap.ko &&").unwrap();
+        let imp = line.find("insmod /b/imp.ko &&").unwrap();
+        assert!(
+            heap < imp && line.ends_with("&& heaprig-guest run"),
+            "{line}"
+        );
+    }
 
     #[test]
     fn console_tail_keeps_the_last_lines_in_order() {

@@ -6,6 +6,7 @@ use anyhow::{bail, Result};
 use xshell::{cmd, Shell};
 
 use crate::env::Env;
+use crate::stages::series::{self, Fetch, Series};
 
 /// Debian packages, each with why the rig needs it.
 const DEB: &[(&str, &str)] = &[
@@ -27,7 +28,14 @@ const DEB: &[(&str, &str)] = &[
     ),
     ("lld", "linker for LLVM=1"),
     ("llvm", "llvm-ar/nm/objcopy for LLVM=1"),
-    ("libclang-dev", "libclang for bindgen"),
+    ("libclang-dev", "libclang for bindgen (6.12)"),
+    (
+        "clang-19",
+        "the 7.3 kernel needs LLVM >= 17 (LLVM=-19); bookworm's default clang is 14",
+    ),
+    ("lld-19", "linker for LLVM=-19 (7.3)"),
+    ("llvm-19", "llvm-ar/nm/objcopy for LLVM=-19 (7.3)"),
+    ("libclang-19-dev", "libclang for bindgen on 7.3"),
     ("make", "kernel build"),
     ("patch", "applies kernel-patches/ to the private tree"),
     ("flex", "kconfig"),
@@ -229,6 +237,21 @@ fn install_plan(missing: &[&Check], venv: &Path) -> Vec<Vec<String>> {
     plan
 }
 
+/// `cargo xtask setup` also fetches the kernel sources that are not Debian packages of this
+/// machine's suites (a booting command fetches the one it needs on first use).
+pub fn fetch_sources(env: &Env) -> Result<()> {
+    for s in Series::ALL {
+        if let Fetch::Download { .. } = s.fetch() {
+            if series::downloaded_tarball(env, s).is_file() {
+                println!("setup: the Linux {s} source is in the cache");
+            } else {
+                series::download(env, s)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 pub fn doctor(env: &Env) -> Result<bool> {
     let checks = checks(env);
     println!("{:<34} {:<8} found", "requirement", "status");
@@ -254,6 +277,21 @@ pub fn doctor(env: &Env) -> Result<bool> {
         "absent: guests run under TCG"
     };
     println!("{:<34} {:<8} {kvm}", "/dev/kvm", "info");
+    for s in Series::ALL {
+        if let Fetch::Download { suite } = s.fetch() {
+            let tar = series::downloaded_tarball(env, s);
+            let state = if tar.is_file() {
+                format!("{} (from Debian {suite})", tar.display())
+            } else {
+                format!("not fetched yet: `cargo xtask setup` or the first `--kernel {s}` run downloads it from Debian {suite}")
+            };
+            println!(
+                "{:<34} {:<8} {state}",
+                format!("source linux-source-{s}"),
+                "info"
+            );
+        }
+    }
     println!("{:<34} {:<8} {}", "cache dir", "info", env.cache.display());
     Ok(checks.iter().all(|c| c.ok))
 }

@@ -1,20 +1,21 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Minimal misc device support for built-in drivers.
+//! Minimal misc device support.
 //!
 //! C header: [`include/linux/miscdevice.h`](srctree/include/linux/miscdevice.h).
 //!
 //! 6.12 has no Rust misc device abstraction (6.13 added one); this follows its shape: the C
 //! `struct miscdevice` in an [`Opaque`], a trait for the driver with per-open-file state
-//! (created in `open`, dropped in `release`), and `extern "C"` trampolines. A registration is
-//! for a built-in driver and is never removed.
+//! (created in `open`, dropped in `release`), and `extern "C"` trampolines. Dropping the
+//! registration deregisters the device; its file operations name the owning module, so no
+//! file of the device can be open when the module's exit drops it.
 
 use crate::{
     bindings,
     device::Device,
     error::{to_result, Error, Result},
-    init::PinInit,
     prelude::*,
+    rig::compat,
     str::CStr,
     types::Opaque,
 };
@@ -50,12 +51,16 @@ struct OpenFile<T: MiscDevice> {
 ///
 /// # Invariants
 ///
-/// `misc` is registered with `misc_register` and stays registered forever; `data` is pinned.
-#[pin_data]
+/// When `registered`, `misc` is registered with `misc_register`, with `fops` as its file
+/// operations, until `drop`; everything is pinned.
+#[pin_data(PinnedDrop)]
 #[repr(C)]
 pub struct Registration<T: MiscDevice> {
     misc: Opaque<bindings::miscdevice>,
+    fops: Opaque<bindings::file_operations>,
     dma_parms: Opaque<bindings::device_dma_parameters>,
+    /// Whether `misc_register` succeeded (written once, before the registration is shared).
+    registered: bool,
     #[pin]
     data: T,
 }
@@ -63,36 +68,46 @@ pub struct Registration<T: MiscDevice> {
 // SAFETY: the C struct is only touched by the misc core under its own lock after
 // registration, and `T` is `Sync`.
 unsafe impl<T: MiscDevice> Sync for Registration<T> {}
-// SAFETY: as above; the registration is never moved or freed after registering.
+// SAFETY: as above; the registration is pinned.
 unsafe impl<T: MiscDevice> Send for Registration<T> {}
 
 impl<T: MiscDevice> Registration<T> {
-    /// Registers `/dev/<name>` (mode 0600) served by the data `init` creates.
+    /// Registers `/dev/<name>` (mode 0600) served by the data `init` creates, owned by
+    /// `module` (open files of the device keep it loaded). Dropping the result deregisters.
     pub fn register(
         name: &'static CStr,
+        module: &'static ThisModule,
         init: impl PinInit<T, Error>,
-    ) -> Result<&'static Registration<T>> {
-        // SAFETY: an all-zero `miscdevice` is valid; the fields used are set below.
+    ) -> Result<Pin<KBox<Registration<T>>>> {
+        let mut fops = FopsTable::<T>::FOPS;
+        fops.owner = module.as_ptr();
+        // SAFETY: an all-zero `miscdevice` is valid; the fields used are set here and, for
+        // `fops`, once the registration is pinned.
         let mut misc: bindings::miscdevice = unsafe { core::mem::zeroed() };
         misc.minor = bindings::MISC_DYNAMIC_MINOR as _;
-        misc.name = name.as_char_ptr();
-        misc.fops = &FopsTable::<T>::FOPS;
+        misc.name = compat::c_str_ptr(name);
         misc.mode = 0o600;
         // SAFETY: all-zero DMA parameters are valid; `set_dma_params` fills them in.
         let parms: bindings::device_dma_parameters = unsafe { core::mem::zeroed() };
-        let reg = KBox::pin_init(
+        let mut reg = KBox::pin_init(
             try_pin_init!(Registration {
                 misc: Opaque::new(misc),
+                fops: Opaque::new(fops),
                 dma_parms: Opaque::new(parms),
+                registered: false,
                 data <- init,
             }),
             GFP_KERNEL,
         )?;
-        // SAFETY: the registration is leaked below and never moved again, so pinning holds.
-        let reg: &'static Registration<T> = KBox::leak(unsafe { Pin::into_inner_unchecked(reg) });
-        // SAFETY: `misc` is a valid, pinned `miscdevice` that lives forever.
-        to_result(unsafe { bindings::misc_register(reg.misc.get()) })?;
-        // INVARIANT: registered above, never deregistered.
+        // SAFETY: `misc` and `fops` are pinned beside each other; the misc core keeps
+        // pointers to both until `misc_deregister` in `drop`.
+        to_result(unsafe {
+            (*reg.misc.get()).fops = reg.fops.get();
+            bindings::misc_register(reg.misc.get())
+        })?;
+        // SAFETY: only a plain field is written; nothing is moved out of the pin.
+        unsafe { reg.as_mut().get_unchecked_mut().registered = true };
+        // INVARIANT: registered above, with `fops`; `drop` deregisters.
         Ok(reg)
     }
 
@@ -104,16 +119,16 @@ impl<T: MiscDevice> Registration<T> {
     /// The device misc_register created (for DMA mapping).
     pub fn device(&self) -> &Device {
         // SAFETY: `this_device` is set by `misc_register` and lives while registered, which
-        // is forever (type invariant).
-        unsafe { Device::as_ref((*self.misc.get()).this_device) }
+        // is as long as `self` (type invariant; `register` returns only registered ones).
+        unsafe { compat::device_from_raw((*self.misc.get()).this_device) }
     }
 
     /// Lets the device do 64-bit DMA with segments of any size. A misc device has no bus to
     /// say so, and without it mapping fails (no mask) or DMA-API debug warns about segments
     /// longer than the 64 KiB default.
     pub fn set_dma_params(&self) -> Result {
-        // SAFETY: `this_device` is valid (see `device`); `dma_parms` is pinned and lives as
-        // long as the device, forever.
+        // SAFETY: `this_device` is valid (see `device`); `dma_parms` is pinned, and `drop`
+        // clears the device's pointer to it before deregistering.
         unsafe {
             let dev = (*self.misc.get()).this_device;
             let parms = self.dma_parms.get();
@@ -121,6 +136,23 @@ impl<T: MiscDevice> Registration<T> {
             (*parms).segment_boundary_mask = !0;
             (*dev).dma_parms = parms;
             to_result(bindings::dma_coerce_mask_and_coherent(dev, u64::MAX))
+        }
+    }
+}
+
+#[pinned_drop]
+impl<T: MiscDevice> PinnedDrop for Registration<T> {
+    fn drop(self: Pin<&mut Self>) {
+        if !self.registered {
+            return;
+        }
+        // SAFETY: registered (type invariant), so `this_device` is live until the
+        // deregistration, which happens once. The device may outlive it (references held
+        // elsewhere), so it must stop pointing at our `dma_parms` first.
+        unsafe {
+            let dev = (*self.misc.get()).this_device;
+            (*dev).dma_parms = core::ptr::null_mut();
+            bindings::misc_deregister(self.misc.get());
         }
     }
 }
@@ -145,7 +177,9 @@ impl<T: MiscDevice> FopsTable<T> {
         file: *mut bindings::file,
     ) -> crate::ffi::c_int {
         // SAFETY: misc_open stored the `miscdevice` pointer, which is the first field of a
-        // `#[repr(C)]` `Registration<T>`; registrations are never freed, hence `'static`.
+        // `#[repr(C)]` `Registration<T>`. It outlives every open file: open files hold the
+        // owning module (the fops' `owner`), whose exit is what drops the registration; a
+        // built-in one is never dropped. Hence `'static` for as long as files can see it.
         let reg: &'static Registration<T> = unsafe { &*(*file).private_data.cast() };
         let init = try_pin_init!(OpenFile::<T> {
             reg,

@@ -4,14 +4,16 @@
 //!
 //! C header: [`include/linux/debugfs.h`](srctree/include/linux/debugfs.h).
 //!
-//! Entries are never removed (they belong to built-in drivers that live forever).
+//! A [`Dir`] removes itself and its files when dropped; a module keeps it in its module
+//! object, so the files are gone (and `debugfs_remove` has waited out their readers and
+//! writers) before the module's statics they serve are unloaded.
 
 use crate::{
     bindings,
-    error::{code::*, from_err_ptr, Result},
+    error::{from_err_ptr, Result},
     prelude::*,
+    rig::compat,
     str::CStr,
-    uaccess::UserSlice,
 };
 use core::marker::PhantomData;
 
@@ -29,18 +31,32 @@ pub trait File: Sync + 'static {
 ///
 /// # Invariants
 ///
-/// `dentry` is a live debugfs directory that is never removed.
+/// `dentry` is a live debugfs directory, removed (with its files) only by `drop`.
 pub struct Dir {
     dentry: *mut bindings::dentry,
+}
+
+// SAFETY: debugfs functions may be called on a dentry from any thread.
+unsafe impl Send for Dir {}
+// SAFETY: `&Dir` only creates files, which debugfs serialises itself.
+unsafe impl Sync for Dir {}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        // SAFETY: `dentry` is live (type invariant) and removed once; removal waits for the
+        // files' in-flight operations (they are created with proxied fops).
+        unsafe { bindings::debugfs_remove(self.dentry) };
+    }
 }
 
 impl Dir {
     /// Creates `/sys/kernel/debug/<name>`.
     pub fn new(name: &'static CStr) -> Result<Self> {
         // SAFETY: `name` is a valid C string; a NULL parent means the debugfs root.
-        let d = unsafe { bindings::debugfs_create_dir(name.as_char_ptr(), core::ptr::null_mut()) };
+        let d =
+            unsafe { bindings::debugfs_create_dir(compat::c_str_ptr(name), core::ptr::null_mut()) };
         let dentry = from_err_ptr(d)?;
-        // INVARIANT: debugfs_create_dir succeeded; built-in users never remove it.
+        // INVARIANT: debugfs_create_dir succeeded; only `drop` removes it.
         Ok(Self { dentry })
     }
 
@@ -49,8 +65,8 @@ impl Dir {
         // SAFETY: the parent is live (type invariant), `data` outlives the file, and the fops
         // table is `'static`.
         let d = unsafe {
-            bindings::debugfs_create_file(
-                name.as_char_ptr(),
+            compat::debugfs_create_file(
+                compat::c_str_ptr(name),
                 mode,
                 self.dentry,
                 (data as *const T).cast_mut().cast(),
@@ -114,7 +130,7 @@ impl<T: File> FileVTable<T> {
         let this = unsafe { &*(*file).private_data.cast::<T>() };
         let mut data = [0u8; 64];
         let n = count.min(data.len());
-        let r = UserSlice::new(buf as usize, n)
+        let r = compat::user_slice(buf as usize, n)
             .reader()
             .read_slice(&mut data[..n])
             .and_then(|()| this.store(&data[..n]));

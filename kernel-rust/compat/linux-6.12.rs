@@ -1,0 +1,90 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The few kernel APIs that differ between the kernels the rig builds, behind one set of
+//! names, so the dma-buf abstractions, the heap and the importer compile unchanged on each.
+//! This is the Linux 6.12 version; `linux-7.3.rs` beside it has the same items.
+
+use crate::{bindings, device::Device, ffi::c_char, str::CStr, uaccess::UserSlice};
+
+/// `DMA_BIDIRECTIONAL` (a plain integer constant in 6.12's bindings).
+pub const DMA_BIDIRECTIONAL: bindings::dma_data_direction =
+    bindings::dma_data_direction_DMA_BIDIRECTIONAL;
+/// `DMA_TO_DEVICE`.
+pub const DMA_TO_DEVICE: bindings::dma_data_direction = bindings::dma_data_direction_DMA_TO_DEVICE;
+/// `DMA_FROM_DEVICE`.
+pub const DMA_FROM_DEVICE: bindings::dma_data_direction =
+    bindings::dma_data_direction_DMA_FROM_DEVICE;
+
+/// A C string's pointer.
+pub fn c_str_ptr(s: &CStr) -> *const c_char {
+    s.as_char_ptr()
+}
+
+/// A user-space buffer at address `addr`.
+pub fn user_slice(addr: usize, len: usize) -> UserSlice {
+    UserSlice::new(addr, len)
+}
+
+/// The Rust view of a C `struct device`.
+///
+/// # Safety
+///
+/// `ptr` must point to a device whose reference count is non-zero for all of `'a`.
+pub unsafe fn device_from_raw<'a>(ptr: *mut bindings::device) -> &'a Device {
+    // SAFETY: the caller keeps the device alive for `'a`.
+    unsafe { Device::as_ref(ptr) }
+}
+
+/// `debugfs_create_file()` (a plain function in 6.12).
+///
+/// # Safety
+///
+/// As the C function: `name` a valid C string, `parent` a live dentry or NULL, `data` valid
+/// for as long as the file exists, `fops` `'static`.
+pub unsafe fn debugfs_create_file(
+    name: *const c_char,
+    mode: u16,
+    parent: *mut bindings::dentry,
+    data: *mut core::ffi::c_void,
+    fops: &'static bindings::file_operations,
+) -> *mut bindings::dentry {
+    // SAFETY: the caller upholds the C function's contract.
+    unsafe { bindings::debugfs_create_file(name, mode, parent, data, fops) }
+}
+
+/// `format_args!` for the kernel's printing and string functions.
+pub use crate::fmt;
+pub use crate::types::{AsBytes, FromBytes};
+
+/// A C string's bytes, without the terminating NUL.
+pub fn c_str_bytes(s: &CStr) -> &[u8] {
+    s.as_bytes()
+}
+
+/// `module!` for the rig's drivers. 6.12's `module!` has no `imports_ns`: the drivers are
+/// built in there (6.12 exports no `dma_heap_add` to modules), so the namespaces are dropped.
+#[macro_export]
+macro_rules! rig_module {
+    (
+        type: $type:tt,
+        name: $name:tt,
+        description: $description:tt,
+        imports_ns: [$($ns:tt),* $(,)?] $(,)?
+    ) => {
+        $crate::prelude::module! {
+            type: $type,
+            name: $name,
+            author: "heaprig",
+            description: $description,
+            license: "GPL",
+        }
+    };
+}
+
+/// Removes element `i` of `v` by moving the last one into its place (order not kept).
+pub fn kvec_swap_remove<T: Copy>(v: &mut crate::alloc::KVec<T>, i: usize) {
+    let last = v.len() - 1;
+    v.as_mut_slice().swap(i, last);
+    // SAFETY: shrinking by one keeps the rest initialised, and `T: Copy` needs no drop.
+    unsafe { v.set_len(last) };
+}
