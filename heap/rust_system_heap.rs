@@ -106,10 +106,10 @@ impl debugfs::File for Stats {
     }
 }
 
-/// The `ion_compat` switch: "1" makes `begin_cpu_access` create a kernel mapping.
-struct IonCompat(AtomicBool);
+/// A debugfs switch, "1" or "0".
+struct Switch(AtomicBool);
 
-impl debugfs::File for IonCompat {
+impl debugfs::File for Switch {
     fn show(&self, out: &mut KVec<u8>) -> Result {
         let v: &[u8] = if self.0.load(Relaxed) { b"1\n" } else { b"0\n" };
         out.extend_from_slice(v, GFP_KERNEL)?;
@@ -128,12 +128,17 @@ impl debugfs::File for IonCompat {
 
 struct RustSystemHeap {
     stats: Stats,
-    ion_compat: IonCompat,
+    /// "1" makes `begin_cpu_access` create a kernel mapping, as ION did.
+    ion_compat: Switch,
+    /// "1" makes the next allocation leak one page it never frees: the bug class no counter
+    /// of the heap sees, for the rig's page leak oracle to prove it fires. Off after firing.
+    selftest_leak_page: Switch,
 }
 
 static HEAP: RustSystemHeap = RustSystemHeap {
     stats: Stats::new(),
-    ion_compat: IonCompat(AtomicBool::new(false)),
+    ion_compat: Switch(AtomicBool::new(false)),
+    selftest_leak_page: Switch(AtomicBool::new(false)),
 };
 
 /// Per-buffer CPU access bookkeeping.
@@ -248,6 +253,10 @@ impl dma_heap::Heap for RustSystemHeap {
             max_order = c.order();
             chunks.push(c, GFP_KERNEL)?;
         }
+        if self.selftest_leak_page.0.swap(false, Relaxed) {
+            // Deliberately never freed (see `selftest_leak_page`).
+            core::mem::forget(Pages::alloc(LOW_ORDER_GFP, 0));
+        }
         let policy = Policy {
             open_brackets: AtomicU64::new(0),
         };
@@ -273,6 +282,11 @@ impl kernel::Module for RustSystemHeapModule {
         let files = debugfs::Dir::new(c_str!("rust_system_heap")).and_then(|dir| {
             dir.file(c_str!("stats"), 0o444, &HEAP.stats)?;
             dir.file(c_str!("ion_compat"), 0o644, &HEAP.ion_compat)?;
+            dir.file(
+                c_str!("selftest_leak_page"),
+                0o600,
+                &HEAP.selftest_leak_page,
+            )?;
             Ok(dir)
         });
         let files = files

@@ -145,6 +145,10 @@ pub const CASES: &[Case] = &[
         Body::OnHeap("rust_system", detectors::selftest_leak),
     ),
     selftest(
+        "rig_selftest_page_leak",
+        Body::OnHeap("rust_system", detectors::selftest_page_leak),
+    ),
+    selftest(
         "rig_selftest_fault_leak",
         Body::OnHeap("rust_system", faults::selftest_fault_leak),
     ),

@@ -1,9 +1,13 @@
 //! The leak oracle: what the kernel holds for dma-bufs before and after a test.
 //!
-//! Two views, both compared across every test by the runner:
+//! Three views, all compared across every test by the runner:
 //! - `/sys/kernel/debug/dma_buf/bufinfo`, the dma-buf core's list of every live buffer and
 //!   its attachments, whichever exporter made it (so it covers the C heaps too);
-//! - each heap's own counters, for heaps that keep them (live buffers, bytes, vmaps).
+//! - each heap's own counters, for heaps that keep them (live buffers, bytes, vmaps);
+//! - pages still allocated from a heap's allocation path, which trusts no heap: page_owner
+//!   (`CONFIG_PAGE_OWNER`, booted with `page_owner=on`) counts, per allocation stack, the
+//!   pages not yet freed; a stack that runs through `dma_heap_ioctl` is a heap allocating
+//!   (ours or C), and its count must be back where it was once a test closed everything.
 //!
 //! And after the whole suite, kmemleak: reports whose backtrace runs through dma-buf code.
 
@@ -13,6 +17,55 @@ use crate::uapi::{heap_names, heap_stats, DMA_HEAP_DIR};
 
 pub const BUFINFO: &str = "/sys/kernel/debug/dma_buf/bufinfo";
 pub const KMEMLEAK: &str = "/sys/kernel/debug/kmemleak";
+pub const PAGE_OWNER_STACKS: &str = "/sys/kernel/debug/page_owner_stacks/show_stacks";
+
+/// The frame every heap allocation runs through (`DMA_HEAP_IOCTL_ALLOC`).
+const HEAP_PATH: &str = "dma_heap_ioctl";
+/// Slab pages outlive the objects that made a cache grow: not a leak of whoever grew it.
+const SLAB_FRAMES: [&str; 2] = ["allocate_slab", "new_slab"];
+
+/// Parses `show_stacks` (mm/page_owner.c, `stack_print`): blocks of ` symbol+off/len` frames,
+/// innermost first, each ended by `nr_base_pages: N` (pages allocated there, not yet freed).
+pub fn parse_page_owner_stacks(text: &str) -> Vec<(Vec<String>, u64)> {
+    let mut out = Vec::new();
+    let mut frames = Vec::new();
+    for line in text.lines() {
+        if let Some(n) = line.trim().strip_prefix("nr_base_pages:") {
+            if let Ok(n) = n.trim().parse() {
+                out.push((std::mem::take(&mut frames), n));
+            }
+        } else if !line.trim().is_empty() {
+            // "symbol+0x1a/0x40 [module]": the symbol names the frame.
+            let sym = line.trim().split(['+', ' ']).next().unwrap_or_default();
+            frames.push(sym.to_string());
+        }
+    }
+    out
+}
+
+/// Pages outstanding from heap allocation paths, by the heap's own frame (the one the
+/// dma-heap core called), so a finding names who allocated them.
+pub fn heap_path_pages(stacks: &[(Vec<String>, u64)]) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for (frames, n) in stacks {
+        let Some(ioctl) = frames.iter().position(|f| f.starts_with(HEAP_PATH)) else {
+            continue;
+        };
+        if frames.iter().any(|f| SLAB_FRAMES.contains(&f.as_str())) {
+            continue;
+        }
+        // Innermost first: the frames just inside the core's ioctl are the heap's own.
+        let who = frames[..ioctl]
+            .iter()
+            .rev()
+            .find(|f| !f.starts_with("dma_heap"))
+            // `{:#}` drops the crate hashes of a Rust frame; a C symbol stays as it is.
+            .map(|f| format!("{:#}", rustc_demangle::demangle(f)))
+            .unwrap_or_else(|| HEAP_PATH.to_string());
+        *out.entry(who).or_insert(0) += n;
+    }
+    out
+}
 
 /// One live dma-buf as bufinfo lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,11 +129,32 @@ pub struct Holdings {
     pub buffers: BTreeMap<u64, Buffer>,
     /// heap -> counter -> value, for heaps with counters.
     pub counters: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Pages outstanding from heap allocation paths, by allocating frame (see
+    /// [`heap_path_pages`]); `None` on a kernel without page_owner.
+    pub heap_pages: Option<BTreeMap<String, u64>>,
 }
 
 impl Holdings {
-    /// Reads both views; fails with the reason when bufinfo is unreadable (no debugfs).
+    /// Reads every view; fails with the reason when bufinfo is unreadable (no debugfs).
     pub fn read() -> Result<Holdings, String> {
+        let mut h = Self::read_buffers()?;
+        h.heap_pages = match std::fs::read_to_string(PAGE_OWNER_STACKS) {
+            Ok(text) => Some(heap_path_pages(&parse_page_owner_stacks(&text))),
+            Err(e) if crate::expect::built_with("CONFIG_PAGE_OWNER") => {
+                return Err(format!(
+                    "{PAGE_OWNER_STACKS}: {e} (the kernel has CONFIG_PAGE_OWNER: was it booted \
+                     without page_owner=on?)"
+                ))
+            }
+            Err(_) => None,
+        };
+        Ok(h)
+    }
+
+    /// The buffer and counter views only: for checks repeated many times within one test
+    /// (the fault sweep), where page_owner's ~0.2 s per read would dominate; the test's own
+    /// oracle reads every view around it.
+    pub fn read_buffers() -> Result<Holdings, String> {
         let text = std::fs::read_to_string(BUFINFO).map_err(|e| format!("{BUFINFO}: {e}"))?;
         let buffers = parse_bufinfo(&text)
             .into_iter()
@@ -103,7 +177,11 @@ impl Holdings {
                 None => {}
             }
         }
-        Ok(Holdings { buffers, counters })
+        Ok(Holdings {
+            buffers,
+            counters,
+            heap_pages: None,
+        })
     }
 
     /// What `self` (after) holds that `before` did not, one line per finding.
@@ -139,6 +217,19 @@ impl Holdings {
                             b.size, b.exporter, old.file_count, b.file_count
                         ));
                     }
+                }
+            }
+        }
+        if let (Some(now), Some(then)) = (&self.heap_pages, &before.heap_pages) {
+            for (who, n) in now {
+                let old = then.get(who).copied().unwrap_or(0);
+                if *n > old {
+                    found.push(format!(
+                        "pages left behind on a heap's allocation path: {} page(s) allocated \
+                         by {who} under {HEAP_PATH} and never freed (page_owner: {old} \
+                         before, {n} after)",
+                        n - old
+                    ));
                 }
             }
         }
@@ -249,6 +340,80 @@ mod tests {
             ("rust_system", "<none>")
         );
         assert!(b[0].attachments.is_empty());
+    }
+
+    // Built from the format of stack_print() in mm/page_owner.c (" %pS" per frame, innermost
+    // first, then "nr_base_pages: %d" and a blank line): a C heap allocation, a slab page
+    // grown under the same ioctl, our heap's stack as the 6.12 debug kernel printed it after
+    // `rig_selftest_page_leak` (cargo xtask exec, 2026-11-30), and a page allocated elsewhere.
+    const STACKS_SAMPLE: &str = " get_page_from_freelist+0x4d3/0x1e90
+ __alloc_pages_noprof+0x1b1/0x3a0
+ system_heap_allocate+0x2d5/0x750
+ dma_heap_ioctl+0x2b0/0x420
+ __x64_sys_ioctl+0x12b/0x190
+ do_syscall_64+0x6c/0x180
+nr_base_pages: 16
+
+ get_page_from_freelist+0x4d3/0x1e90
+ allocate_slab+0x2b1/0x420
+ ___slab_alloc+0x7a2/0x1100
+ __kmalloc_noprof+0x1d0/0x3e0
+ system_heap_allocate+0x1a0/0x750
+ dma_heap_ioctl+0x2b0/0x420
+nr_base_pages: 8
+
+ get_page_from_freelist+0x4d3/0x1e90
+ __alloc_pages_noprof+0x1b1/0x3a0
+ rust_helper_alloc_pages+0x11/0x20
+ _RNvMs1_NtCsl7L7n58I0Vr_6kernel7dma_bufNtB5_5Pages5alloc+0x11/0x20
+ _RNvXs2_CsT8LgENHLCX_16rust_system_heapNtB5_14RustSystemHeapNtNtCsl7L7n58I0Vr_6kernel8dma_heap4Heap8allocate+0x423/0xb30
+ _RNvMNtCsl7L7n58I0Vr_6kernel8dma_heapINtB2_10HeapVTableNtCsT8LgENHLCX_16rust_system_heap14RustSystemHeapE8allocateBS_+0x87/0xf0
+ dma_heap_ioctl+0x299/0x460
+nr_base_pages: 1
+
+ get_page_from_freelist+0x4d3/0x1e90
+ pte_alloc_one+0x1e/0x90
+ __handle_mm_fault+0x9c1/0x1a40
+nr_base_pages: 3
+
+";
+
+    #[test]
+    fn page_owner_stacks_count_only_heap_paths_and_name_the_heap() {
+        let stacks = parse_page_owner_stacks(STACKS_SAMPLE);
+        assert_eq!(stacks.len(), 4);
+        assert_eq!(stacks[0].1, 16);
+        assert_eq!(stacks[0].0[2], "system_heap_allocate");
+        let pages = heap_path_pages(&stacks);
+        assert_eq!(pages.len(), 2, "{pages:?}");
+        assert_eq!(
+            pages["system_heap_allocate"], 16,
+            "slab pages are not counted"
+        );
+        // Ours: the frame the core called, the vtable's trampoline.
+        let ours = "<kernel::dma_heap::HeapVTable<rust_system_heap::RustSystemHeap>>::allocate";
+        assert_eq!(pages.get(ours), Some(&1), "{pages:?}");
+    }
+
+    #[test]
+    fn more_heap_path_pages_after_a_test_are_a_leak() {
+        let mut before = Holdings {
+            heap_pages: Some(BTreeMap::from([("system_heap_allocate".to_string(), 16)])),
+            ..Holdings::default()
+        };
+        let mut after = before.clone();
+        assert!(after.leaked_since(&before).is_empty());
+        after
+            .heap_pages
+            .as_mut()
+            .unwrap()
+            .insert("system_heap_allocate".into(), 17);
+        let found = after.leaked_since(&before);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].contains("1 page(s) allocated by system_heap_allocate"));
+        // Fewer is no finding (an earlier leak's pages cannot be told apart from a free).
+        before.heap_pages = Some(BTreeMap::from([("system_heap_allocate".to_string(), 20)]));
+        assert!(after.leaked_since(&before).is_empty());
     }
 
     // Built from the format of dma_buf_debug_show() (attachment lines are "\t<device>"):

@@ -248,7 +248,7 @@ fn workflow_lint_passes_and_catches_broken_workflows() {
 /// Each detector catches a real fault, in one boot: a failing assertion, a crashing test
 /// process, a hung test, a kernel WARNING provoked through LKDTM; and the hostile-suite
 /// detectors, each fed by one of the importer's fault knobs: the leak oracle (a leaked
-/// buffer reference), the fault sweep (a reference leaked on an error path), the fuzzer (a
+/// buffer reference; a page the heap never freed, from the heap's own switch), the fault sweep (a reference leaked on an error path), the fuzzer (a
 /// fill that misses a byte), kmemleak (leaked kmalloc blocks) and lockdep (an ABBA order).
 #[test]
 #[ignore = "boots the test kernel (minutes); CI runs it with --ignored"]
@@ -277,6 +277,13 @@ fn detectors_catch_real_faults() {
         (
             "rig_selftest_leak",
             &["leak oracle: dma-buf left behind", "from rust_system"],
+        ),
+        (
+            "rig_selftest_page_leak",
+            &[
+                "pages left behind on a heap's allocation path: 1 page(s)",
+                "under dma_heap_ioctl",
+            ],
         ),
         (
             "rig_selftest_fault_leak",

@@ -11,7 +11,7 @@ use crate::uapi::importer::{
     FAULT_LEAK_MEMORY, FAULT_LEAK_REF, FAULT_LOCK_INVERSION, FAULT_SHORT_FILL, IMPORTER_VMAP,
     OP_CHECKSUM,
 };
-use crate::uapi::{Fault, Heap};
+use crate::uapi::{Fault, Heap, Knob};
 
 const KMEMLEAK_OPTION: &str = "CONFIG_DEBUG_KMEMLEAK";
 
@@ -74,6 +74,17 @@ fn vmap_with_fault(heap: &Heap, knob: &str, times: usize) -> Outcome {
 /// The leak oracle must name the buffer the importer kept a reference to.
 pub fn selftest_leak(_ctx: &mut Ctx, heap: &Heap) -> Outcome {
     vmap_with_fault(heap, FAULT_LEAK_REF, 1)
+}
+
+/// The page leak oracle must name the page the heap allocated and never freed (its
+/// `selftest_leak_page` switch), though every buffer is closed and every counter of the heap
+/// balances: only page_owner sees it.
+pub fn selftest_page_leak(_ctx: &mut Ctx, heap: &Heap) -> Outcome {
+    let knob = format!("/sys/kernel/debug/{}_heap/selftest_leak_page", heap.name);
+    let _leak = Knob::set(&knob, "1").context(format!("switching on {knob}"))?;
+    let buf = heap.alloc(4096).context("alloc 4 KiB")?;
+    drop(buf);
+    Ok(())
 }
 
 /// The whole-run kmemleak check must report blocks allocated in the importer's ioctl.

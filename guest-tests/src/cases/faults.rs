@@ -275,7 +275,7 @@ fn sweep(s: &Subject, op: &Op, nth: &FailNth) -> Result<Sweep, Stop> {
     let mut out = Sweep::default();
     let fail = |n: u32, what: String| Stop::Fail(format!("{}: fault point {n}: {what}", op.name));
     for n in 1..=MAX_POINTS {
-        let before = Holdings::read().map_err(Stop::Fail)?;
+        let before = Holdings::read_buffers().map_err(Stop::Fail)?;
         nth.arm(n).context("arming fail-nth")?;
         let r = (op.run)(s);
         let injected = nth.disarm().context("disarming fail-nth")?;
@@ -297,7 +297,9 @@ fn sweep(s: &Subject, op: &Op, nth: &FailNth) -> Result<Sweep, Stop> {
             }
             Err(e) => return Err(fail(n, format!("unclean failure: {}", describe(&e)))),
         }
-        let leaks = Holdings::read().map_err(Stop::Fail)?.leaked_since(&before);
+        let leaks = Holdings::read_buffers()
+            .map_err(Stop::Fail)?
+            .leaked_since(&before);
         if let Some(l) = leaks.first() {
             return Err(fail(n, format!("leak after the injected failure: {l}")));
         }
