@@ -83,12 +83,20 @@ impl Series {
         format!("kernel-{}.config", self.name())
     }
 
-    /// Kbuild's `LLVM=` value. 7.3 needs LLVM >= 17 and bookworm's default clang is 14;
-    /// bookworm's versioned clang-19 is used through the suffix form.
-    pub fn llvm(self) -> &'static str {
+    /// The suffix of the series' LLVM tools (`clang-19`), empty for the default ones. 7.3
+    /// needs LLVM >= 17 and bookworm's default clang is 14; its versioned clang-19 is used.
+    fn llvm_suffix(self) -> &'static str {
         match self {
-            Series::V6_12 => "1",
+            Series::V6_12 => "",
             Series::V7_3 => "-19",
+        }
+    }
+
+    /// Kbuild's `LLVM=` value: `1` for the default tools, else their suffix.
+    pub fn llvm(self) -> &'static str {
+        match self.llvm_suffix() {
+            "" => "1",
+            suffix => suffix,
         }
     }
 
@@ -104,10 +112,7 @@ impl Series {
 
     /// The compiler, linker and archiver the build uses, for the cache key.
     pub fn toolchain(self) -> [String; 2] {
-        let suffix = match self.llvm() {
-            "1" => "",
-            s => s,
-        };
+        let suffix = self.llvm_suffix();
         [format!("clang{suffix}"), format!("ld.lld{suffix}")]
     }
 
