@@ -19,14 +19,18 @@
 //!
 //! Statistics: `/sys/kernel/debug/rust_system_heap/stats`.
 
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use core::{
+    convert::Infallible,
+    fmt,
+    sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+};
 use kernel::{
     bindings, c_str,
+    debugfs::{Reader, Scope, Writer},
     dma_buf::{self, DataDirection, Exported, Exporter, PageBuffer, Pages},
     dma_heap,
     prelude::*,
-    rig::{compat, debugfs},
-    str::CString,
+    uaccess::UserSliceReader,
 };
 
 kernel::rig_module! {
@@ -84,8 +88,8 @@ impl Stats {
     }
 }
 
-impl debugfs::File for Stats {
-    fn show(&self, out: &mut KVec<u8>) -> Result {
+impl Writer for Stats {
+    fn write(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let rows: [(&str, &AtomicU64); 10] = [
             ("live_buffers", &self.live_buffers),
             ("live_bytes", &self.live_bytes),
@@ -99,8 +103,7 @@ impl debugfs::File for Stats {
             ("alloc_interrupted", &self.alloc_interrupted),
         ];
         for (name, v) in rows {
-            let line = CString::try_from_fmt(compat::fmt!("{}: {}\n", name, v.load(Relaxed)))?;
-            out.extend_from_slice(compat::c_str_bytes(&line), GFP_KERNEL)?;
+            writeln!(f, "{}: {}", name, v.load(Relaxed))?;
         }
         Ok(())
     }
@@ -109,17 +112,22 @@ impl debugfs::File for Stats {
 /// A debugfs switch, "1" or "0".
 struct Switch(AtomicBool);
 
-impl debugfs::File for Switch {
-    fn show(&self, out: &mut KVec<u8>) -> Result {
-        let v: &[u8] = if self.0.load(Relaxed) { b"1\n" } else { b"0\n" };
-        out.extend_from_slice(v, GFP_KERNEL)?;
-        Ok(())
+impl Writer for Switch {
+    fn write(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{}", u8::from(self.0.load(Relaxed)))
     }
+}
 
-    fn store(&self, data: &[u8]) -> Result {
-        match data.first() {
-            Some(b'1') | Some(b'y') | Some(b'Y') => self.0.store(true, Relaxed),
-            Some(b'0') | Some(b'n') | Some(b'N') => self.0.store(false, Relaxed),
+impl Reader for Switch {
+    fn read_from_slice(&self, reader: &mut UserSliceReader) -> Result {
+        let mut first = [0u8; 1];
+        if reader.len() == 0 || reader.len() > 8 {
+            return Err(EINVAL);
+        }
+        reader.read_slice(&mut first)?;
+        match first[0] {
+            b'1' | b'y' | b'Y' => self.0.store(true, Relaxed),
+            b'0' | b'n' | b'N' => self.0.store(false, Relaxed),
             _ => return Err(EINVAL),
         }
         Ok(())
@@ -153,6 +161,7 @@ fn dec_if_positive(v: &AtomicU64) -> bool {
         .is_ok()
 }
 
+#[vtable]
 impl Exporter for Policy {
     fn begin_cpu_access(buf: &PageBuffer<Self>, dir: DataDirection) -> Result {
         HEAP.stats.begin_cpu_access.fetch_add(1, Relaxed);
@@ -273,30 +282,22 @@ impl dma_heap::Heap for RustSystemHeap {
 /// The module's state. A dma-buf heap cannot be removed once added, so `dma_heap::register`
 /// pins the module: it is never unloaded and this is never dropped.
 struct RustSystemHeapModule {
-    _files: Option<debugfs::Dir>,
+    _files: Pin<KBox<Scope<&'static RustSystemHeap>>>,
 }
 
 impl kernel::Module for RustSystemHeapModule {
     fn init(module: &'static ThisModule) -> Result<Self> {
-        // debugfs is optional equipment: the heap works without it.
-        let files = debugfs::Dir::new(c_str!("rust_system_heap")).and_then(|dir| {
-            dir.file(c_str!("stats"), 0o444, &HEAP.stats)?;
-            dir.file(c_str!("ion_compat"), 0o644, &HEAP.ion_compat)?;
-            dir.file(
-                c_str!("selftest_leak_page"),
-                0o600,
-                &HEAP.selftest_leak_page,
-            )?;
-            Ok(dir)
-        });
-        let files = files
-            .inspect_err(|e| {
-                pr_warn!(
-                    "no debugfs files ({:?}); stats and ion_compat unavailable\n",
-                    e
-                )
-            })
-            .ok();
+        // debugfs is optional equipment: without it the heap works, with no stats and no
+        // ion_compat switch.
+        // The data is the static itself: moved in by value, which cannot fail.
+        let files = KBox::pin_init::<Infallible>(
+            Scope::dir(&HEAP, c_str!("rust_system_heap"), |heap, dir| {
+                dir.read_only_file(c_str!("stats"), &heap.stats);
+                dir.read_write_file(c_str!("ion_compat"), &heap.ion_compat);
+                dir.read_write_file(c_str!("selftest_leak_page"), &heap.selftest_leak_page);
+            }),
+            GFP_KERNEL,
+        )?;
         dma_heap::register(c_str!("rust_system"), &HEAP, module)?;
         pr_info!("registered /dev/dma_heap/rust_system\n");
         Ok(Self { _files: files })

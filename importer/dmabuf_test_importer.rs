@@ -6,19 +6,23 @@
 //! device; this misc device does it on request, for a dma-buf fd from any exporter. The
 //! ioctls and their argument block are defined once, in `dmabuf_test_importer_uapi.rs`.
 
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use core::{
+    convert::Infallible,
+    fmt,
+    sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
+};
 use kernel::{
     c_str,
-    dma_buf::{Bytes, DataDirection, DmaBufRef, MappedAttachment, Vmapped},
+    debugfs::{Reader, Scope, Writer},
+    device::Device,
+    dma_buf::{Bytes, DataDirection, DmaBufRef, DmaParams, MappedAttachment, Vmapped},
+    fs::File,
+    miscdevice::{MiscDevice, MiscDeviceOptions, MiscDeviceRegistration},
     new_mutex,
     prelude::*,
-    rig::{
-        compat::{self, AsBytes, FromBytes},
-        debugfs,
-        miscdevice::{MiscDevice, Registration},
-    },
-    sync::Mutex,
-    uaccess::UserSliceWriter,
+    rig::compat::{self, ARef, AsBytes, FromBytes},
+    sync::{Arc, Mutex},
+    uaccess::{UserSliceReader, UserSliceWriter},
 };
 
 // Shared with user space, which uses items the kernel side does not.
@@ -50,7 +54,7 @@ enum Held {
 /// before it is mapped until after it is unmapped: while registered, no other hold of the
 /// same buffer, from any open file, can map the same pages for the device a second time.
 struct AttachHold {
-    imp: &'static Importer,
+    imp: Arc<Importer>,
     id: usize,
     mapped: Option<MappedAttachment>,
 }
@@ -71,6 +75,7 @@ struct Hold {
     held: Held,
 }
 
+/// What all open files of the device share.
 #[pin_data]
 struct Importer {
     /// Taken only by the `lock_inversion` fault, in both orders with a file's holds.
@@ -90,6 +95,24 @@ struct Holds {
     list: Mutex<KVec<Hold>>,
 }
 
+/// An open file of the device.
+#[pin_data]
+struct OpenFile {
+    imp: Arc<Importer>,
+    /// The device buffers are attached and mapped for.
+    dev: ARef<Device>,
+    #[pin]
+    holds: Holds,
+}
+
+/// The device: its registration and what its open files share.
+#[pin_data]
+struct ImporterDevice {
+    imp: Arc<Importer>,
+    #[pin]
+    reg: MiscDeviceRegistration<OpenFile>,
+}
+
 /// The fault knob: an index into `FAULTS` (0 is "none"); see the uapi file.
 struct Faults(AtomicUsize);
 
@@ -101,16 +124,22 @@ impl Faults {
     }
 }
 
-impl debugfs::File for Faults {
-    fn show(&self, out: &mut KVec<u8>) -> Result {
+impl Writer for Faults {
+    fn write(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let name = FAULTS.get(self.0.load(Relaxed)).unwrap_or(&FAULT_NONE);
-        out.extend_from_slice(name.as_bytes(), GFP_KERNEL)?;
-        out.push(b'\n', GFP_KERNEL)?;
-        Ok(())
+        writeln!(f, "{}", name)
     }
+}
 
-    fn store(&self, data: &[u8]) -> Result {
-        let name = data.strip_suffix(b"\n").unwrap_or(data);
+impl Reader for Faults {
+    fn read_from_slice(&self, reader: &mut UserSliceReader) -> Result {
+        let mut data = [0u8; 64];
+        let n = reader.len();
+        if n > data.len() {
+            return Err(EINVAL);
+        }
+        reader.read_slice(&mut data[..n])?;
+        let name = data[..n].strip_suffix(b"\n").unwrap_or(&data[..n]);
         let (i, f) = FAULTS
             .iter()
             .enumerate()
@@ -211,7 +240,7 @@ impl Importer {
         Ok(())
     }
 
-    fn kmap_walk(&self, dev: &kernel::device::Device, args: &mut ImporterArgs) -> Result {
+    fn kmap_walk(&self, dev: &Device, args: &mut ImporterArgs) -> Result {
         let buf = DmaBufRef::from_fd(args.fd)?;
         let mut att = buf.attach(dev)?;
         let map = att.map(DataDirection::Bidirectional)?;
@@ -221,7 +250,7 @@ impl Importer {
         Ok(())
     }
 
-    fn attach_map(&self, dev: &kernel::device::Device, args: &mut ImporterArgs) -> Result {
+    fn attach_map(&self, dev: &Device, args: &mut ImporterArgs) -> Result {
         if !(1..=2).contains(&args.count) {
             return Err(EINVAL);
         }
@@ -270,14 +299,10 @@ impl Importer {
     /// Attaches `buf` to the device and maps it, unless it already has an attachment hold
     /// (`EBUSY`): a second mapping of the same pages for one device overlaps the first, which
     /// DMA-API debug reports as a kernel WARNING user space must not be able to cause.
-    fn attach_hold(
-        &'static self,
-        buf: DmaBufRef,
-        dev: &'static kernel::device::Device,
-    ) -> Result<AttachHold> {
+    fn attach_hold(imp: &Arc<Importer>, buf: DmaBufRef, dev: &Device) -> Result<AttachHold> {
         let id = buf.id();
         {
-            let mut attached = self.attached.lock();
+            let mut attached = imp.attached.lock();
             if attached.contains(&id) {
                 return Err(EBUSY);
             }
@@ -285,7 +310,7 @@ impl Importer {
         }
         // Registered: dropping `hold` on an error below unregisters it again.
         let mut hold = AttachHold {
-            imp: self,
+            imp: imp.clone(),
             id,
             mapped: None,
         };
@@ -350,21 +375,28 @@ const IOCTLS: [u32; 8] = [
     IMPORTER_CPU_ACCESS,
 ];
 
-impl MiscDevice for Importer {
-    type Open = Holds;
+#[vtable]
+impl MiscDevice for OpenFile {
+    type Ptr = Pin<KBox<Self>>;
 
-    fn open(_reg: &'static Registration<Self>) -> impl PinInit<Holds, Error> {
-        try_pin_init!(Holds {
-            list <- new_mutex!(KVec::new(), "Holds::list"),
-        }? Error)
+    fn open(_file: &File, misc: &MiscDeviceRegistration<Self>) -> Result<Pin<KBox<Self>>> {
+        let misc_ptr = core::ptr::from_ref(misc).cast_mut();
+        // SAFETY: every registration of `OpenFile` is the `reg` field of an `ImporterDevice`
+        // (`ImporterModule::init` makes the only one), which outlives the open call.
+        let device = unsafe { &*kernel::container_of!(misc_ptr, ImporterDevice, reg) };
+        KBox::pin_init(
+            try_pin_init!(OpenFile {
+                imp: device.imp.clone(),
+                dev: ARef::from(misc.device()),
+                holds <- try_pin_init!(Holds {
+                    list <- new_mutex!(KVec::new(), "Holds::list"),
+                }? Error),
+            }? Error),
+            GFP_KERNEL,
+        )
     }
 
-    fn ioctl(
-        reg: &'static Registration<Self>,
-        holds: &Holds,
-        cmd: u32,
-        arg: usize,
-    ) -> Result<isize> {
+    fn ioctl(me: Pin<&OpenFile>, _file: &File, cmd: u32, arg: usize) -> Result<isize> {
         if !IOCTLS.contains(&cmd) {
             return Err(ENOTTY);
         }
@@ -372,12 +404,12 @@ impl MiscDevice for Importer {
         let (mut r, mut w) = compat::user_slice(arg, size).reader_writer();
         let mut args: ImporterArgs = r.read()?;
         validate(&args)?;
-        let imp: &'static Importer = reg.data();
+        let (imp, holds, dev) = (&me.imp, &me.holds, &*me.dev);
         match cmd {
             IMPORTER_VMAP => imp.vmap(holds, &mut args)?,
             IMPORTER_VMAP_TWICE => imp.vmap_twice(&mut args)?,
-            IMPORTER_KMAP_WALK => imp.kmap_walk(reg.device(), &mut args)?,
-            IMPORTER_ATTACH_MAP => imp.attach_map(reg.device(), &mut args)?,
+            IMPORTER_KMAP_WALK => imp.kmap_walk(dev, &mut args)?,
+            IMPORTER_ATTACH_MAP => imp.attach_map(dev, &mut args)?,
             // Each copies its result out itself, before committing the hold.
             IMPORTER_HOLD => {
                 let map = DmaBufRef::from_fd(args.fd)?.vmap()?;
@@ -387,7 +419,7 @@ impl MiscDevice for Importer {
             IMPORTER_ATTACH_HOLD => {
                 let buf = DmaBufRef::from_fd(args.fd)?;
                 imp.hold(holds, &mut w, &mut args, || {
-                    imp.attach_hold(buf, reg.device())
+                    Importer::attach_hold(imp, buf, dev)
                         .map(|hold| Held::Attachment { _hold: hold })
                 })?;
                 return Ok(0);
@@ -401,37 +433,49 @@ impl MiscDevice for Importer {
     }
 }
 
-/// The module's state: dropping it (the module's exit) removes the debugfs knobs, then the
-/// device. No file of the device is open by then: open files keep the module loaded.
+/// The module's state, dropped in field order at the module's exit: the debugfs knobs, the
+/// device's DMA parameters, then the device. No file of the device is open by then: open
+/// files keep the module loaded.
 struct ImporterModule {
-    _files: Option<debugfs::Dir>,
-    _reg: Pin<KBox<Registration<Importer>>>,
+    _files: Pin<KBox<Scope<&'static Faults>>>,
+    _dma: Pin<KBox<DmaParams>>,
+    _dev: Pin<KBox<ImporterDevice>>,
 }
 
 impl kernel::Module for ImporterModule {
-    fn init(module: &'static ThisModule) -> Result<Self> {
-        let reg = Registration::register(
-            c_str!("dmabuf_test_importer"),
-            module,
+    fn init(_module: &'static ThisModule) -> Result<Self> {
+        let imp = Arc::pin_init(
             try_pin_init!(Importer {
                 order <- new_mutex!((), "Importer::order"),
                 attached <- new_mutex!(KVec::new(), "Importer::attached"),
                 next_handle: AtomicU64::new(1),
             }),
+            GFP_KERNEL,
         )?;
-        reg.set_dma_params()?;
+        let options = MiscDeviceOptions {
+            name: c_str!("dmabuf_test_importer"),
+        };
+        let dev = KBox::pin_init(
+            try_pin_init!(ImporterDevice {
+                imp,
+                reg <- MiscDeviceRegistration::register(options),
+            }),
+            GFP_KERNEL,
+        )?;
+        let dma = KBox::pin_init(DmaParams::new(dev.reg.device()), GFP_KERNEL)?;
         // debugfs is optional: without it the fault knobs stay off.
-        let files = debugfs::Dir::new(c_str!("dmabuf_test_importer")).and_then(|dir| {
-            dir.file(c_str!("faults"), 0o600, &FAULT)?;
-            Ok(dir)
-        });
-        let files = files
-            .inspect_err(|e| pr_warn!("no debugfs fault knobs ({:?})\n", e))
-            .ok();
+        // The data is the static itself: moved in by value, which cannot fail.
+        let files = KBox::pin_init::<Infallible>(
+            Scope::dir(&FAULT, c_str!("dmabuf_test_importer"), |faults, dir| {
+                dir.read_write_file(c_str!("faults"), *faults)
+            }),
+            GFP_KERNEL,
+        )?;
         pr_info!("registered /dev/dmabuf_test_importer\n");
         Ok(Self {
             _files: files,
-            _reg: reg,
+            _dma: dma,
+            _dev: dev,
         })
     }
 }

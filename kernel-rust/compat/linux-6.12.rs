@@ -4,7 +4,7 @@
 //! names, so the dma-buf abstractions, the heap and the importer compile unchanged on each.
 //! This is the Linux 6.12 version; `linux-7.3.rs` beside it has the same items.
 
-use crate::{bindings, device::Device, ffi::c_char, str::CStr, uaccess::UserSlice};
+use crate::{bindings, ffi::c_char, str::CStr, uaccess::UserSlice};
 
 /// `DMA_BIDIRECTIONAL` (a plain integer constant in 6.12's bindings).
 pub const DMA_BIDIRECTIONAL: bindings::dma_data_direction =
@@ -25,41 +25,9 @@ pub fn user_slice(addr: usize, len: usize) -> UserSlice {
     UserSlice::new(addr, len)
 }
 
-/// The Rust view of a C `struct device`.
-///
-/// # Safety
-///
-/// `ptr` must point to a device whose reference count is non-zero for all of `'a`.
-pub unsafe fn device_from_raw<'a>(ptr: *mut bindings::device) -> &'a Device {
-    // SAFETY: the caller keeps the device alive for `'a`.
-    unsafe { Device::as_ref(ptr) }
-}
-
-/// `debugfs_create_file()` (a plain function in 6.12).
-///
-/// # Safety
-///
-/// As the C function: `name` a valid C string, `parent` a live dentry or NULL, `data` valid
-/// for as long as the file exists, `fops` `'static`.
-pub unsafe fn debugfs_create_file(
-    name: *const c_char,
-    mode: u16,
-    parent: *mut bindings::dentry,
-    data: *mut core::ffi::c_void,
-    fops: &'static bindings::file_operations,
-) -> *mut bindings::dentry {
-    // SAFETY: the caller upholds the C function's contract.
-    unsafe { bindings::debugfs_create_file(name, mode, parent, data, fops) }
-}
-
-/// `format_args!` for the kernel's printing and string functions.
-pub use crate::fmt;
+/// An owned reference to a refcounted kernel object (it moved between the kernels).
+pub use crate::types::ARef;
 pub use crate::types::{AsBytes, FromBytes};
-
-/// A C string's bytes, without the terminating NUL.
-pub fn c_str_bytes(s: &CStr) -> &[u8] {
-    s.as_bytes()
-}
 
 /// `module!` for the rig's drivers. 6.12's `module!` has no `imports_ns`: the drivers are
 /// built in there (6.12 exports no `dma_heap_add` to modules), so the namespaces are dropped.

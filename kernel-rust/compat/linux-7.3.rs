@@ -6,7 +6,6 @@
 
 use crate::{
     bindings,
-    device::Device,
     ffi::c_char,
     str::{CStr, CStrExt},
     uaccess::{UserPtr, UserSlice},
@@ -31,41 +30,9 @@ pub fn user_slice(addr: usize, len: usize) -> UserSlice {
     UserSlice::new(UserPtr::from_addr(addr), len)
 }
 
-/// The Rust view of a C `struct device`.
-///
-/// # Safety
-///
-/// `ptr` must point to a device whose reference count is non-zero for all of `'a`.
-pub unsafe fn device_from_raw<'a>(ptr: *mut bindings::device) -> &'a Device {
-    // SAFETY: the caller keeps the device alive for `'a`.
-    unsafe { Device::from_raw(ptr) }
-}
-
-/// `debugfs_create_file()` (a `_Generic` macro over `debugfs_create_file_full` in 7.3).
-///
-/// # Safety
-///
-/// As the C function: `name` a valid C string, `parent` a live dentry or NULL, `data` valid
-/// for as long as the file exists, `fops` `'static`.
-pub unsafe fn debugfs_create_file(
-    name: *const c_char,
-    mode: u16,
-    parent: *mut bindings::dentry,
-    data: *mut core::ffi::c_void,
-    fops: &'static bindings::file_operations,
-) -> *mut bindings::dentry {
-    // SAFETY: the caller upholds the C function's contract; no auxiliary data.
-    unsafe { bindings::debugfs_create_file_full(name, mode, parent, data, core::ptr::null(), fops) }
-}
-
-/// `format_args!` for the kernel's printing and string functions.
-pub use crate::prelude::fmt;
+/// An owned reference to a refcounted kernel object (it moved between the kernels).
+pub use crate::sync::aref::ARef;
 pub use crate::transmute::{AsBytes, FromBytes};
-
-/// A C string's bytes, without the terminating NUL.
-pub fn c_str_bytes(s: &CStr) -> &[u8] {
-    s.to_bytes()
-}
 
 /// `module!` for the rig's drivers, importing the symbol namespaces they use (modpost
 /// refuses a module that uses `DMA_BUF` or `DMA_BUF_HEAP` symbols without importing them).

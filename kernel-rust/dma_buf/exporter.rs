@@ -7,6 +7,7 @@
 //! brackets) comes from an [`Exporter`] implementation, which never handles a raw pointer.
 
 use super::*;
+use crate::error::VTABLE_DEFAULT_ERROR;
 
 /// One device's view of a buffer.
 ///
@@ -44,13 +45,19 @@ pub struct KernelMapping {
     pub created: bool,
 }
 
-/// Policy an exporter adds to a [`PageBuffer`]. Every `dma_buf_ops` member is always
-/// provided (the generic ones by [`PageBuffer`]), so this is a plain trait, not a vtable.
+/// Policy an exporter adds to a [`PageBuffer`]. The CPU-access callbacks are `dma_buf_ops`
+/// members an exporter may leave out (the core then skips them, as for a C exporter without
+/// them); the others are hooks on the generic operations [`PageBuffer`] provides.
+#[vtable]
 pub trait Exporter: Sized + Send + Sync + 'static {
     /// `DMA_BUF_IOCTL_SYNC` start, or `dma_buf_begin_cpu_access` from a kernel importer.
-    fn begin_cpu_access(buf: &PageBuffer<Self>, dir: DataDirection) -> Result;
+    fn begin_cpu_access(_buf: &PageBuffer<Self>, _dir: DataDirection) -> Result {
+        crate::build_error!(VTABLE_DEFAULT_ERROR)
+    }
     /// The matching end.
-    fn end_cpu_access(buf: &PageBuffer<Self>, dir: DataDirection) -> Result;
+    fn end_cpu_access(_buf: &PageBuffer<Self>, _dir: DataDirection) -> Result {
+        crate::build_error!(VTABLE_DEFAULT_ERROR)
+    }
     /// Called after a kernel mapping reference was taken; `created` if it made the mapping.
     fn vmapped(_buf: &PageBuffer<Self>, _created: bool) {}
     /// Called after a reference was dropped; `destroyed` if it was the last one.
@@ -112,9 +119,9 @@ impl<T: Exporter> PageBuffer<T> {
                 // SAFETY: `rec.dev` is valid while attached; the table was mapped for it.
                 unsafe {
                     if for_cpu {
-                        bindings::dma_sync_sgtable_for_cpu(rec.dev, t, dir.as_raw());
+                        bindings::dma_sync_sgtable_for_cpu(rec.dev, t, dir.into());
                     } else {
-                        bindings::dma_sync_sgtable_for_device(rec.dev, t, dir.as_raw());
+                        bindings::dma_sync_sgtable_for_device(rec.dev, t, dir.into());
                     }
                 }
             }
@@ -437,8 +444,16 @@ impl<T: Exporter> OpsTable<T> {
         map_dma_buf: Some(Self::map_dma_buf),
         unmap_dma_buf: Some(Self::unmap_dma_buf),
         release: Some(Self::release),
-        begin_cpu_access: Some(Self::begin_cpu_access),
-        end_cpu_access: Some(Self::end_cpu_access),
+        begin_cpu_access: if T::HAS_BEGIN_CPU_ACCESS {
+            Some(Self::begin_cpu_access)
+        } else {
+            None
+        },
+        end_cpu_access: if T::HAS_END_CPU_ACCESS {
+            Some(Self::end_cpu_access)
+        } else {
+            None
+        },
         mmap: Some(Self::mmap),
         vmap: Some(Self::vmap),
         vunmap: Some(Self::vunmap),
@@ -499,7 +514,7 @@ impl<T: Exporter> OpsTable<T> {
         // SAFETY: `att` is valid and its `dmabuf` is ours.
         let buf = unsafe { Self::buffer((*att).dmabuf) };
         let r = (|| -> Result<*mut bindings::sg_table> {
-            let dir = DataDirection::from_raw(dir)?;
+            let dir = super::direction(dir)?;
             let _state = buf.state.lock();
             // SAFETY: `priv_` is the record `attach` made; the lock serialises its updates.
             let rec = unsafe { &mut *(*att).priv_.cast::<AttachmentRec>() };
@@ -508,7 +523,7 @@ impl<T: Exporter> OpsTable<T> {
             }
             let t = rec.table.as_raw();
             // SAFETY: `rec.dev` is the attached device and `t` a valid table of our pages.
-            to_result(unsafe { bindings::dma_map_sgtable(rec.dev, t, dir.as_raw(), 0) })?;
+            to_result(unsafe { bindings::dma_map_sgtable(rec.dev, t, dir.into(), 0) })?;
             rec.mapped = Some(dir);
             buf.mapped
                 .fetch_add(1, core::sync::atomic::Ordering::Release);
@@ -559,7 +574,7 @@ impl<T: Exporter> OpsTable<T> {
         from_result(|| {
             // SAFETY: live and ours, by the function's contract.
             let buf = unsafe { Self::buffer(dmabuf) };
-            hook(buf, DataDirection::from_raw(dir)?)?;
+            hook(buf, super::direction(dir)?)?;
             Ok(0)
         })
     }

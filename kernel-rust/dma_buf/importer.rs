@@ -50,13 +50,13 @@ impl DmaBufRef {
     /// `dma_buf_begin_cpu_access`.
     pub fn begin_cpu_access(&self, dir: DataDirection) -> Result {
         // SAFETY: the buffer is alive while we hold a reference.
-        to_result(unsafe { bindings::dma_buf_begin_cpu_access(self.as_ptr(), dir.as_raw()) })
+        to_result(unsafe { bindings::dma_buf_begin_cpu_access(self.as_ptr(), dir.into()) })
     }
 
     /// `dma_buf_end_cpu_access`.
     pub fn end_cpu_access(&self, dir: DataDirection) -> Result {
         // SAFETY: the buffer is alive while we hold a reference.
-        to_result(unsafe { bindings::dma_buf_end_cpu_access(self.as_ptr(), dir.as_raw()) })
+        to_result(unsafe { bindings::dma_buf_end_cpu_access(self.as_ptr(), dir.into()) })
     }
 
     /// `dma_buf_vmap_unlocked`; the mapping keeps this reference until it is dropped.
@@ -122,8 +122,7 @@ impl RawAttachment {
             return Err(EBUSY);
         }
         // SAFETY: `att` is a live attachment (type invariant).
-        let t =
-            unsafe { bindings::dma_buf_map_attachment_unlocked(self.att.as_ptr(), dir.as_raw()) };
+        let t = unsafe { bindings::dma_buf_map_attachment_unlocked(self.att.as_ptr(), dir.into()) };
         let t = NonNull::new(crate::error::from_err_ptr(t)?).ok_or(EINVAL)?;
         self.mapped.set(Some((t, dir)));
         Ok(t)
@@ -137,7 +136,7 @@ impl RawAttachment {
                 bindings::dma_buf_unmap_attachment_unlocked(
                     self.att.as_ptr(),
                     table.as_ptr(),
-                    dir.as_raw(),
+                    dir.into(),
                 )
             };
         }
@@ -323,5 +322,67 @@ impl Mapping<'_> {
 impl Drop for Mapping<'_> {
     fn drop(&mut self) {
         self.att.unmap();
+    }
+}
+
+/// DMA parameters for a device no bus gives any, such as a misc device an importer maps
+/// buffers for: a 64-bit mask and segments of any size. Without them mapping fails (no
+/// mask) or DMA-API debug warns about segments longer than the 64 KiB default.
+///
+/// # Invariants
+///
+/// `dev` is a device this object holds a reference to; from a successful [`DmaParams::new`]
+/// until `drop`, its `dma_parms` points to `parms`.
+#[pin_data(PinnedDrop)]
+pub struct DmaParams {
+    #[pin]
+    parms: Opaque<bindings::device_dma_parameters>,
+    dev: NonNull<bindings::device>,
+}
+
+// SAFETY: the device reference may be dropped on any thread, and `parms` is only written
+// before it is shared.
+unsafe impl Send for DmaParams {}
+// SAFETY: `&DmaParams` gives no access to anything.
+unsafe impl Sync for DmaParams {}
+
+impl DmaParams {
+    /// Gives `dev` the parameters until the result is dropped.
+    pub fn new(dev: &crate::device::Device) -> impl PinInit<Self, Error> + '_ {
+        // SAFETY: all-zero DMA parameters are valid; the ones that matter are set below.
+        let zeroed: bindings::device_dma_parameters = unsafe { core::mem::zeroed() };
+        try_pin_init!(Self {
+            parms: Opaque::new(zeroed),
+            // Taken only when the initializer runs, so an unused one leaks nothing.
+            // SAFETY: `dev` is a valid device; the reference is dropped in `drop`.
+            dev: NonNull::new(unsafe { bindings::get_device(dev.as_raw()) }).ok_or(EINVAL)?,
+        })
+        .pin_chain(|this| {
+            let (dev, parms) = (this.dev.as_ptr(), this.parms.get());
+            // SAFETY: `dev` is alive (we hold a reference) and `parms` is pinned; on failure
+            // the caller drops `this`, whose `drop` takes the pointer back.
+            // INVARIANT: the device points to our parameters until `drop`.
+            unsafe {
+                (*parms).max_segment_size = u32::MAX;
+                (*parms).segment_boundary_mask = !0;
+                (*dev).dma_parms = parms;
+                to_result(bindings::dma_coerce_mask_and_coherent(dev, u64::MAX))
+            }
+        })
+    }
+}
+
+#[pinned_drop]
+impl PinnedDrop for DmaParams {
+    fn drop(self: Pin<&mut Self>) {
+        let (dev, parms) = (self.dev.as_ptr(), self.parms.get());
+        // SAFETY: we hold a reference to `dev` (type invariant); the device may outlive us
+        // (references held elsewhere), so it must stop pointing at our parameters.
+        unsafe {
+            if (*dev).dma_parms == parms {
+                (*dev).dma_parms = core::ptr::null_mut();
+            }
+            bindings::put_device(dev);
+        }
     }
 }

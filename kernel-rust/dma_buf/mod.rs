@@ -30,37 +30,20 @@ use crate::{
     rig::compat,
     str::CStr,
     sync::Mutex,
+    types::Opaque,
 };
 use core::{ffi::c_void, marker::PhantomData, ptr::NonNull};
 
-/// Direction of a DMA transfer or CPU access (`enum dma_data_direction`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DataDirection {
-    /// Both ways.
-    Bidirectional,
-    /// From memory to the device (the CPU wrote).
-    ToDevice,
-    /// From the device to memory (the CPU will read).
-    FromDevice,
-}
+pub use crate::dma::DataDirection;
 
-impl DataDirection {
-    fn from_raw(dir: bindings::dma_data_direction) -> Result<Self> {
-        match dir {
-            compat::DMA_BIDIRECTIONAL => Ok(Self::Bidirectional),
-            compat::DMA_TO_DEVICE => Ok(Self::ToDevice),
-            compat::DMA_FROM_DEVICE => Ok(Self::FromDevice),
-            _ => Err(EINVAL),
-        }
-    }
-
-    /// The C value.
-    pub fn as_raw(self) -> bindings::dma_data_direction {
-        match self {
-            Self::Bidirectional => compat::DMA_BIDIRECTIONAL,
-            Self::ToDevice => compat::DMA_TO_DEVICE,
-            Self::FromDevice => compat::DMA_FROM_DEVICE,
-        }
+/// The direction of a mapping, sync or CPU access the dma-buf core asks for: `DMA_NONE`
+/// moves no data and is refused, as is anything unknown.
+fn direction(raw: bindings::dma_data_direction) -> Result<DataDirection> {
+    match raw {
+        compat::DMA_BIDIRECTIONAL => Ok(DataDirection::Bidirectional),
+        compat::DMA_TO_DEVICE => Ok(DataDirection::ToDevice),
+        compat::DMA_FROM_DEVICE => Ok(DataDirection::FromDevice),
+        _ => Err(EINVAL),
     }
 }
 

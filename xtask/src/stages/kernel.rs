@@ -80,11 +80,6 @@ pub const OVERLAY: &[(&str, &str)] = &[
     ),
     ("kernel-rust/dma_heap.rs", "rust/kernel/dma_heap.rs"),
     ("kernel-rust/rig.rs", "rust/kernel/rig.rs"),
-    ("kernel-rust/rig/debugfs.rs", "rust/kernel/rig/debugfs.rs"),
-    (
-        "kernel-rust/rig/miscdevice.rs",
-        "rust/kernel/rig/miscdevice.rs",
-    ),
     (
         "heap/rust_system_heap.rs",
         "drivers/dma-buf/heaps/rust_system_heap.rs",
@@ -103,18 +98,30 @@ pub const OVERLAY: &[(&str, &str)] = &[
 /// (`kernel-rust/compat/linux-<series>.rs`), with the same items.
 const COMPAT: &str = "rust/kernel/rig/compat.rs";
 
-/// The overlay of a series: [`OVERLAY`] and its compat module.
-fn overlay(series: Series) -> Vec<(String, &'static str)> {
+/// The overlay of a series: [`OVERLAY`], its compat module, and its backports of upstream
+/// kernel-crate modules (`kernel-rust/backport/linux-<series>/<module>.rs`, each becoming
+/// `kernel::<module>`; the series' patch declares them in the crate root).
+fn overlay(series: Series) -> Vec<(String, String)> {
+    let backports = series.backports().iter().map(|m| {
+        (
+            format!("kernel-rust/backport/linux-{series}/{m}.rs"),
+            format!("rust/kernel/{m}.rs"),
+        )
+    });
     OVERLAY
         .iter()
-        .map(|(from, to)| (from.to_string(), *to))
-        .chain([(format!("kernel-rust/compat/linux-{series}.rs"), COMPAT)])
+        .map(|(from, to)| (from.to_string(), to.to_string()))
+        .chain([(
+            format!("kernel-rust/compat/linux-{series}.rs"),
+            COMPAT.to_string(),
+        )])
+        .chain(backports)
         .collect()
 }
 
-/// Every tree path the overlay writes (the same for every series).
-pub fn overlay_targets() -> impl Iterator<Item = &'static str> {
-    OVERLAY.iter().map(|(_, to)| *to).chain([COMPAT])
+/// Every tree path the overlay of `series` writes.
+pub fn overlay_targets(series: Series) -> Vec<String> {
+    overlay(series).into_iter().map(|(_, to)| to).collect()
 }
 
 fn overlay_sources(env: &Env, series: Series) -> Vec<PathBuf> {
@@ -130,8 +137,8 @@ const KERNEL_CRATE_ROOT: &str = "rust/kernel/lib.rs";
 /// Where the overlay puts its files: part of a Debian tree's stamp, so a changed layout (a
 /// module that became a directory) extracts a clean tree instead of leaving the old file
 /// beside the new one. A user's tree is synced with `--delete`, which removes it there.
-fn overlay_layout() -> String {
-    overlay_targets().collect::<Vec<_>>().join(" ")
+fn overlay_layout(series: Series) -> String {
+    overlay_targets(series).join(" ")
 }
 
 /// Copies the overlay into `dir`, rewriting only files whose content changed so make's
@@ -284,7 +291,7 @@ fn prepare_debian(env: &Env, series: Series) -> Result<Source> {
     let top = env.cache.join("src").join(&id);
     let dir = top.join(format!("linux-source-{series}"));
     let stamp = top.join("heaprig-source.stamp");
-    let want = format!("{version}\n{patch_hash}\n{}\n", overlay_layout());
+    let want = format!("{version}\n{patch_hash}\n{}\n", overlay_layout(series));
     let identity = format!("debian:{version}");
     if fs::read_to_string(&stamp).ok().as_deref() == Some(want.as_str())
         && dir.join("Makefile").is_file()
@@ -390,7 +397,8 @@ fn prepare_user_tree(env: &Env, tree: &Path, tree_id: Option<&str>) -> Result<So
     let excludes: Vec<String> = if carried {
         vec![]
     } else {
-        overlay_targets()
+        overlay_targets(series)
+            .iter()
             .map(|to| format!("--exclude=/{to}"))
             .collect()
     };
@@ -780,6 +788,23 @@ pub fn first_error(log: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every series' overlay names files the project has, and the backports go only where
+    /// upstream lacks the module: a 7.x tree keeps its own `kernel::miscdevice`.
+    #[test]
+    fn overlay_files_exist_and_backports_are_per_series() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        for s in Series::ALL {
+            for (from, _) in overlay(s) {
+                assert!(root.join(&from).is_file(), "{s}: {from} is missing");
+            }
+        }
+        let old = overlay_targets(Series::V6_12);
+        assert!(old.contains(&"rust/kernel/miscdevice.rs".to_string()));
+        let new = overlay_targets(Series::V7_3);
+        assert!(!new.iter().any(|t| t == "rust/kernel/miscdevice.rs"));
+        assert!(new.iter().any(|t| t == COMPAT));
+    }
 
     #[test]
     fn step_areas() {

@@ -124,6 +124,16 @@ impl Series {
         }
     }
 
+    /// The upstream kernel-crate modules the rig's kernel Rust uses that this series lacks:
+    /// small backports with the upstream API (the newest series needs none), so the heap and
+    /// the importer are written once, against upstream.
+    pub fn backports(self) -> &'static [&'static str] {
+        match self {
+            Series::V6_12 => &["debugfs", "dma", "fs", "miscdevice"],
+            Series::V7_3 => &[],
+        }
+    }
+
     /// The series that supports a tree of version `major.minor`: the newest one not newer
     /// than the tree, else the oldest. The note says when it is not an exact match.
     pub fn for_version(major: u32, minor: u32) -> (Series, Option<String>) {
