@@ -11,8 +11,8 @@ use anyhow::Result;
 use heaprig_protocol::shard::Shard;
 
 use crate::plan::{
-    BenchPlan, ExecPlan, FuzzPlan, KcidbPlan, KernelPlan, Outputs, SkipWhy, Snapshots, SuitePlan,
-    TestPlan, Triage, VmPlan,
+    BenchPlan, ExecPlan, FuzzPlan, KcidbPlan, KernelPlan, MutatePlan, Outputs, SkipWhy, Snapshots,
+    SuitePlan, TestPlan, Triage, VmPlan,
 };
 use crate::stages::kernel::Profile;
 use crate::stages::series::Series;
@@ -58,6 +58,9 @@ pub enum Cmd {
     Bisect(BisectArgs),
     /// One verdict on the tree as checked out: `git bisect run cargo xtask bisect-step ...`.
     BisectStep(StepArgs),
+    /// Run the suite on each mutant of mutants/corpus.toml (one small realistic bug at a
+    /// time); report what caught each and a mutation score per heap.
+    Mutate(MutateArgs),
     /// Join the results.json of every shard of a run (`test --shard I/N --json F`) into one
     /// report, JUnit and KCIDB file; fails when a shard is missing.
     Merge(MergeArgs),
@@ -203,6 +206,57 @@ pub struct VerdictArgs {
 }
 
 #[derive(Args)]
+pub struct MutateArgs {
+    #[command(flatten)]
+    pub vm: VmArgs,
+    #[command(flatten)]
+    pub suite: SuiteArgs,
+    /// Only this mutant (repeatable); all that apply to the kernel when none is named.
+    #[arg(long = "mutant", value_name = "NAME", conflicts_with = "sample")]
+    pub mutants: Vec<String>,
+    /// Only N of them, a different N for each commit of the rig (so CI covers the corpus
+    /// over time while paying for N).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub sample: Option<u64>,
+    /// Also write the Markdown report here (it is always in target/heaprig/mutate/).
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+}
+
+impl MutateArgs {
+    /// Fails before anything is built: an invalid corpus, an unknown mutant, a kernel tree
+    /// other than the rig's own (mutants are edits of its prepared source).
+    pub fn plan(&self, root: &Path, seed: u64) -> Result<MutatePlan> {
+        if self.vm.kernel.kernel_src.is_some() {
+            anyhow::bail!(
+                "mutate edits the rig's own prepared source of a kernel series; it takes \
+                 --kernel, not --kernel-src"
+            );
+        }
+        let kernel = self.vm.kernel.plan(Profile::Debug);
+        let cases = crate::mutants::select(
+            crate::mutants::load(root)?,
+            kernel.series,
+            &self.mutants,
+            self.sample.map(|n| n as usize),
+            seed,
+        )?;
+        Ok(MutatePlan {
+            suite: TestPlan {
+                kernel,
+                vm: self.vm.plan(),
+                suite: self.suite.plan(),
+                snapshots: Snapshots::Skip(SkipWhy::ComparedElsewhere),
+                triage: Triage::default(),
+                outputs: Outputs::default(),
+            },
+            cases,
+            report: self.report.clone(),
+        })
+    }
+}
+
+#[derive(Args)]
 pub struct BisectArgs {
     #[command(flatten)]
     pub vm: VmArgs,
@@ -292,6 +346,7 @@ impl KernelArgs {
             series: self.kernel.unwrap_or(Series::DEFAULT),
             src: self.kernel_src.clone(),
             tree_id: self.tree_id.clone(),
+            mutation: None,
         }
     }
 }

@@ -6,6 +6,7 @@ mod cmd;
 mod env;
 mod flags;
 mod hash;
+mod mutants;
 mod parse;
 mod plan;
 mod report;
@@ -16,7 +17,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use cmd::{bench, bisect, exec, fuzz, lint, merge, shell, test, validate};
+use cmd::{bench, bisect, exec, fuzz, lint, merge, mutate, shell, test, validate};
 use flags::{Cmd, Xtask};
 use stages::kernel::Profile;
 use stages::setup;
@@ -94,6 +95,9 @@ fn main() -> ExitCode {
         Cmd::Bisect(a) => bisect::run(&env, a),
         // Never exits 2 (a "bad" verdict to git): rig failures are skips, see bisect.rs.
         Cmd::BisectStep(a) => Ok(bisect::step(&env, a)),
+        Cmd::Mutate(a) => a
+            .plan(&env.root, mutate::sample_seed(&env))
+            .and_then(|plan| mutate::run(&env, plan)),
     });
     match result {
         Ok(code) => code,

@@ -24,6 +24,19 @@ pub struct KernelPlan {
     /// Cache identity of a rig scratch tree (validate, bisect): its steps share one private
     /// copy and build dir.
     pub tree_id: Option<String>,
+    /// One small edit made to the prepared source before the build (`mutate`); undone by
+    /// the next build that does not ask for it.
+    pub mutation: Option<Mutation>,
+}
+
+/// A mutant's edit: `from`, which must occur exactly once in `file` (a path in the
+/// prepared kernel tree), becomes `to`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mutation {
+    pub name: String,
+    pub file: String,
+    pub from: String,
+    pub to: String,
 }
 
 /// The guest machine, and how long it may take to reach its command.
@@ -157,4 +170,13 @@ pub struct ExecPlan {
     pub vm: VmPlan,
     pub command: Vec<String>,
     pub run_timeout: Duration,
+}
+
+/// `cargo xtask mutate`: the unmutated suite, then the same suite on each mutant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MutatePlan {
+    /// The suite as it runs on the unmutated kernel (its `kernel.mutation` is None).
+    pub suite: TestPlan,
+    pub cases: Vec<crate::mutants::Case>,
+    pub report: Option<PathBuf>,
 }

@@ -8,6 +8,7 @@ pub mod exec;
 pub mod fuzz;
 pub mod lint;
 pub mod merge;
+pub mod mutate;
 pub mod shell;
 pub mod test;
 pub mod tree;

@@ -557,6 +557,7 @@ fn bench_both(
             series: Series::DEFAULT,
             src: Some(scratch.path().to_path_buf()),
             tree_id: Some(scratch.tree_id.clone()),
+            mutation: None,
         },
         vm: a.vm.plan(),
         quick: false,

@@ -16,6 +16,7 @@ use crate::hash::{hex, sha256_hex};
 use xshell::cmd;
 
 use crate::env::Env;
+use crate::plan::Mutation;
 use crate::report::fmt_duration;
 use crate::stages::kconfig::{describe_missing, Kconfig};
 use crate::stages::series::{self, Series};
@@ -129,6 +130,57 @@ fn overlay_sources(env: &Env, series: Series) -> Vec<PathBuf> {
         .iter()
         .map(|(from, _)| env.root.join(from))
         .collect()
+}
+
+/// Where a mutated tree records what `undo_mutation` puts back (`mutate`).
+const MUTATION_RECORD: &str = "heaprig-mutation.json";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct MutationRecord {
+    file: String,
+    original: String,
+}
+
+/// Puts back the file a `mutate` run changed in `tree`, if one did (also after an
+/// interrupted run), so no other build ever sees a mutant.
+pub fn undo_mutation(tree: &Path) -> Result<()> {
+    let record = tree.join(MUTATION_RECORD);
+    let Ok(text) = fs::read_to_string(&record) else {
+        return Ok(());
+    };
+    let r: MutationRecord =
+        serde_json::from_str(&text).with_context(|| format!("reading {}", record.display()))?;
+    let path = tree.join(&r.file);
+    if fs::read_to_string(&path).ok().as_deref() != Some(r.original.as_str()) {
+        fs::write(&path, &r.original).with_context(|| format!("restoring {}", path.display()))?;
+    }
+    fs::remove_file(&record)?;
+    Ok(())
+}
+
+/// Makes mutant `m`'s edit in `tree` (recording the original first) and returns the source
+/// identity of the mutated tree, so the build cache rebuilds it and then the original.
+pub fn apply_mutation(tree: &Path, identity: &str, m: &Mutation) -> Result<String> {
+    let path = tree.join(&m.file);
+    let text = fs::read_to_string(&path)
+        .with_context(|| format!("mutant {}: reading {}", m.name, path.display()))?;
+    let n = text.matches(m.from.as_str()).count();
+    if n != 1 {
+        bail!(
+            "mutant {}: the text it changes occurs {n} times in {} (it must occur exactly \
+             once); update mutants/corpus.toml to the current source",
+            m.name,
+            m.file
+        );
+    }
+    let record = MutationRecord {
+        file: m.file.clone(),
+        original: text.clone(),
+    };
+    fs::write(tree.join(MUTATION_RECORD), serde_json::to_string(&record)?)?;
+    fs::write(&path, text.replacen(m.from.as_str(), &m.to, 1))?;
+    let edit = sha256_hex(format!("{}\0{}\0{}", m.file, m.from, m.to).as_bytes());
+    Ok(format!("{identity}+mutant:{}:{}", m.name, &edit[..12]))
 }
 
 /// The root of the kernel crate, which declares the overlay's `rust/kernel/` modules.

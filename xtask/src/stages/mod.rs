@@ -84,8 +84,14 @@ pub fn build(env: &Env, k: &KernelPlan, times: &mut Times) -> Result<(Built, Str
     setup::ensure(env, true).map_err(StageError::Rig)?;
     times.add("setup", t.elapsed());
     let t = Instant::now();
-    let src = kernel::prepare_source(env, k.series, k.src.as_deref(), k.tree_id.as_deref())
+    let mut src = kernel::prepare_source(env, k.series, k.src.as_deref(), k.tree_id.as_deref())
         .map_err(StageError::Rig)?;
+    // A mutant from an earlier `mutate` never survives into another build.
+    kernel::undo_mutation(&src.dir).map_err(StageError::Rig)?;
+    if let Some(m) = &k.mutation {
+        src.identity =
+            kernel::apply_mutation(&src.dir, &src.identity, m).map_err(StageError::Rig)?;
+    }
     times.add("source", t.elapsed());
     let t = Instant::now();
     match kernel::build(env, &src, k.profile) {
