@@ -305,6 +305,15 @@ pub fn parse_kmemleak(text: &str) -> Vec<LeakReport> {
 const OURS: [&str; 4] = ["dma_buf", "dma_heap", "dmabuf", "system_heap"];
 
 impl LeakReport {
+    /// The allocating task's pid, from `comm "name", pid N, jiffies J`.
+    pub fn pid(&self) -> Option<i32> {
+        let rest = &self.comm[self.comm.find(", pid ")? + 6..];
+        rest.split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    }
+
     /// Whether the leaked object was allocated on a path through dma-buf code.
     pub fn is_ours(&self) -> bool {
         self.backtrace
@@ -532,5 +541,7 @@ unreferenced object 0xffff888100fe1000 (size 64):
         assert_eq!(r[0].backtrace[0], "kmemleak_alloc+0x27/0x30");
         assert!(r[0].summary().contains("heaprig-guest"));
         assert!(r[0].summary().contains("dmabuf_test_importer"));
+        assert_eq!(r[0].pid(), Some(73));
+        assert_eq!(r[1].pid(), Some(1));
     }
 }

@@ -110,6 +110,11 @@ pub struct Child {
 }
 
 impl Child {
+    /// The child's process id (kmemleak names the allocating task by it).
+    pub fn pid(&self) -> libc::pid_t {
+        self.pid
+    }
+
     /// Waits up to `limit` for the child to exit and returns its exit code; a child that
     /// overruns is killed, and one killed by a signal is reported as such.
     pub fn wait(&mut self, limit: Duration) -> Result<i32, String> {

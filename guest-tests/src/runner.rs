@@ -58,6 +58,8 @@ pub struct ChildResult {
     pub ctx: Ctx,
     pub status: ChildStatus,
     pub elapsed: Duration,
+    /// The test's process, when one was forked.
+    pub pid: Option<libc::pid_t>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -84,6 +86,7 @@ pub fn run_in_child(
                 ctx: Ctx::default(),
                 status: ChildStatus::Fail(format!("pipe2: {e}")),
                 elapsed: start.elapsed(),
+                pid: None,
             }
         }
     };
@@ -119,6 +122,7 @@ pub fn run_in_child(
                 ctx: Ctx::default(),
                 status: ChildStatus::Fail(format!("fork: {e}")),
                 elapsed: start.elapsed(),
+                pid: None,
             }
         }
     };
@@ -162,6 +166,7 @@ pub fn run_in_child(
         ctx,
         status,
         elapsed: start.elapsed(),
+        pid: Some(child.pid()),
     }
 }
 
@@ -220,6 +225,9 @@ fn run_checked(
         .and_then(|mut l| l.take())
         .map_or_else(Holdings::read, Ok);
     let mut r = run_in_child(timeout, f);
+    if let (Some(pid), Ok(mut p)) = (r.pid, TEST_PIDS.lock()) {
+        p.push((pid, label.to_string()));
+    }
     let after = Holdings::read();
     if let (Ok(a), Ok(mut l)) = (&after, LAST_HOLDINGS.lock()) {
         *l = Some(a.clone());
@@ -278,6 +286,19 @@ fn oracle_expected() -> bool {
 }
 
 static ORACLE_AT_START: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// Each test's process and its label (`name` or `name/heap`), in run order: the whole-run
+/// kmemleak check names a leak by the process that allocated it.
+static TEST_PIDS: std::sync::Mutex<Vec<(libc::pid_t, String)>> = std::sync::Mutex::new(Vec::new());
+
+/// The label of the test whose process was `pid` (the latest, should a pid be reused).
+pub fn test_of_pid(pid: libc::pid_t) -> Option<String> {
+    let pids = TEST_PIDS.lock().ok()?;
+    pids.iter()
+        .rev()
+        .find(|(p, _)| *p == pid)
+        .map(|(_, l)| l.clone())
+}
 
 /// The holdings read after the last test (see `run_checked`).
 static LAST_HOLDINGS: std::sync::Mutex<Option<Holdings>> = std::sync::Mutex::new(None);
@@ -394,6 +415,7 @@ pub fn run(cases: &[&Case], opts: &Options, out: &mut Out) -> Totals {
                             crate::expect::heap_expected(heap),
                         ),
                         elapsed: Duration::ZERO,
+                        pid: None,
                     };
                     totals.add(&r.status);
                     report(out, 0, n, case.name, &r);
@@ -453,6 +475,7 @@ pub fn run(cases: &[&Case], opts: &Options, out: &mut Out) -> Totals {
                         ctx: Ctx::default(),
                         status: absent_heap_status(heap, &opts.heaps, Some(option)),
                         elapsed: Duration::ZERO,
+                        pid: None,
                     };
                     totals.add(&r.status);
                     any_fail = true;

@@ -423,6 +423,42 @@ pub mod fuzz {
     }
 }
 
+/// A leak the whole-run kmemleak scan found, named by the test whose process allocated it: a
+/// diagnostic of the `kmemleak` test, which the host turns into a failure of that test too,
+/// so `bisect --test NAME` follows a leak as it follows a splat.
+pub mod leak {
+    const PREFIX: &str = "kmemleak: leaked by ";
+
+    /// `label` is a test (`name`) or a test on one heap (`name/heap`), as in the kernel-log
+    /// markers.
+    pub fn attributed(label: &str, summary: &str) -> String {
+        format!("{PREFIX}{label}: {summary}")
+    }
+
+    /// The (label, summary) of an [`attributed`] line.
+    pub fn parse_attributed(diag: &str) -> Option<(&str, &str)> {
+        let rest = diag.strip_prefix(PREFIX)?;
+        let (label, summary) = rest.split_once(": ")?;
+        (!label.is_empty() && !label.contains(' ')).then_some((label, summary))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn round_trip() {
+            let d = super::attributed("importer_vmap/system", "unreferenced object 0x1 (size 8)");
+            assert_eq!(
+                super::parse_attributed(&d),
+                Some(("importer_vmap/system", "unreferenced object 0x1 (size 8)"))
+            );
+            assert_eq!(
+                super::parse_attributed("kmemleak: 3 unreferenced object(s)"),
+                None
+            );
+        }
+    }
+}
+
 /// The guest benchmark's output (`heaprig-guest bench`): one JSON record a line.
 pub mod bench {
     use serde::{Deserialize, Serialize};

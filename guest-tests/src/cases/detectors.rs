@@ -49,12 +49,20 @@ pub fn kmemleak(ctx: &mut Ctx) -> Outcome {
         reports.len(),
         ours.len()
     ));
+    // Each test runs in its own process, so the allocating task names the test that leaked
+    // (a leak from a test's own children or a kernel thread stays unattributed).
+    let mut decisive = None;
     for r in &ours {
-        ctx.diag(format!("kmemleak: {}", r.summary()));
+        let line = match r.pid().and_then(crate::runner::test_of_pid) {
+            Some(label) => heaprig_protocol::leak::attributed(&label, &r.summary()),
+            None => format!("kmemleak: {}", r.summary()),
+        };
+        ctx.diag(line.clone());
+        decisive.get_or_insert(line);
     }
     ctx.fact("kmemleak reports on dma-buf paths", ours.len());
-    match ours.first() {
-        Some(r) => Err(Stop::Fail(format!("kmemleak: {}", r.summary()))),
+    match decisive {
+        Some(line) => Err(Stop::Fail(line)),
         None => Ok(()),
     }
 }

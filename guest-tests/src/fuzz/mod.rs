@@ -175,6 +175,24 @@ fn push_last_ops(ctx: &mut Ctx, ring: &Ring) {
 pub fn run(ctx: &mut Ctx, heap: &Heap, cfg: &Config) -> Outcome {
     let seed = cfg.seed;
     announce(&heap.name, cfg);
+    // ION mode on odd seeds, on a heap that has it: every START then maps the buffer in the
+    // kernel as old ION did, so importer vmaps, holds and END storms meet that mapping. The
+    // seed decides, so a replay gets the same mode.
+    let ion_path = format!("/sys/kernel/debug/{}_heap/ion_compat", heap.name);
+    let _ion = if std::path::Path::new(&ion_path).exists() {
+        let on = seed % 2 == 1;
+        ctx.diag(format!(
+            "fuzz: ion_compat {} (the seed is {})",
+            if on { "on" } else { "off" },
+            if on { "odd" } else { "even" }
+        ));
+        Some(
+            crate::uapi::IonCompat::set(&heap.name, on)
+                .map_err(|e| Stop::Fail(format!("fuzz: setting ion_compat: {e}")))?,
+        )
+    } else {
+        None
+    };
     let mut taint = match Taint::open() {
         Ok(t) => Some(t),
         Err(e) => {

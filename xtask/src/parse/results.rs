@@ -90,6 +90,9 @@ pub fn splat_reason(s: &Splat) -> String {
     format!("kernel {}: {}", s.kind.label(), s.title)
 }
 
+/// The whole-run check whose findings name other tests.
+const KMEMLEAK_TEST: &str = "kmemleak";
+
 pub fn combine(ktap: &Ktap, splats: &[Splat], selected: &[String], ending: &Ending) -> RunResult {
     let mut tests: Vec<TestResult> = ktap
         .tests
@@ -149,6 +152,37 @@ pub fn combine(ktap: &Ktap, splats: &[Splat], selected: &[String], ending: &Endi
                 h.splats.push(s.clone());
             }
             None => t.splats.push(s.clone()),
+        }
+    }
+
+    // A leak the whole-run kmemleak check names by the test that allocated it fails that
+    // test too, so `bisect --test NAME` follows a leak as it follows a splat.
+    let mut leaks: Vec<(String, String)> = tests
+        .iter()
+        .filter(|t| t.name == KMEMLEAK_TEST)
+        .flat_map(|t| t.diags.iter())
+        .filter_map(|d| heaprig_protocol::leak::parse_attributed(d))
+        .map(|(label, summary)| (label.to_string(), summary.to_string()))
+        .collect();
+    leaks.sort();
+    leaks.dedup();
+    for (label, summary) in leaks {
+        let reason = format!("kmemleak (whole-run scan): {summary}");
+        let (top, heap) = match label.split_once('/') {
+            Some((t, h)) => (t, Some(h)),
+            None => (label.as_str(), None),
+        };
+        let Some(t) = tests
+            .iter_mut()
+            .find(|t| t.name == top && t.name != KMEMLEAK_TEST)
+        else {
+            continue;
+        };
+        t.verdict = TestVerdict::Fail;
+        t.reasons.push(reason.clone());
+        if let Some(h) = heap.and_then(|h| t.heaps.iter_mut().find(|r| r.heap == h)) {
+            h.verdict = TestVerdict::Fail;
+            h.reasons.push(reason);
         }
     }
 
@@ -343,6 +377,44 @@ mod tests {
         assert!(heap("system").reasons[0].contains("kernel WARNING"));
         // The other heap's column of the same test is untouched.
         assert_eq!(heap("rust_system").verdict, TestVerdict::Pass);
+    }
+
+    /// The whole-run kmemleak check names the test whose process leaked (the self-test's
+    /// captured report, its first object given the label the guest now prints): that test
+    /// fails too, once however often the line repeats; other tests are untouched.
+    #[test]
+    fn a_kmemleak_leak_fails_the_test_that_leaked() {
+        let text = fixture("guest-selftests.ktap").replacen(
+            "# kmemleak: unreferenced object 0xff11000005fa8200",
+            "# kmemleak: leaked by rig_selftest_kmemleak/rust_system: unreferenced object 0xff11000005fa8200",
+            1,
+        );
+        let text = format!(
+            "{text}\n# kmemleak: leaked by no_such_test: unreferenced object 0x1 (size 8)\n"
+        );
+        let k = ktap::parse(&text);
+        let r = combine(&k, &[], &names(&k), &Ending::Exited { code: 1 });
+        let t = |n: &str| r.tests.iter().find(|t| t.name == n).unwrap();
+        let leaked = t("rig_selftest_kmemleak");
+        assert_eq!(leaked.verdict, TestVerdict::Fail, "{leaked:#?}");
+        assert_eq!(leaked.guest, TestVerdict::Pass);
+        let why: Vec<_> = leaked
+            .reasons
+            .iter()
+            .filter(|r| {
+                r.starts_with("kmemleak (whole-run scan): unreferenced object 0xff11000005fa8200")
+            })
+            .collect();
+        assert_eq!(why.len(), 1, "{:#?}", leaked.reasons);
+        assert_eq!(t("kmemleak").verdict, TestVerdict::Fail);
+        assert!(r
+            .tests
+            .iter()
+            .filter(|x| !["rig_selftest_kmemleak", "kmemleak"].contains(&x.name.as_str()))
+            .all(|x| x
+                .reasons
+                .iter()
+                .all(|r| !r.starts_with("kmemleak (whole-run"))));
     }
 
     #[test]
