@@ -208,6 +208,10 @@ impl Importer {
             args.checksum = checksum_and_fill(&bytes, FNV_OFFSET, args);
         }
         args.pages = bytes.len() as u64;
+        if FAULT.is(FAULT_LEAK_VMAP) {
+            // Deliberately never vunmapped (see `FAULT_LEAK_VMAP`).
+            core::mem::forget(m);
+        }
         Ok(())
     }
 

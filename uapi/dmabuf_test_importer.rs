@@ -87,12 +87,16 @@ pub const FAULT_LOCK_INVERSION: &str = "lock_inversion";
 pub const FAULT_SHORT_FILL: &str = "short_fill";
 /// A `VMAP` that fails leaks a reference to its buffer (fault injection + leak oracle).
 pub const FAULT_ERROR_PATH_LEAK: &str = "error_path_leak";
+/// Every `VMAP` keeps its kernel mapping (and with it its buffer reference): the mapping
+/// outlives every fd (the vmap oracle, /proc/vmallocinfo, sees it on any heap).
+pub const FAULT_LEAK_VMAP: &str = "leak_vmap";
 /// Every knob, for validation on both sides.
-pub const FAULTS: [&str; 6] = [
+pub const FAULTS: [&str; 7] = [
     FAULT_NONE,
     FAULT_LEAK_REF,
     FAULT_LEAK_MEMORY,
     FAULT_LOCK_INVERSION,
     FAULT_SHORT_FILL,
     FAULT_ERROR_PATH_LEAK,
+    FAULT_LEAK_VMAP,
 ];

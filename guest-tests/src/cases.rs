@@ -149,6 +149,10 @@ pub const CASES: &[Case] = &[
         Body::OnHeap("rust_system", detectors::selftest_page_leak),
     ),
     selftest(
+        "rig_selftest_vmap_leak",
+        Body::OnHeap("system", detectors::selftest_vmap_leak),
+    ),
+    selftest(
         "rig_selftest_fault_leak",
         Body::OnHeap("rust_system", faults::selftest_fault_leak),
     ),

@@ -7,7 +7,10 @@
 //! - pages still allocated from a heap's allocation path, which trusts no heap: page_owner
 //!   (`CONFIG_PAGE_OWNER`, booted with `page_owner=on`) counts, per allocation stack, the
 //!   pages not yet freed; a stack that runs through `dma_heap_ioctl` is a heap allocating
-//!   (ours or C), and its count must be back where it was once a test closed everything.
+//!   (ours or C), and its count must be back where it was once a test closed everything;
+//! - kernel mappings made on a dma-buf path, which trusts no heap either: /proc/vmallocinfo
+//!   names each vmap area's caller, and the areas made by a heap's or the core's vmap code
+//!   must be back where they were (the C heap counts none of its own).
 //!
 //! And after the whole suite, kmemleak: reports whose backtrace runs through dma-buf code.
 
@@ -18,6 +21,33 @@ use crate::uapi::{heap_names, heap_stats, DMA_HEAP_DIR};
 pub const BUFINFO: &str = "/sys/kernel/debug/dma_buf/bufinfo";
 pub const KMEMLEAK: &str = "/sys/kernel/debug/kmemleak";
 pub const PAGE_OWNER_STACKS: &str = "/sys/kernel/debug/page_owner_stacks/show_stacks";
+pub const VMALLOCINFO: &str = "/proc/vmallocinfo";
+
+/// Callers of `vmap()` that make a dma-buf's kernel mapping: the C system heap, and the
+/// helper the Rust abstractions call (`rust_helper_vmap_kernel`).
+const VMAP_CALLERS: [&str; 2] = ["system_heap", "vmap_kernel"];
+
+/// Counts /proc/vmallocinfo's `vmap` areas (mm/vmalloc.c, `vmalloc_info_show`: range, size,
+/// `caller+off/len`, `pages=N`, kind, NUMA counts) by caller function, for callers on a
+/// dma-buf path.
+pub fn heap_vmaps(text: &str) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let (Some(_range), Some(_size), Some(caller)) = (words.next(), words.next(), words.next())
+        else {
+            continue;
+        };
+        if !words.any(|w| w == "vmap") {
+            continue;
+        }
+        let func = caller.split('+').next().unwrap_or(caller);
+        if VMAP_CALLERS.iter().any(|c| func.contains(c)) {
+            *out.entry(func.to_string()).or_insert(0) += 1;
+        }
+    }
+    out
+}
 
 /// The frame every heap allocation runs through (`DMA_HEAP_IOCTL_ALLOC`).
 const HEAP_PATH: &str = "dma_heap_ioctl";
@@ -132,6 +162,9 @@ pub struct Holdings {
     /// Pages outstanding from heap allocation paths, by allocating frame (see
     /// [`heap_path_pages`]); `None` on a kernel without page_owner.
     pub heap_pages: Option<BTreeMap<String, u64>>,
+    /// Kernel mappings made on a dma-buf path, by caller (see [`heap_vmaps`]); `None` when
+    /// not read.
+    pub heap_vmaps: Option<BTreeMap<String, u64>>,
 }
 
 impl Holdings {
@@ -148,6 +181,9 @@ impl Holdings {
             }
             Err(_) => None,
         };
+        let text =
+            std::fs::read_to_string(VMALLOCINFO).map_err(|e| format!("{VMALLOCINFO}: {e}"))?;
+        h.heap_vmaps = Some(heap_vmaps(&text));
         Ok(h)
     }
 
@@ -181,6 +217,7 @@ impl Holdings {
             buffers,
             counters,
             heap_pages: None,
+            heap_vmaps: None,
         })
     }
 
@@ -228,6 +265,18 @@ impl Holdings {
                         "pages left behind on a heap's allocation path: {} page(s) allocated \
                          by {who} under {HEAP_PATH} and never freed (page_owner: {old} \
                          before, {n} after)",
+                        n - old
+                    ));
+                }
+            }
+        }
+        if let (Some(now), Some(then)) = (&self.heap_vmaps, &before.heap_vmaps) {
+            for (who, n) in now {
+                let old = then.get(who).copied().unwrap_or(0);
+                if *n > old {
+                    found.push(format!(
+                        "kernel mapping left behind: {} vmap area(s) made by {who} and never \
+                         unmapped (/proc/vmallocinfo: {old} before, {n} after)",
                         n - old
                     ));
                 }
@@ -423,6 +472,43 @@ nr_base_pages: 3
         // Fewer is no finding (an earlier leak's pages cannot be told apart from a free).
         before.heap_pages = Some(BTreeMap::from([("system_heap_allocate".to_string(), 20)]));
         assert!(after.leaked_since(&before).is_empty());
+    }
+
+    // Captured from /proc/vmallocinfo on the 6.12 debug kernel (cargo xtask exec, 2026-12-01)
+    // after `importer_vmap_writes_visible` ran with the importer's `leak_vmap` knob on: one
+    // leaked mapping per heap, an ioremap and a vmalloc area of other code.
+    const VMALLOCINFO_SAMPLE: &str = "\
+0x00000000c954cbc9-0x000000002d82870c    8192 acpi_os_map_iomem+0x289/0x4b0 phys=0x000000007ffe2000 ioremap
+0x000000006b6012e1-0x0000000001e09526 1085440 rust_helper_vmap_kernel+0x59/0x60 vmap
+0x000000000e748be9-0x00000000fc058778 1085440 system_heap_vmap+0x32a/0x4e0 vmap
+0x0000000064694268-0x000000006b6012e1   16384 n_tty_open+0x1c/0x140 pages=3 vmalloc
+";
+
+    #[test]
+    fn vmap_areas_are_counted_by_dma_buf_caller_and_a_new_one_is_a_leak() {
+        let v = heap_vmaps(VMALLOCINFO_SAMPLE);
+        assert_eq!(
+            v,
+            BTreeMap::from([
+                ("rust_helper_vmap_kernel".to_string(), 1),
+                ("system_heap_vmap".to_string(), 1)
+            ])
+        );
+        let before = Holdings {
+            heap_vmaps: Some(heap_vmaps("")),
+            ..Holdings::default()
+        };
+        let after = Holdings {
+            heap_vmaps: Some(v),
+            ..Holdings::default()
+        };
+        let found = after.leaked_since(&before);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found[1].contains("1 vmap area(s) made by system_heap_vmap"));
+        assert!(
+            before.leaked_since(&after).is_empty(),
+            "an unmap is no leak"
+        );
     }
 
     // Built from the format of dma_buf_debug_show() (attachment lines are "\t<device>"):

@@ -286,6 +286,10 @@ fn detectors_catch_real_faults() {
             ],
         ),
         (
+            "rig_selftest_vmap_leak",
+            &["kernel mapping left behind", "made by system_heap"],
+        ),
+        (
             "rig_selftest_fault_leak",
             &[
                 "importer VMAP: fault point",
@@ -313,7 +317,9 @@ fn detectors_catch_real_faults() {
     assert_eq!(k["guest"], "pass", "{k:#}");
     assert_eq!(k["verdict"], "fail", "{k:#}");
     assert!(
-        k["reasons"].to_string().contains("kmemleak (whole-run scan)"),
+        k["reasons"]
+            .to_string()
+            .contains("kmemleak (whole-run scan)"),
         "{k:#}"
     );
     // Every failure above is a test's own: nothing outside the tests, no rig problem.

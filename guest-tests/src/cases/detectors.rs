@@ -8,8 +8,8 @@ use crate::expect::{importer, missing};
 use crate::harness::{Context, Ctx, Outcome, Stop};
 use crate::leaks::{parse_kmemleak, KMEMLEAK};
 use crate::uapi::importer::{
-    FAULT_LEAK_MEMORY, FAULT_LEAK_REF, FAULT_LOCK_INVERSION, FAULT_SHORT_FILL, IMPORTER_VMAP,
-    OP_CHECKSUM,
+    FAULT_LEAK_MEMORY, FAULT_LEAK_REF, FAULT_LEAK_VMAP, FAULT_LOCK_INVERSION, FAULT_SHORT_FILL,
+    IMPORTER_VMAP, OP_CHECKSUM,
 };
 use crate::uapi::{Fault, Heap, Knob};
 
@@ -82,6 +82,12 @@ fn vmap_with_fault(heap: &Heap, knob: &str, times: usize) -> Outcome {
 /// The leak oracle must name the buffer the importer kept a reference to.
 pub fn selftest_leak(_ctx: &mut Ctx, heap: &Heap) -> Outcome {
     vmap_with_fault(heap, FAULT_LEAK_REF, 1)
+}
+
+/// The vmap oracle must name the kernel mapping the C system heap made for the importer and
+/// that was never unmapped: the C heap keeps no counters, so only /proc/vmallocinfo sees it.
+pub fn selftest_vmap_leak(_ctx: &mut Ctx, heap: &Heap) -> Outcome {
+    vmap_with_fault(heap, FAULT_LEAK_VMAP, 1)
 }
 
 /// The page leak oracle must name the page the heap allocated and never freed (its

@@ -457,6 +457,7 @@ fn confirm(
     bad: &str,
     culprit: &str,
     out_root: &Path,
+    exe: &Path,
 ) -> Result<Confirmation> {
     let sh = &env.sh;
     scratch.checkout(sh, bad)?;
@@ -477,8 +478,7 @@ fn confirm(
     );
     let log = out_root.join("revert.jsonl");
     let _ = fs::remove_file(&log);
-    let exe = std::env::current_exe().context("finding the xtask binary")?;
-    let status = Command::new(&exe)
+    let status = Command::new(exe)
         .args(step_flags(a, scratch.path(), &scratch.tree_id, &log))
         .stdin(Stdio::null())
         .status()
@@ -524,6 +524,9 @@ pub fn run(env: &Env, a: BisectArgs) -> Result<ExitCode> {
         scratch.path().display()
     );
     scratch.git(sh, &["bisect", "start", &bad, &good])?;
+    // Resolved once, now: a rebuild of the rig during a long bisect replaces the binary, and
+    // /proc/self/exe then names a deleted file (the revert check below failed so, "No such
+    // file or directory", on 2026-12-01). The path stays valid and runs the new build.
     let exe = std::env::current_exe().context("finding the xtask binary")?;
     let mut child = Command::new("git")
         .arg("-C")
@@ -571,7 +574,7 @@ pub fn run(env: &Env, a: BisectArgs) -> Result<ExitCode> {
     );
     let confirmation = match &found {
         Some((sha, _)) if !a.no_confirm => {
-            let c = confirm(env, &a, &scratch, &bad, sha, &out_root)
+            let c = confirm(env, &a, &scratch, &bad, sha, &out_root, &exe)
                 .unwrap_or_else(|e| Confirmation::Unchecked(format!("{e:#}")));
             println!("\nrevert check: {c}");
             Some(c)

@@ -45,7 +45,7 @@ pub fn agreement(expect: &Expect, outcome: &Outcome) -> Result<(), String> {
     match (expect, outcome) {
         (_, Outcome::NoBuild(_)) => Err("does not build: fix its edit in the corpus".into()),
         (Expect::Killed, o) if o.caught() => Ok(()),
-        (Expect::Killed, _) => Err("SURVIVED unexplained: a bug the suite misses".into()),
+        (Expect::Killed, _) => Err("unexplained: a bug the suite misses".into()),
         (Expect::Gap(_) | Expect::Equivalent(_), Outcome::Survived) => Ok(()),
         (Expect::Gap(_), _) => {
             Err("caught, though the corpus calls it a gap: change it to expect = \"killed\"".into())
@@ -331,7 +331,7 @@ mod tests {
         assert_eq!(s[&Target::System], (0, 1));
         let md = report("6.12", &rows, Duration::from_secs(60));
         assert!(md.contains("- rust_system: 1/2"), "{md}");
-        assert!(md.contains("**SURVIVED: SURVIVED unexplained"), "{md}");
+        assert!(md.contains("**SURVIVED: unexplained"), "{md}");
         assert!(md.contains("gap: blind"), "{md}");
         assert!(md.contains("x [rust_system]: y"), "{md}");
     }
