@@ -40,7 +40,7 @@ struct Variant {
 impl Variant {
     /// Puts the heap's switch (if it has one) in this variant's position.
     fn select(&self) {
-        let path = format!("/sys/kernel/debug/{}_heap/ion_compat", self.heap.name);
+        let path = crate::uapi::IonCompat::path(&self.heap.name);
         let _ = std::fs::write(path, if self.ion { "1" } else { "0" });
     }
 }
@@ -145,7 +145,7 @@ pub fn run(quick: bool, w: &mut dyn Write) -> io::Result<()> {
         .map(|n| variant(n, false))
         .collect::<io::Result<_>>()?;
     for n in &names {
-        if std::path::Path::new(&format!("/sys/kernel/debug/{n}_heap/ion_compat")).exists() {
+        if crate::uapi::IonCompat::available(n) {
             with_ion.push(variant(n, true)?);
         }
     }

@@ -1,6 +1,6 @@
 //! The leak oracle: what the kernel holds for dma-bufs before and after a test.
 //!
-//! Three views, all compared across every test by the runner:
+//! Four views, all compared across every test by the runner:
 //! - `/sys/kernel/debug/dma_buf/bufinfo`, the dma-buf core's list of every live buffer and
 //!   its attachments, whichever exporter made it (so it covers the C heaps too);
 //! - each heap's own counters, for heaps that keep them (live buffers, bytes, vmaps);
@@ -95,6 +95,24 @@ pub fn heap_path_pages(stacks: &[(Vec<String>, u64)]) -> BTreeMap<String, u64> {
         *out.entry(who).or_insert(0) += n;
     }
     out
+}
+
+/// The counts of a per-source view (page_owner pages, vmap areas) that grew from `then` to
+/// `now`: (source, before, after). Nothing when either side was not read.
+fn grown<'a>(
+    now: &'a Option<BTreeMap<String, u64>>,
+    then: &'a Option<BTreeMap<String, u64>>,
+) -> impl Iterator<Item = (&'a str, u64, u64)> {
+    let pairs = match (now, then) {
+        (Some(now), Some(then)) => Some((now, then)),
+        _ => None,
+    };
+    pairs.into_iter().flat_map(|(now, then)| {
+        now.iter().filter_map(|(who, &n)| {
+            let old = then.get(who).copied().unwrap_or(0);
+            (n > old).then_some((who.as_str(), old, n))
+        })
+    })
 }
 
 /// One live dma-buf as bufinfo lists it.
@@ -257,30 +275,19 @@ impl Holdings {
                 }
             }
         }
-        if let (Some(now), Some(then)) = (&self.heap_pages, &before.heap_pages) {
-            for (who, n) in now {
-                let old = then.get(who).copied().unwrap_or(0);
-                if *n > old {
-                    found.push(format!(
-                        "pages left behind on a heap's allocation path: {} page(s) allocated \
-                         by {who} under {HEAP_PATH} and never freed (page_owner: {old} \
-                         before, {n} after)",
-                        n - old
-                    ));
-                }
-            }
+        for (who, old, n) in grown(&self.heap_pages, &before.heap_pages) {
+            found.push(format!(
+                "pages left behind on a heap's allocation path: {} page(s) allocated by {who} \
+                 under {HEAP_PATH} and never freed (page_owner: {old} before, {n} after)",
+                n - old
+            ));
         }
-        if let (Some(now), Some(then)) = (&self.heap_vmaps, &before.heap_vmaps) {
-            for (who, n) in now {
-                let old = then.get(who).copied().unwrap_or(0);
-                if *n > old {
-                    found.push(format!(
-                        "kernel mapping left behind: {} vmap area(s) made by {who} and never \
-                         unmapped (/proc/vmallocinfo: {old} before, {n} after)",
-                        n - old
-                    ));
-                }
-            }
+        for (who, old, n) in grown(&self.heap_vmaps, &before.heap_vmaps) {
+            found.push(format!(
+                "kernel mapping left behind: {} vmap area(s) made by {who} and never unmapped \
+                 (/proc/vmallocinfo: {old} before, {n} after)",
+                n - old
+            ));
         }
         for heap in before.counters.keys() {
             if !self.counters.contains_key(heap) {

@@ -464,11 +464,17 @@ pub fn heap_stats(heap: &str) -> Option<std::collections::BTreeMap<String, u64>>
 pub struct IonCompat;
 
 impl IonCompat {
+    /// The switch's debugfs file (only heaps that model old ION have one).
+    pub fn path(heap: &str) -> String {
+        format!("/sys/kernel/debug/{heap}_heap/ion_compat")
+    }
+
+    pub fn available(heap: &str) -> bool {
+        std::path::Path::new(&Self::path(heap)).exists()
+    }
+
     pub fn set(heap: &str, on: bool) -> io::Result<Knob> {
-        Knob::set(
-            &format!("/sys/kernel/debug/{heap}_heap/ion_compat"),
-            if on { "1" } else { "0" },
-        )
+        Knob::set(&Self::path(heap), if on { "1" } else { "0" })
     }
 }
 

@@ -178,8 +178,7 @@ pub fn run(ctx: &mut Ctx, heap: &Heap, cfg: &Config) -> Outcome {
     // ION mode on odd seeds, on a heap that has it: every START then maps the buffer in the
     // kernel as old ION did, so importer vmaps, holds and END storms meet that mapping. The
     // seed decides, so a replay gets the same mode.
-    let ion_path = format!("/sys/kernel/debug/{}_heap/ion_compat", heap.name);
-    let _ion = if std::path::Path::new(&ion_path).exists() {
+    let _ion = if crate::uapi::IonCompat::available(&heap.name) {
         let on = seed % 2 == 1;
         ctx.diag(format!(
             "fuzz: ion_compat {} (the seed is {})",

@@ -236,12 +236,8 @@ impl<T: Writer + Sync> FileOps<T> {
 
 impl<T: Writer + Reader + Sync> FileOps<T> {
     const READ_WRITE: bindings::file_operations = bindings::file_operations {
-        open: Some(bindings::simple_open),
-        read: Some(Self::read),
         write: Some(Self::write),
-        llseek: Some(bindings::default_llseek),
-        // SAFETY: all other members may be NULL.
-        ..unsafe { core::mem::MaybeUninit::zeroed().assume_init() }
+        ..FileOps::<T>::READ_ONLY
     };
 
     /// # Safety

@@ -90,6 +90,30 @@ pub fn splat_reason(s: &Splat) -> String {
     format!("kernel {}: {}", s.kind.label(), s.title)
 }
 
+/// Fails the test a kernel-log label names (`name`, or `name/heap` for one heap's column,
+/// as the runner's markers write it) with `reason`; its index and the heap column's, or
+/// None when no test of that name ran.
+fn fail_label(
+    tests: &mut [TestResult],
+    label: &str,
+    reason: &str,
+) -> Option<(usize, Option<usize>)> {
+    let (top, heap) = match label.split_once('/') {
+        Some((t, h)) => (t, Some(h)),
+        None => (label, None),
+    };
+    let i = tests.iter().position(|t| t.name == top)?;
+    let t = &mut tests[i];
+    t.verdict = TestVerdict::Fail;
+    t.reasons.push(reason.to_string());
+    let h = heap.and_then(|h| t.heaps.iter().position(|r| r.heap == h));
+    if let Some(h) = h {
+        t.heaps[h].verdict = TestVerdict::Fail;
+        t.heaps[h].reasons.push(reason.to_string());
+    }
+    Some((i, h))
+}
+
 /// The whole-run check whose findings name other tests.
 const KMEMLEAK_TEST: &str = "kmemleak";
 
@@ -135,23 +159,10 @@ pub fn combine(ktap: &Ktap, splats: &[Splat], selected: &[String], ending: &Endi
             outside.push(s.clone());
             continue;
         };
-        let (top, heap) = match label.split_once('/') {
-            Some((t, h)) => (t, Some(h)),
-            None => (label.as_str(), None),
-        };
-        let Some(t) = tests.iter_mut().find(|t| t.name == top) else {
-            outside.push(s.clone());
-            continue;
-        };
-        t.verdict = TestVerdict::Fail;
-        t.reasons.push(splat_reason(s));
-        match heap.and_then(|h| t.heaps.iter_mut().find(|r| r.heap == h)) {
-            Some(h) => {
-                h.verdict = TestVerdict::Fail;
-                h.reasons.push(splat_reason(s));
-                h.splats.push(s.clone());
-            }
-            None => t.splats.push(s.clone()),
+        match fail_label(&mut tests, label, &splat_reason(s)) {
+            Some((t, Some(h))) => tests[t].heaps[h].splats.push(s.clone()),
+            Some((t, None)) => tests[t].splats.push(s.clone()),
+            None => outside.push(s.clone()),
         }
     }
 
@@ -166,24 +177,9 @@ pub fn combine(ktap: &Ktap, splats: &[Splat], selected: &[String], ending: &Endi
         .collect();
     leaks.sort();
     leaks.dedup();
-    for (label, summary) in leaks {
+    for (label, summary) in leaks.iter().filter(|(l, _)| l != KMEMLEAK_TEST) {
         let reason = format!("kmemleak (whole-run scan): {summary}");
-        let (top, heap) = match label.split_once('/') {
-            Some((t, h)) => (t, Some(h)),
-            None => (label.as_str(), None),
-        };
-        let Some(t) = tests
-            .iter_mut()
-            .find(|t| t.name == top && t.name != KMEMLEAK_TEST)
-        else {
-            continue;
-        };
-        t.verdict = TestVerdict::Fail;
-        t.reasons.push(reason.clone());
-        if let Some(h) = heap.and_then(|h| t.heaps.iter_mut().find(|r| r.heap == h)) {
-            h.verdict = TestVerdict::Fail;
-            h.reasons.push(reason);
-        }
+        fail_label(&mut tests, label, &reason);
     }
 
     let not_run: Vec<String> = selected
