@@ -78,10 +78,14 @@ impl SuitePlan {
     /// What of this plan decides a result, for result-cache keys.
     pub fn cache_part(&self) -> String {
         format!(
-            "suite {} {} {}",
+            "suite {} {} {} heaps {} fuzz {:?} shard {:?} attempt {}",
             self.test_timeout.as_secs(),
             self.run_timeout.as_secs(),
-            self.patterns.join("\u{1f}")
+            self.patterns.join("\u{1f}"),
+            self.heaps.join("\u{1f}"),
+            self.fuzz,
+            self.shard,
+            self.attempt
         )
     }
 }
@@ -179,4 +183,47 @@ pub struct MutatePlan {
     pub suite: TestPlan,
     pub cases: Vec<crate::mutants::Case>,
     pub report: Option<PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_field_that_changes_a_result_changes_the_cache_key() {
+        let base = SuitePlan {
+            patterns: vec![],
+            test_timeout: Duration::from_secs(60),
+            run_timeout: Duration::from_secs(1200),
+            heaps: vec![],
+            fuzz: None,
+            shard: None,
+            attempt: 0,
+        };
+        let variants = [
+            SuitePlan {
+                patterns: vec!["sync".into()],
+                ..base.clone()
+            },
+            SuitePlan {
+                heaps: vec!["system".into()],
+                ..base.clone()
+            },
+            SuitePlan {
+                fuzz: Some(FuzzPlan {
+                    seconds: 5,
+                    seed: 1,
+                    ops: None,
+                }),
+                ..base.clone()
+            },
+            SuitePlan {
+                attempt: 1,
+                ..base.clone()
+            },
+        ];
+        for v in variants {
+            assert_ne!(v.cache_part(), base.cache_part(), "{v:?}");
+        }
+    }
 }

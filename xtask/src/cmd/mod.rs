@@ -9,6 +9,7 @@ pub mod fuzz;
 pub mod lint;
 pub mod merge;
 pub mod mutate;
+pub mod results_cache;
 pub mod shell;
 pub mod test;
 pub mod tree;

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 
+use crate::cmd::results_cache::ResultCache;
 use crate::cmd::tree::{self, SuiteOutcome};
 use crate::env::Env;
 use crate::mutants::{Case, Expect, Target};
@@ -19,7 +20,7 @@ use crate::parse::results::RunResult;
 use crate::plan::{MutatePlan, TestPlan};
 use crate::report::compare;
 use crate::report::fmt_duration;
-use crate::stages::{self, Times};
+use crate::stages::{self, StageError, Times};
 
 /// What the suite did with one mutant.
 #[derive(Debug, Clone, PartialEq)]
@@ -109,9 +110,9 @@ pub fn run(env: &Env, plan: MutatePlan) -> Result<ExitCode> {
     );
 
     println!("\n== mutate: unmutated ==");
-    let base = match side(env, &plan.suite, &out_root.join("unmutated"))? {
-        (SuiteOutcome::Ran(r), _) => r,
-        (SuiteOutcome::NoBuild(e) | SuiteOutcome::NoBoot(e), _) => bail!(
+    let base = match unmutated(env, &plan.suite, &out_root.join("unmutated"))? {
+        SuiteOutcome::Ran(r) => r,
+        SuiteOutcome::NoBuild(e) | SuiteOutcome::NoBoot(e) => bail!(
             "the unmutated kernel could not be tested, so no mutant can be judged:\n{}",
             e.lines().take(30).collect::<Vec<_>>().join("\n")
         ),
@@ -183,6 +184,30 @@ pub fn sample_seed(env: &Env) -> u64 {
 }
 
 /// The suite on one plan, artefacts in `out`.
+/// The unmutated suite: the result `cargo xtask test` stored for this very kernel and suite
+/// when there is one (CI runs it just before), else a run of its own, stored likewise.
+fn unmutated(env: &Env, plan: &TestPlan, out: &Path) -> Result<SuiteOutcome> {
+    let mut times = Times::default();
+    let p = match stages::prepare(env, &plan.kernel, &plan.vm, &mut times) {
+        Ok(p) => p,
+        Err(StageError::NoBuild(e)) => return Ok(SuiteOutcome::NoBuild(format!("{e:#}"))),
+        Err(StageError::Rig(e)) => return Err(e),
+    };
+    let cache = ResultCache::for_suite(env, &p, plan);
+    if let Some(r) = cache.load() {
+        println!(
+            "mutate: the unmutated result of an earlier run of this kernel and suite ({})",
+            cache.dir.display()
+        );
+        return Ok(SuiteOutcome::Ran(r));
+    }
+    let (o, _) = side(env, plan, out)?;
+    if matches!(o, SuiteOutcome::Ran(_)) {
+        cache.store(out)?;
+    }
+    Ok(o)
+}
+
 fn side(env: &Env, plan: &TestPlan, out: &Path) -> Result<(SuiteOutcome, Times)> {
     let (o, times) = tree::run_suite(env, plan, out)?;
     println!("time: {}", times.line());

@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use heaprig_protocol::guest::RunArgs;
 use serde::{Deserialize, Serialize};
 
+use crate::cmd::results_cache::ResultCache;
 use crate::env::Env;
 use crate::flags::ParseArgs;
 use crate::parse::results::{combine, RunResult};
@@ -151,6 +152,10 @@ pub fn run_and_report(env: &Env, plan: &TestPlan) -> Result<(RunResult, ExitCode
         &env.run_dir(),
         &mut times,
     )?;
+    // Kept for `mutate`, whose unmutated run of the same kernel this is.
+    if plan.kernel.mutation.is_none() && !x.result.boot_failed && !x.result.tests.is_empty() {
+        ResultCache::for_suite(env, &p, plan).store(&x.run_dir)?;
+    }
     let t = Instant::now();
     for attempt in 1..=plan.triage.retries {
         let again = flaky::to_retry(&x.result, &sel.whole_run);

@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
 use crate::cmd::bench;
+use crate::cmd::results_cache::ResultCache;
 use crate::cmd::test;
 use crate::cmd::tree::{self, short, Repo, Scratch, SuiteOutcome};
 use crate::env::Env;
@@ -140,54 +141,6 @@ pub fn apply(sh: &Shell, repo: &Repo, s: &Scratch, inputs: &[Input]) -> Result<(
         }
     }
     Ok(())
-}
-
-/// Cached base results: the raw artefacts, re-parsed on use (the parse stage needs no kernel).
-struct ResultCache {
-    dir: PathBuf,
-}
-
-const ARTEFACTS: &[&str] = &[
-    "guest.ktap",
-    "stream.ktap",
-    "console.log",
-    "selected.txt",
-    "ending.json",
-    "results.json",
-];
-
-impl ResultCache {
-    fn new(env: &Env, key: &str) -> ResultCache {
-        ResultCache {
-            dir: env.cache.join("results").join(key),
-        }
-    }
-
-    fn load(&self) -> Option<RunResult> {
-        let selected: Vec<String> = fs::read_to_string(self.dir.join("selected.txt"))
-            .ok()?
-            .lines()
-            .map(str::to_string)
-            .collect();
-        let ending: Ending =
-            serde_json::from_str(&fs::read_to_string(self.dir.join("ending.json")).ok()?).ok()?;
-        test::analyse(&self.dir, &selected, &ending).ok()
-    }
-
-    fn store(&self, run_dir: &Path) -> Result<()> {
-        let tmp = self.dir.with_extension("partial");
-        let _ = fs::remove_dir_all(&tmp);
-        fs::create_dir_all(&tmp)?;
-        for f in ARTEFACTS {
-            let from = run_dir.join(f);
-            if from.exists() {
-                fs::copy(&from, tmp.join(f))?;
-            }
-        }
-        let _ = fs::remove_dir_all(&self.dir);
-        fs::rename(&tmp, &self.dir)?;
-        Ok(())
-    }
 }
 
 /// One side of the comparison, as the report shows it.
