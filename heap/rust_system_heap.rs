@@ -30,6 +30,7 @@ use kernel::{
     dma_buf::{self, DataDirection, Exported, Exporter, PageBuffer, Pages},
     dma_heap,
     prelude::*,
+    rig::compat,
     uaccess::UserSliceReader,
 };
 
@@ -224,6 +225,13 @@ fn alloc_largest(remaining: usize, max_order: u32) -> Option<Pages> {
             HIGH_ORDER_GFP
         } else {
             LOW_ORDER_GFP
+        };
+        // Charged to the allocating task's memory cgroup when the kernel asks heaps to
+        // (`dma_heap.mem_accounting`, 7.x), as the C system heap is.
+        let gfp = if compat::heap_mem_accounting() {
+            gfp | bindings::__GFP_ACCOUNT
+        } else {
+            gfp
         };
         if let Some(p) = Pages::alloc(gfp, order) {
             return Some(p);

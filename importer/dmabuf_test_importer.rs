@@ -9,7 +9,10 @@
 use core::{
     convert::Infallible,
     fmt,
-    sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
+    sync::atomic::{
+        AtomicBool, AtomicU64, AtomicUsize,
+        Ordering::{Acquire, Relaxed, Release},
+    },
 };
 use kernel::{
     c_str,
@@ -44,10 +47,8 @@ kernel::rig_module! {
 /// What a handle keeps alive: a vmap, or an attachment mapped for the importer's device.
 enum Held {
     Vmap(Vmapped),
-    /// Kept for its `Drop` (unmap and detach, then unregister).
-    Attachment {
-        _hold: AttachHold,
-    },
+    /// Unmapped, detached and unregistered on drop.
+    Attachment(AttachHold),
 }
 
 /// An attachment mapped for the importer's device, registered in `Importer::attached` from
@@ -85,6 +86,8 @@ struct Importer {
     /// The buffers with an attachment hold (`DmaBufRef::id`), across all open files.
     #[pin]
     attached: Mutex<KVec<usize>>,
+    /// Set once the device's DMA set-up is done; until then it cannot be opened.
+    ready: AtomicBool,
 }
 
 /// An open file's holds: released with the file, so a test process that dies between HOLD
@@ -349,6 +352,26 @@ impl Importer {
         Ok(())
     }
 
+    /// The device reads or writes the buffer of a held attachment (`IMPORTER_DEVICE_ACCESS`).
+    fn device_access(&self, holds: &Holds, args: &mut ImporterArgs) -> Result {
+        let holds = holds.list.lock();
+        let hold = holds
+            .iter()
+            .find(|h| h.handle == args.handle)
+            .ok_or(ENOENT)?;
+        let Held::Attachment(AttachHold {
+            mapped: Some(mapped),
+            ..
+        }) = &hold.held
+        else {
+            return Err(EINVAL);
+        };
+        let mut h = FNV_OFFSET;
+        args.pages = mapped.device_access(|b| h = checksum_and_fill(b, h, args))? as u64;
+        args.checksum = h;
+        Ok(())
+    }
+
     fn cpu_access(&self, args: &mut ImporterArgs) -> Result {
         let buf = DmaBufRef::from_fd(args.fd)?;
         if args.end == 0 {
@@ -368,7 +391,7 @@ unsafe impl AsBytes for ImporterArgs {}
 kernel::static_assert!(core::mem::size_of::<ImporterArgs>() == 48);
 
 /// Every ioctl the importer has; anything else is `ENOTTY` before the argument is read.
-const IOCTLS: [u32; 8] = [
+const IOCTLS: [u32; 9] = [
     IMPORTER_VMAP,
     IMPORTER_VMAP_TWICE,
     IMPORTER_KMAP_WALK,
@@ -377,6 +400,7 @@ const IOCTLS: [u32; 8] = [
     IMPORTER_ATTACH_HOLD,
     IMPORTER_RELEASE,
     IMPORTER_CPU_ACCESS,
+    IMPORTER_DEVICE_ACCESS,
 ];
 
 #[vtable]
@@ -386,8 +410,11 @@ impl MiscDevice for OpenFile {
     fn open(_file: &File, misc: &MiscDeviceRegistration<Self>) -> Result<Pin<KBox<Self>>> {
         let misc_ptr = core::ptr::from_ref(misc).cast_mut();
         // SAFETY: every registration of `OpenFile` is the `reg` field of an `ImporterDevice`
-        // (`ImporterModule::init` makes the only one), which outlives the open call.
+        // (`Node::new` makes each), which outlives the open call.
         let device = unsafe { &*kernel::container_of!(misc_ptr, ImporterDevice, reg) };
+        if !device.imp.ready.load(Acquire) {
+            return Err(EAGAIN);
+        }
         KBox::pin_init(
             try_pin_init!(OpenFile {
                 imp: device.imp.clone(),
@@ -423,13 +450,13 @@ impl MiscDevice for OpenFile {
             IMPORTER_ATTACH_HOLD => {
                 let buf = DmaBufRef::from_fd(args.fd)?;
                 imp.hold(holds, &mut w, &mut args, || {
-                    Importer::attach_hold(imp, buf, dev)
-                        .map(|hold| Held::Attachment { _hold: hold })
+                    Importer::attach_hold(imp, buf, dev).map(Held::Attachment)
                 })?;
                 return Ok(0);
             }
             IMPORTER_RELEASE => imp.release(holds, &mut args)?,
             IMPORTER_CPU_ACCESS => imp.cpu_access(&mut args)?,
+            IMPORTER_DEVICE_ACCESS => imp.device_access(holds, &mut args)?,
             _ => return Err(ENOTTY),
         }
         w.write(&args)?;
@@ -437,36 +464,72 @@ impl MiscDevice for OpenFile {
     }
 }
 
-/// The module's state, dropped in field order at the module's exit: the debugfs knobs, the
-/// device's DMA parameters, then the device. No file of the device is open by then: open
-/// files keep the module loaded.
-struct ImporterModule {
-    _files: Pin<KBox<Scope<&'static Faults>>>,
+/// One device node: its DMA parameters, dropped first, then the device. No file of the
+/// device is open by then: open files keep the module loaded.
+struct Node {
     _dma: Pin<KBox<DmaParams>>,
     _dev: Pin<KBox<ImporterDevice>>,
 }
 
-impl kernel::Module for ImporterModule {
-    fn init(_module: &'static ThisModule) -> Result<Self> {
+impl Node {
+    /// Registers `/dev/NAME`, coherent or not, and opens it once its DMA set-up is done.
+    fn new(name: &'static CStr, noncoherent: bool) -> Result<Self> {
         let imp = Arc::pin_init(
             try_pin_init!(Importer {
                 order <- new_mutex!((), "Importer::order"),
                 attached <- new_mutex!(KVec::new(), "Importer::attached"),
                 next_handle: AtomicU64::new(1),
+                ready: AtomicBool::new(false),
             }),
             GFP_KERNEL,
         )?;
-        let options = MiscDeviceOptions {
-            name: c_str!("dmabuf_test_importer"),
-        };
         let dev = KBox::pin_init(
             try_pin_init!(ImporterDevice {
                 imp,
-                reg <- MiscDeviceRegistration::register(options),
+                reg <- MiscDeviceRegistration::register(MiscDeviceOptions { name }),
             }),
             GFP_KERNEL,
         )?;
-        let dma = KBox::pin_init(DmaParams::new(dev.reg.device()), GFP_KERNEL)?;
+        let device = dev.reg.device();
+        let dma = if noncoherent {
+            KBox::pin_init(DmaParams::new_noncoherent(device), GFP_KERNEL)?
+        } else {
+            KBox::pin_init(DmaParams::new(device), GFP_KERNEL)?
+        };
+        // Before this no file could be opened, so nothing was mapped before the DMA set-up.
+        dev.imp.ready.store(true, Release);
+        let kind = if noncoherent {
+            "non-coherent"
+        } else {
+            "coherent"
+        };
+        pr_info!("registered the {} device\n", kind);
+        Ok(Self {
+            _dma: dma,
+            _dev: dev,
+        })
+    }
+}
+
+/// The module's state, dropped in field order at the module's exit: the debugfs knobs, then
+/// the two device nodes.
+struct ImporterModule {
+    _files: Pin<KBox<Scope<&'static Faults>>>,
+    _coherent: Node,
+    _noncoherent: Option<Node>,
+}
+
+impl kernel::Module for ImporterModule {
+    fn init(_module: &'static ThisModule) -> Result<Self> {
+        let coherent = Node::new(c_str!("dmabuf_test_importer"), false)?;
+        let noncoherent = match Node::new(c_str!("dmabuf_test_importer_nc"), true) {
+            Ok(node) => Some(node),
+            Err(e) if e == ENODEV => {
+                pr_info!("no non-coherent device: the kernel lacks CONFIG_ARCH_HAS_DMA_OPS\n");
+                None
+            }
+            Err(e) => return Err(e),
+        };
         // debugfs is optional: without it the fault knobs stay off.
         // The data is the static itself: moved in by value, which cannot fail.
         let files = KBox::pin_init::<Infallible>(
@@ -475,11 +538,10 @@ impl kernel::Module for ImporterModule {
             }),
             GFP_KERNEL,
         )?;
-        pr_info!("registered /dev/dmabuf_test_importer\n");
         Ok(Self {
             _files: files,
-            _dma: dma,
-            _dev: dev,
+            _coherent: coherent,
+            _noncoherent: noncoherent,
         })
     }
 }

@@ -7,6 +7,10 @@
 
 /// Device node of the importer.
 pub const IMPORTER_DEV: &str = "/dev/dmabuf_test_importer";
+/// The importer's non-coherent device: the same ioctls, for a device that keeps its own copy
+/// of a mapped buffer ("device memory"), moved only by the DMA API's maps, syncs and unmaps,
+/// as on a non-coherent Arm system (`IMPORTER_DEVICE_ACCESS` reaches that copy).
+pub const IMPORTER_NC_DEV: &str = "/dev/dmabuf_test_importer_nc";
 
 /// One argument block for every importer ioctl; each says which fields it reads and writes.
 #[repr(C)]
@@ -60,6 +64,11 @@ pub const IMPORTER_CPU_ACCESS: u32 = _IOWR::<ImporterArgs>(MAGIC, 7);
 /// `handle`, which `IMPORTER_RELEASE` takes (its checksum is then 0). `EBUSY` while the
 /// buffer already has one: two mappings of the same pages for one device overlap.
 pub const IMPORTER_ATTACH_HOLD: u32 = _IOWR::<ImporterArgs>(MAGIC, 8);
+/// On a held attachment (`handle` from `ATTACH_HOLD` on the same open file), the device
+/// reads (`OP_CHECKSUM`: the checksum of what it sees) or writes (`OP_FILL`: every byte;
+/// `checksum` is of the bytes before) the buffer; `pages` returns the bytes it reached.
+/// `EINVAL` for a vmap handle.
+pub const IMPORTER_DEVICE_ACCESS: u32 = _IOWR::<ImporterArgs>(MAGIC, 9);
 /// No importer ioctl has this number: the importer answers `ENOTTY` without reading the
 /// argument (the tests use it).
 pub const IMPORTER_NOT_AN_IOCTL: u32 = _IOWR::<ImporterArgs>(MAGIC, 0x7f);

@@ -6,15 +6,17 @@ use std::path::Path;
 use crate::ensure;
 use crate::harness::{errno_name, result_name, Body, Case, CaseKind, Context, Ctx, Outcome, Stop};
 use crate::uapi::{
-    heap_names, Access, Heap, DMA_BUF_SYNC_END, DMA_BUF_SYNC_READ, DMA_BUF_SYNC_RW,
-    DMA_BUF_SYNC_START, DMA_BUF_SYNC_WRITE, DMA_HEAP_DIR,
+    heap_names, registered_heaps, Access, Heap, DMA_BUF_SYNC_END, DMA_BUF_SYNC_READ,
+    DMA_BUF_SYNC_RW, DMA_BUF_SYNC_START, DMA_BUF_SYNC_WRITE, DMA_HEAP_DIR,
 };
 
+mod coherence;
 pub mod concurrency;
 mod detectors;
 mod faults;
 mod heap;
 mod importer;
+mod memcg;
 mod modules;
 
 /// Shorthand for table rows.
@@ -88,6 +90,11 @@ pub const CASES: &[Case] = &[
         Body::PerHeap(importer::kernel_cpu_access),
     ),
     case(
+        "noncoherent_sync",
+        Body::PerHeap(coherence::noncoherent_sync),
+    ),
+    case("memcg_accounting", Body::PerHeap(memcg::memcg_accounting)),
+    case(
         "rust_heap_sync_without_kernel_mapping",
         Body::OnHeap("rust_system", heap::rust_heap_sync_without_kernel_mapping),
     ),
@@ -153,6 +160,10 @@ pub const CASES: &[Case] = &[
         Body::OnHeap("system", detectors::selftest_vmap_leak),
     ),
     selftest(
+        "rig_selftest_stale_cpu_read",
+        Body::OnHeap("system", coherence::selftest_stale_cpu_read),
+    ),
+    selftest(
         "rig_selftest_fault_leak",
         Body::OnHeap("rust_system", faults::selftest_fault_leak),
     ),
@@ -182,6 +193,14 @@ fn heaps_present(ctx: &mut Ctx) -> Outcome {
     );
     let names = heap_names().context(format!("listing {DMA_HEAP_DIR}"))?;
     ctx.fact("heaps", names.join(", "));
+    let all = registered_heaps().context(format!("listing {DMA_HEAP_DIR}"))?;
+    for alias in all.iter().filter(|h| !names.contains(h)) {
+        let of = heaprig_protocol::heaps::alias_of(alias, &all).unwrap_or("?");
+        ctx.fact(
+            alias,
+            format!("the same heap as {of}, registered twice; tested as {of}"),
+        );
+    }
     // Every heap the kernel was built with (all of them decide bisect and --heap verdicts,
     // which compare no snapshot); without a config, at least the C system heap.
     let expected = crate::expect::expected_heaps();

@@ -8,7 +8,7 @@ use std::fmt;
 use std::sync::OnceLock;
 
 use crate::harness::Stop;
-use crate::uapi::importer::IMPORTER_DEV;
+use crate::uapi::importer::{IMPORTER_DEV, IMPORTER_NC_DEV};
 use crate::uapi::{heap_stats, Importer};
 
 static BUILT_WITH: OnceLock<BTreeSet<String>> = OnceLock::new();
@@ -49,11 +49,25 @@ pub fn built_with(option: &str) -> bool {
     BUILT_WITH.get().is_some_and(|o| o.contains(option))
 }
 
-/// The heap each option registers under /dev/dma_heap.
-pub const HEAPS: &[(&str, &str)] = &[
-    ("CONFIG_DMABUF_HEAPS_SYSTEM", "system"),
-    ("CONFIG_DMABUF_HEAPS_RUST_SYSTEM", "rust_system"),
+/// The heap each option registers under /dev/dma_heap, by its names: the default CMA area's
+/// heap is `reserved` up to 6.16 and `default_cma_region` since.
+pub const HEAPS: &[(&str, &[&str])] = &[
+    ("CONFIG_DMABUF_HEAPS_SYSTEM", &["system"]),
+    ("CONFIG_DMABUF_HEAPS_RUST_SYSTEM", &["rust_system"]),
+    (
+        "CONFIG_DMABUF_HEAPS_CMA",
+        heaprig_protocol::heaps::CMA_NAMES,
+    ),
 ];
+
+/// Which of `names` this kernel registered (the first when none is there, for messages).
+fn registered(names: &'static [&'static str]) -> &'static str {
+    let present = crate::uapi::heap_names().unwrap_or_default();
+    names
+        .iter()
+        .find(|n| present.iter().any(|p| p == *n))
+        .unwrap_or(&names[0])
+}
 
 /// Heaps that publish counters in debugfs (`/sys/kernel/debug/<heap>_heap/stats`).
 const COUNTED: &[(&str, &str)] = &[("CONFIG_DMABUF_HEAPS_RUST_SYSTEM", "rust_system")];
@@ -82,8 +96,8 @@ pub fn stats(heap: &str) -> Result<Option<BTreeMap<String, u64>>, Stop> {
 pub fn expected_heaps() -> Vec<(&'static str, &'static str)> {
     HEAPS
         .iter()
-        .copied()
         .filter(|(option, _)| built_with(option))
+        .map(|(option, names)| (*option, registered(names)))
         .collect()
 }
 
@@ -126,6 +140,17 @@ pub fn importer() -> Result<Importer, Stop> {
         missing(
             "CONFIG_DMABUF_TEST_IMPORTER",
             format!("cannot open {IMPORTER_DEV}: {e}"),
+        )
+    })
+}
+
+/// The test importer's non-coherent device: it exists where devices can have their own DMA
+/// operations (`CONFIG_ARCH_HAS_DMA_OPS`, which the rig's config gets from `GART_IOMMU`).
+pub fn noncoherent_importer() -> Result<Importer, Stop> {
+    Importer::open_at(IMPORTER_NC_DEV).map_err(|e| {
+        missing_all(
+            &["CONFIG_DMABUF_TEST_IMPORTER", "CONFIG_ARCH_HAS_DMA_OPS"],
+            format!("cannot open {IMPORTER_NC_DEV}: {e}"),
         )
     })
 }

@@ -23,9 +23,9 @@ pub const KMEMLEAK: &str = "/sys/kernel/debug/kmemleak";
 pub const PAGE_OWNER_STACKS: &str = "/sys/kernel/debug/page_owner_stacks/show_stacks";
 pub const VMALLOCINFO: &str = "/proc/vmallocinfo";
 
-/// Callers of `vmap()` that make a dma-buf's kernel mapping: the C system heap, and the
+/// Callers of `vmap()` that make a dma-buf's kernel mapping: the C system and CMA heaps, and the
 /// helper the Rust abstractions call (`rust_helper_vmap_kernel`).
-const VMAP_CALLERS: [&str; 2] = ["system_heap", "vmap_kernel"];
+const VMAP_CALLERS: [&str; 3] = ["system_heap", "cma_heap", "vmap_kernel"];
 
 /// Counts /proc/vmallocinfo's `vmap` areas (mm/vmalloc.c, `vmalloc_info_show`: range, size,
 /// `caller+off/len`, `pages=N`, kind, NUMA counts) by caller function, for callers on a

@@ -156,6 +156,21 @@ impl Child {
         }
     }
 
+    /// Whether the child is still running (not exited, not killed); reaps it if it ended.
+    pub fn is_running(&mut self) -> bool {
+        if self.reaped {
+            return false;
+        }
+        let mut status = 0;
+        // SAFETY: `pid` is our unreaped child and `status` a valid out-pointer.
+        let r = unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG) };
+        if r == 0 {
+            return true;
+        }
+        self.reaped = true;
+        false
+    }
+
     /// Waits without a bound of its own (the child's alarm is the bound) and says how the
     /// child ended. A failed waitpid other than EINTR leaves nothing to reap.
     pub fn wait_exit(&mut self) -> io::Result<Exit> {

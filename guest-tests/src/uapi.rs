@@ -151,14 +151,25 @@ impl Heap {
     }
 }
 
-/// Names of every heap under `/dev/dma_heap`, sorted so results are stable.
-pub fn heap_names() -> io::Result<Vec<String>> {
+/// Names of every heap registered under `/dev/dma_heap`, sorted so results are stable.
+pub fn registered_heaps() -> io::Result<Vec<String>> {
     let mut names = Vec::new();
     for entry in std::fs::read_dir(DMA_HEAP_DIR)? {
         names.push(entry?.file_name().to_string_lossy().into_owned());
     }
     names.sort();
     Ok(names)
+}
+
+/// The heaps to test: every registered one but a second name of the same heap
+/// ([`heaprig_protocol::heaps::alias_of`]).
+pub fn heap_names() -> io::Result<Vec<String>> {
+    let all = registered_heaps()?;
+    Ok(all
+        .iter()
+        .filter(|h| heaprig_protocol::heaps::alias_of(h, &all).is_none())
+        .cloned()
+        .collect())
 }
 
 /// A dma-buf fd returned by a heap.
@@ -326,19 +337,24 @@ impl Mapping {
 }
 
 impl Mapping {
-    /// Tries to grow the mapping with mremap (allowed to move); consumes it either way.
-    /// A dma-buf mapping is VM_DONTEXPAND, so the kernel must refuse.
-    pub fn mremap_grow(self, new_len: usize) -> io::Result<()> {
+    /// Grows the mapping with mremap (allowed to move) and returns the grown one; consumed
+    /// either way. Most dma-buf mappings are VM_DONTEXPAND and the kernel refuses (EFAULT); a
+    /// heap that maps through a fault handler (CMA) lets it grow, and must then refuse the
+    /// pages past its buffer in the fault handler.
+    pub fn mremap_grow(self, new_len: usize) -> io::Result<Mapping> {
         // SAFETY: `ptr`/`len` describe our mapping; on success the old range is gone and the
-        // new one is unmapped below, so `self` must not unmap again.
+        // returned mapping owns the new one, so `self` must not unmap again.
         let p = unsafe { libc::mremap(self.ptr.cast(), self.len, new_len, libc::MREMAP_MAYMOVE) };
         if p == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        // SAFETY: `p` is the new mapping of `new_len` bytes, owned by nobody else.
-        unsafe { libc::munmap(p, new_len) };
+        let grown = Mapping {
+            ptr: p.cast(),
+            len: new_len,
+            offset: self.offset,
+        };
         std::mem::forget(self);
-        Ok(())
+        Ok(grown)
     }
 }
 
@@ -372,12 +388,33 @@ pub struct Importer {
 }
 
 impl Importer {
+    /// The importer's coherent device.
     pub fn open() -> io::Result<Importer> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(importer::IMPORTER_DEV)?;
+        Self::open_at(importer::IMPORTER_DEV)
+    }
+
+    /// The importer's device node at `path` (`IMPORTER_DEV` or `IMPORTER_NC_DEV`).
+    pub fn open_at(path: &str) -> io::Result<Importer> {
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
         Ok(Importer { file })
+    }
+
+    /// `IMPORTER_DEVICE_ACCESS` on held attachment `handle`: the device reads (`OP_CHECKSUM`)
+    /// or fills (`OP_FILL`) the buffer.
+    pub fn device_access(
+        &self,
+        handle: u64,
+        op: u32,
+        fill: u8,
+    ) -> io::Result<importer::ImporterArgs> {
+        let mut a = importer::ImporterArgs {
+            handle,
+            op,
+            fill: fill as u32,
+            ..Default::default()
+        };
+        self.call(importer::IMPORTER_DEVICE_ACCESS, &mut a)?;
+        Ok(a)
     }
 
     /// Issues one importer ioctl; `args` is read and written back.

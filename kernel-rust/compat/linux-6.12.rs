@@ -56,3 +56,9 @@ pub fn kvec_swap_remove<T: Copy>(v: &mut crate::alloc::KVec<T>, i: usize) {
     // SAFETY: shrinking by one keeps the rest initialised, and `T: Copy` needs no drop.
     unsafe { v.set_len(last) };
 }
+
+/// Whether dma-buf heaps charge their pages to the allocating task's memory cgroup: never
+/// on 6.12 (`dma_heap.mem_accounting` came later).
+pub fn heap_mem_accounting() -> bool {
+    false
+}

@@ -61,3 +61,11 @@ pub fn kvec_swap_remove<T: Copy>(v: &mut crate::alloc::KVec<T>, i: usize) {
     v.swap(i, last);
     v.pop();
 }
+
+/// Whether dma-buf heaps charge their pages to the allocating task's memory cgroup (the
+/// `dma_heap.mem_accounting` parameter, set at boot).
+pub fn heap_mem_accounting() -> bool {
+    // SAFETY: a plain read of a bool that only the command line writes, before any heap
+    // allocates.
+    unsafe { bindings::mem_accounting }
+}

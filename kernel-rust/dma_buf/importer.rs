@@ -217,6 +217,30 @@ unsafe impl Send for MappedAttachment {}
 // SAFETY: shared references give no access to the pointers.
 unsafe impl Sync for MappedAttachment {}
 
+impl MappedAttachment {
+    /// What the device sees of the buffer, one [`Bytes`] per piece, in order: its own copy
+    /// when the device is not coherent ([`DmaParams::new_noncoherent`]), otherwise the
+    /// buffer's pages themselves. Returns the number of bytes.
+    pub fn device_access(&self, mut f: impl FnMut(&Bytes<'_>)) -> Result<usize> {
+        let (table, _) = self._raw.mapped.get().ok_or(EINVAL)?;
+        // SAFETY: `dev` is the attachment's device, held by `_raw` (its type invariant).
+        if unsafe { noncoherent::is_installed(self._raw.dev.as_ptr()) } {
+            // SAFETY: the table is mapped for that device until `self` drops.
+            Ok(unsafe { noncoherent::for_each_device_segment(table.as_ptr(), f) })
+        } else {
+            let mut bytes = 0;
+            // SAFETY: as above; a coherent device reads the pages themselves.
+            unsafe {
+                walk_table(table, |b| {
+                    bytes += b.len();
+                    f(b)
+                })
+            }?;
+            Ok(bytes)
+        }
+    }
+}
+
 impl DmaBufRef {
     /// Attaches `buf` to `dev` and maps it for `dir`, keeping both until the result drops.
     pub fn attach_mapped(
@@ -268,55 +292,64 @@ impl Mapping<'_> {
     ///
     /// Needs `CONFIG_DMABUF_DEBUG=n`: the debug option scrambles the page pointers of mapped
     /// tables precisely to stop importers from doing this.
-    pub fn walk_pages(&self, mut f: impl FnMut(&Bytes<'_>)) -> Result<usize> {
-        let mut pages = 0;
+    pub fn walk_pages(&self, f: impl FnMut(&Bytes<'_>)) -> Result<usize> {
         // SAFETY: the table is mapped and valid until `self` is dropped.
-        let (mut sg, n) = unsafe {
-            (
-                (*self.table.as_ptr()).sgl,
-                (*self.table.as_ptr()).orig_nents,
-            )
-        };
-        for _ in 0..n {
-            // SAFETY: `sg` is one of the table's `n` entries.
-            let (page, len, off) = unsafe { (bindings::sg_page(sg), (*sg).length, (*sg).offset) };
-            if page.is_null() {
-                // Exporters of memory without `struct page` (device memory) have nothing to
-                // kmap.
-                return Err(EINVAL);
-            }
-            let end = off as usize + len as usize;
-            let mut pos = off as usize;
-            while pos < end {
-                let idx = pos >> bindings::PAGE_SHIFT;
-                let in_page = pos & (bindings::PAGE_SIZE - 1);
-                let chunk = (bindings::PAGE_SIZE - in_page).min(end - pos);
-                // SAFETY: `page + idx` is a page of this entry: the entry's pages are
-                // physically contiguous, and their `struct page`s virtually contiguous because
-                // the importer depends on SPARSEMEM_VMEMMAP (its Kconfig entry).
-                let va = unsafe { bindings::kmap_local_page(page.add(idx)) }.cast::<u8>();
-                // INVARIANT: the page stays mapped until `kunmap_local` below.
-                let bytes = Bytes {
-                    // SAFETY: `in_page < PAGE_SIZE`, inside the local mapping.
-                    ptr: unsafe { va.add(in_page) },
-                    len: chunk,
-                    _p: PhantomData,
-                };
-                f(&bytes);
-                // SAFETY: `va` is the most recent local mapping of this task.
-                unsafe { bindings::kunmap_local(va.cast()) };
-                pos += chunk;
-                pages += 1;
-                // Outside the local mapping: a walk of a huge buffer yields now and then.
-                if pages % 16 == 0 {
-                    super::cond_resched();
-                }
-            }
-            // SAFETY: advancing within the table's `n` entries.
-            sg = unsafe { bindings::sg_next(sg) };
-        }
-        Ok(pages)
+        unsafe { walk_table(self.table, f) }
     }
+}
+
+/// Walks every page of `table` with `kmap_local_page`, one page at a time; returns the
+/// number of pages.
+///
+/// # Safety
+///
+/// `table` is a mapped table, valid until this returns.
+unsafe fn walk_table(
+    table: NonNull<bindings::sg_table>,
+    mut f: impl FnMut(&Bytes<'_>),
+) -> Result<usize> {
+    let mut pages = 0;
+    // SAFETY: the table is valid (function contract).
+    let (mut sg, n) = unsafe { ((*table.as_ptr()).sgl, (*table.as_ptr()).orig_nents) };
+    for _ in 0..n {
+        // SAFETY: `sg` is one of the table's `n` entries.
+        let (page, len, off) = unsafe { (bindings::sg_page(sg), (*sg).length, (*sg).offset) };
+        if page.is_null() {
+            // Exporters of memory without `struct page` (device memory) have nothing to
+            // kmap.
+            return Err(EINVAL);
+        }
+        let end = off as usize + len as usize;
+        let mut pos = off as usize;
+        while pos < end {
+            let idx = pos >> bindings::PAGE_SHIFT;
+            let in_page = pos & (bindings::PAGE_SIZE - 1);
+            let chunk = (bindings::PAGE_SIZE - in_page).min(end - pos);
+            // SAFETY: `page + idx` is a page of this entry: the entry's pages are
+            // physically contiguous, and their `struct page`s virtually contiguous because
+            // the importer depends on SPARSEMEM_VMEMMAP (its Kconfig entry).
+            let va = unsafe { bindings::kmap_local_page(page.add(idx)) }.cast::<u8>();
+            // INVARIANT: the page stays mapped until `kunmap_local` below.
+            let bytes = Bytes {
+                // SAFETY: `in_page < PAGE_SIZE`, inside the local mapping.
+                ptr: unsafe { va.add(in_page) },
+                len: chunk,
+                _p: PhantomData,
+            };
+            f(&bytes);
+            // SAFETY: `va` is the most recent local mapping of this task.
+            unsafe { bindings::kunmap_local(va.cast()) };
+            pos += chunk;
+            pages += 1;
+            // Outside the local mapping: a walk of a huge buffer yields now and then.
+            if pages % 16 == 0 {
+                super::cond_resched();
+            }
+        }
+        // SAFETY: advancing within the table's `n` entries.
+        sg = unsafe { bindings::sg_next(sg) };
+    }
+    Ok(pages)
 }
 
 impl Drop for Mapping<'_> {
@@ -349,6 +382,17 @@ unsafe impl Sync for DmaParams {}
 impl DmaParams {
     /// Gives `dev` the parameters until the result is dropped.
     pub fn new(dev: &crate::device::Device) -> impl PinInit<Self, Error> + '_ {
+        Self::with(dev, false)
+    }
+
+    /// The same, and `dev` becomes a device that is not cache-coherent with the CPU (see
+    /// [`noncoherent`](super::noncoherent)) until the result is dropped; `ENODEV` on a
+    /// kernel without `CONFIG_ARCH_HAS_DMA_OPS`. `dev` must have no DMA mapping yet.
+    pub fn new_noncoherent(dev: &crate::device::Device) -> impl PinInit<Self, Error> + '_ {
+        Self::with(dev, true)
+    }
+
+    fn with(dev: &crate::device::Device, noncoherent: bool) -> impl PinInit<Self, Error> + '_ {
         // SAFETY: all-zero DMA parameters are valid; the ones that matter are set below.
         let zeroed: bindings::device_dma_parameters = unsafe { core::mem::zeroed() };
         try_pin_init!(Self {
@@ -357,8 +401,9 @@ impl DmaParams {
             // SAFETY: `dev` is a valid device; the reference is dropped in `drop`.
             dev: NonNull::new(unsafe { bindings::get_device(dev.as_raw()) }).ok_or(EINVAL)?,
         })
-        .pin_chain(|this| {
+        .pin_chain(move |this| {
             let (dev, parms) = (this.dev.as_ptr(), this.parms.get());
+            // Ops before the mask: setting the mask decides from them whether syncs run.
             // SAFETY: `dev` is alive (we hold a reference) and `parms` is pinned; on failure
             // the caller drops `this`, whose `drop` takes the pointer back.
             // INVARIANT: the device points to our parameters until `drop`.
@@ -366,6 +411,9 @@ impl DmaParams {
                 (*parms).max_segment_size = u32::MAX;
                 (*parms).segment_boundary_mask = !0;
                 (*dev).dma_parms = parms;
+                if noncoherent {
+                    super::noncoherent::install(dev)?;
+                }
                 to_result(bindings::dma_coerce_mask_and_coherent(dev, u64::MAX))
             }
         })
@@ -377,8 +425,9 @@ impl PinnedDrop for DmaParams {
     fn drop(self: Pin<&mut Self>) {
         let (dev, parms) = (self.dev.as_ptr(), self.parms.get());
         // SAFETY: we hold a reference to `dev` (type invariant); the device may outlive us
-        // (references held elsewhere), so it must stop pointing at our parameters.
+        // (references held elsewhere), so it must stop pointing at our parameters and ops.
         unsafe {
+            super::noncoherent::uninstall(dev);
             if (*dev).dma_parms == parms {
                 (*dev).dma_parms = core::ptr::null_mut();
             }

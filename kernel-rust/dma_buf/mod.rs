@@ -19,6 +19,7 @@
 
 pub mod exporter;
 pub mod importer;
+pub mod noncoherent;
 
 pub use exporter::*;
 pub use importer::*;

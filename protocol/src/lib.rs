@@ -459,6 +459,53 @@ pub mod leak {
     }
 }
 
+/// Heap names that differ between kernels for the same heap.
+pub mod heaps {
+    /// The default CMA area's heap: `reserved` up to 6.16, `default_cma_region` since.
+    pub const CMA_NAMES: &[&str] = &["reserved", "default_cma_region"];
+    /// What snapshots call it, so both kernels share them.
+    pub const CMA_SNAPSHOT: &str = "cma";
+
+    /// Whether `heap` is a second registration of a heap also present under another name,
+    /// and which: 7.x adds the default CMA area as `default_cma_region` and again, from its
+    /// list of all areas, under the area's own name `reserved`. One memory area, one heap
+    /// implementation: tests run on the first name only.
+    pub fn alias_of<S: AsRef<str>>(heap: &str, present: &[S]) -> Option<&'static str> {
+        let (legacy, modern) = (CMA_NAMES[0], CMA_NAMES[1]);
+        (heap == legacy && present.iter().any(|p| p.as_ref() == modern)).then_some(modern)
+    }
+
+    /// The name a snapshot records `heap` under.
+    pub fn snapshot_name(heap: &str) -> &str {
+        if CMA_NAMES.contains(&heap) {
+            CMA_SNAPSHOT
+        } else {
+            heap
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn the_cma_heap_has_one_snapshot_name() {
+            assert_eq!(super::snapshot_name("reserved"), "cma");
+            assert_eq!(super::snapshot_name("default_cma_region"), "cma");
+            assert_eq!(super::snapshot_name("system"), "system");
+        }
+
+        #[test]
+        fn reserved_is_an_alias_only_beside_default_cma_region() {
+            let v73 = ["default_cma_region", "reserved", "system"];
+            assert_eq!(
+                super::alias_of("reserved", &v73),
+                Some("default_cma_region")
+            );
+            assert_eq!(super::alias_of("default_cma_region", &v73), None);
+            assert_eq!(super::alias_of("reserved", &["reserved", "system"]), None);
+        }
+    }
+}
+
 /// The guest benchmark's output (`heaprig-guest bench`): one JSON record a line.
 pub mod bench {
     use serde::{Deserialize, Serialize};

@@ -290,6 +290,10 @@ fn detectors_catch_real_faults() {
             &["kernel mapping left behind", "made by system_heap"],
         ),
         (
+            "rig_selftest_stale_cpu_read",
+            &["stale_cpu_read: step 03 CpuReads: the CPU reads"],
+        ),
+        (
             "rig_selftest_fault_leak",
             &[
                 "importer VMAP: fault point",

@@ -53,9 +53,10 @@ impl From<io::Error> for OpError {
 type OpResult = Result<(), OpError>;
 
 /// One operation to sweep; `importer` says whether it needs /dev/dmabuf_test_importer;
-/// `floor` is the fewest fault points its sweep may find on any heap (about half of what the
-/// debug kernel showed on the C heap and ours), so a sweep that quietly stops reaching the
-/// operation's allocations fails instead of reading "clean".
+/// `floor` is the fewest fault points its sweep may find on any heap (about half of the
+/// fewest the debug kernel showed on any heap; importer operations, whose counts vary by 2x
+/// between runs with the slabs' state, well below that), so a sweep that quietly stops
+/// reaching the operation's allocations fails instead of reading "clean".
 pub struct Op {
     pub name: &'static str,
     importer: bool,
@@ -149,13 +150,16 @@ pub const OPS: &[Op] = &[
     Op {
         name: "importer VMAP",
         importer: true,
-        floor: 3,
+        // 2 on 7.3's CMA heap (2026-12-01): its vmap allocates little.
+        floor: 1,
         run: |s| check_sum("vmap", importer_call(s, IMPORTER_VMAP, 1)?.checksum, s.sum),
     },
     Op {
         name: "importer KMAP_WALK",
         importer: true,
-        floor: 7,
+        // 6 to 16 on every heap and kernel in runs of 2026-12-01: the count depends on
+        // whether a slab needs a fresh page, so the floor stays well below.
+        floor: 3,
         run: |s| {
             let a = importer_call(s, IMPORTER_KMAP_WALK, 1)?;
             check_sum("kmap walk", a.checksum, s.sum)
@@ -164,7 +168,7 @@ pub const OPS: &[Op] = &[
     Op {
         name: "importer ATTACH_MAP x2",
         importer: true,
-        floor: 10,
+        floor: 8,
         run: |s| {
             importer_call(s, IMPORTER_ATTACH_MAP, 2)?;
             Ok(())

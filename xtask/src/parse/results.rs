@@ -317,7 +317,7 @@ impl TestResult {
                 .map(|h| {
                     let skip = (h.verdict == TestVerdict::Skip).then(|| h.reasons.join("; "));
                     (
-                        h.heap.clone(),
+                        heaprig_protocol::heaps::snapshot_name(&h.heap).to_string(),
                         HeapSnapshot {
                             verdict: h.verdict,
                             skip,

@@ -79,6 +79,10 @@ pub const OVERLAY: &[(&str, &str)] = &[
         "kernel-rust/dma_buf/importer.rs",
         "rust/kernel/dma_buf/importer.rs",
     ),
+    (
+        "kernel-rust/dma_buf/noncoherent.rs",
+        "rust/kernel/dma_buf/noncoherent.rs",
+    ),
     ("kernel-rust/dma_heap.rs", "rust/kernel/dma_heap.rs"),
     ("kernel-rust/rig.rs", "rust/kernel/rig.rs"),
     (

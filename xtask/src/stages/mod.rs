@@ -142,6 +142,13 @@ pub fn vm_spec(env: &Env, v: &VmPlan, p: &Prepared, rwdir: Option<PathBuf>) -> V
         rwdir,
         cwd: env.root.clone(),
         udev_rules: Some(env.root.join("xtask/guest-udev")),
+        boot_args: p
+            .built
+            .series
+            .boot_args()
+            .iter()
+            .map(|a| a.to_string())
+            .collect(),
     }
 }
 

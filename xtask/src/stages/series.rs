@@ -124,6 +124,16 @@ impl Series {
         }
     }
 
+    /// Kernel command-line arguments every boot of this series gets: 7.x makes dma-buf heaps
+    /// charge their pages to the allocating task's memory cgroup only when asked
+    /// (`dma_heap.mem_accounting`, read-only after boot), and the memcg tests need it.
+    pub fn boot_args(self) -> &'static [&'static str] {
+        match self {
+            Series::V6_12 => &[],
+            Series::V7_3 => &["dma_heap.mem_accounting=1"],
+        }
+    }
+
     /// The upstream kernel-crate modules the rig's kernel Rust uses that this series lacks:
     /// small backports with the upstream API (the newest series needs none), so the heap and
     /// the importer are written once, against upstream.

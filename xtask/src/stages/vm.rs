@@ -44,6 +44,8 @@ pub struct VmSpec {
     /// A udev rules directory mounted over the guest's for non-interactive runs: only the
     /// rules virtme-ng-init needs, so the coldplug it waits for is short.
     pub udev_rules: Option<PathBuf>,
+    /// Kernel command-line arguments, after the built-in ones.
+    pub boot_args: Vec<String>,
 }
 
 /// Validates a QEMU-style memory size (`1024M`, `2G`) up front.
@@ -109,6 +111,10 @@ pub fn vng_args(spec: &VmSpec, exec: Option<&str>) -> Vec<String> {
         // Mounted by virtme-ng-init next to udevd's start: if udevd wins the race it reads
         // the host's full rules, which is only slower, never wrong.
         a.push(format!("--rodir=/usr/lib/udev/rules.d={}", rules.display()));
+    }
+    if !spec.boot_args.is_empty() {
+        a.push("--append".into());
+        a.push(spec.boot_args.join(" "));
     }
     if let Some(cmd) = exec {
         a.push("--disable-monitor".into());
@@ -475,6 +481,7 @@ pub fn resolve_accel(
         rwdir: None,
         cwd: cwd.to_path_buf(),
         udev_rules: None,
+        boot_args: Vec::new(),
     };
     let limits = Limits {
         boot: Duration::from_secs(30),
@@ -570,8 +577,11 @@ mod tests {
             rwdir: Some("/r".into()),
             cwd: "/p".into(),
             udev_rules: Some("/u".into()),
+            boot_args: vec!["a=1".into(), "b.c=2".into()],
         };
         let a = vng_args(&spec, Some("echo 'a b'"));
+        let i = a.iter().position(|x| x == "--append").unwrap();
+        assert_eq!(a[i + 1], "a=1 b.c=2");
         assert!(a.contains(&"--disable-kvm".to_string()));
         assert!(a.contains(&"--rwdir=/r".to_string()));
         assert!(a.contains(&"--force-9p".to_string()));
