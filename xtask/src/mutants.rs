@@ -23,6 +23,8 @@ pub enum Target {
     RustSystem,
     /// The kernel's C system heap.
     System,
+    /// The kernel's C CMA heap.
+    Cma,
     /// The rig's test importer.
     Importer,
 }
@@ -32,6 +34,7 @@ impl fmt::Display for Target {
         f.write_str(match self {
             Target::RustSystem => "rust_system",
             Target::System => "system",
+            Target::Cma => "cma",
             Target::Importer => "importer",
         })
     }
