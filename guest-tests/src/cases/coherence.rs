@@ -150,6 +150,18 @@ fn summary(bytes: &[u8]) -> String {
     parts.join(", ")
 }
 
+/// Checks that the CPU reads `want` (what `source` says the buffer holds) and records it.
+fn cpu_reads(ctx: &mut Ctx, at: &str, seen: &[u8], want: &[u8], source: &str) -> Outcome {
+    ensure!(
+        seen == want,
+        "{at}: the CPU reads {}, {source} {}",
+        summary(seen),
+        summary(want)
+    );
+    ctx.fact(at, summary(seen));
+    Ok(())
+}
+
 /// Runs one scenario on a fresh buffer of `heap`, held by the non-coherent device.
 fn run(ctx: &mut Ctx, imp: &Importer, heap: &Heap, name: &str, steps: &[Step]) -> Outcome {
     let buf = heap.alloc(LEN).context("alloc")?;
@@ -193,16 +205,7 @@ fn run(ctx: &mut Ctx, imp: &Importer, heap: &Heap, name: &str, steps: &[Step]) -
                 imp.device_access(hold.handle, OP_FILL, b).context(&at)?;
                 m.dev.fill(b);
             }
-            CpuReads => {
-                let seen = map.as_slice();
-                ensure!(
-                    seen == m.cpu.as_slice(),
-                    "{at}: the CPU reads {}, the DMA API says {}",
-                    summary(seen),
-                    summary(&m.cpu)
-                );
-                ctx.fact(&at, summary(seen));
-            }
+            CpuReads => cpu_reads(ctx, &at, map.as_slice(), &m.cpu, "the DMA API says")?,
             DevReads => {
                 let a = imp
                     .device_access(hold.handle, OP_CHECKSUM, 0)
@@ -225,14 +228,8 @@ fn run(ctx: &mut Ctx, imp: &Importer, heap: &Heap, name: &str, steps: &[Step]) -
                 held = false;
                 // The mapping is bidirectional: unmapping copies the device's bytes back.
                 m.cpu.clone_from(&m.dev);
-                let seen = map.as_slice();
-                ensure!(
-                    seen == m.cpu.as_slice(),
-                    "{at}: after the unmap the CPU reads {}, the device held {}",
-                    summary(seen),
-                    summary(&m.cpu)
-                );
-                ctx.fact(&at, summary(seen));
+                let source = "the device held before the unmap";
+                cpu_reads(ctx, &at, map.as_slice(), &m.cpu, source)?;
             }
         }
     }
