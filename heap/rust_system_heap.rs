@@ -16,6 +16,12 @@
 //!   the last vunmap; see `kernel::dma_buf::PageBuffer`.
 //! - `ion_compat` (debugfs, off by default) makes `begin_cpu_access` take a kernel mapping
 //!   the way old ION did, so benchmarks can show what the lazy design saves.
+//! - A page pool (`kernel::dma_buf::PagePool`, on by default, `pool` in debugfs turns it off
+//!   and empties it) keeps freed chunks of every order, zeroes them in a worker and hands
+//!   them out again before asking the page allocator; a shrinker empties it under memory
+//!   pressure. It holds at most an eighth of RAM, and no more than 128 MiB. When the kernel
+//!   charges heap pages to memory cgroups (`dma_heap.mem_accounting`, 7.x) the pool is
+//!   bypassed: a pooled page would stay charged to the cgroup that first allocated it.
 //!
 //! Statistics: `/sys/kernel/debug/rust_system_heap/stats`.
 
@@ -27,10 +33,11 @@ use core::{
 use kernel::{
     bindings, c_str,
     debugfs::{Reader, Scope, Writer},
-    dma_buf::{self, DataDirection, Exported, Exporter, PageBuffer, Pages},
+    dma_buf::{self, DataDirection, Exported, Exporter, PageBuffer, PagePool, Pages},
     dma_heap,
     prelude::*,
     rig::compat,
+    sync::Arc,
     uaccess::UserSliceReader,
 };
 
@@ -43,6 +50,10 @@ kernel::rig_module! {
 
 /// Orders tried from largest to smallest, as in drivers/dma-buf/heaps/system_heap.c.
 const ORDERS: [u32; 3] = [8, 4, 0];
+
+/// The most the page pool holds: 128 MiB (in base pages), and never more than an eighth of
+/// RAM.
+const POOL_MAX_PAGES: usize = (128 << 20) >> bindings::PAGE_SHIFT;
 
 /// High orders: no reclaim, no retries, no warnings; fall back to a smaller order instead.
 const HIGH_ORDER_GFP: bindings::gfp_t = ((bindings::GFP_HIGHUSER
@@ -89,22 +100,43 @@ impl Stats {
     }
 }
 
-impl Writer for Stats {
+impl Writer for RustSystemHeap {
     fn write(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let rows: [(&str, &AtomicU64); 10] = [
-            ("live_buffers", &self.live_buffers),
-            ("live_bytes", &self.live_bytes),
-            ("current_vmaps", &self.current_vmaps),
-            ("kernel_mappings_created", &self.kernel_mappings_created),
-            ("begin_cpu_access", &self.begin_cpu_access),
-            ("end_cpu_access", &self.end_cpu_access),
-            ("unmatched_end_cpu_access", &self.unmatched_end_cpu_access),
-            ("alloc_refused_too_large", &self.alloc_refused_too_large),
-            ("alloc_failed_no_memory", &self.alloc_failed_no_memory),
-            ("alloc_interrupted", &self.alloc_interrupted),
+        let s = &self.stats;
+        let pool = self.pool.stats();
+        let rows: [(&str, u64); 17] = [
+            ("live_buffers", s.live_buffers.load(Relaxed)),
+            ("live_bytes", s.live_bytes.load(Relaxed)),
+            ("current_vmaps", s.current_vmaps.load(Relaxed)),
+            (
+                "kernel_mappings_created",
+                s.kernel_mappings_created.load(Relaxed),
+            ),
+            ("begin_cpu_access", s.begin_cpu_access.load(Relaxed)),
+            ("end_cpu_access", s.end_cpu_access.load(Relaxed)),
+            (
+                "unmatched_end_cpu_access",
+                s.unmatched_end_cpu_access.load(Relaxed),
+            ),
+            (
+                "alloc_refused_too_large",
+                s.alloc_refused_too_large.load(Relaxed),
+            ),
+            (
+                "alloc_failed_no_memory",
+                s.alloc_failed_no_memory.load(Relaxed),
+            ),
+            ("alloc_interrupted", s.alloc_interrupted.load(Relaxed)),
+            ("pool_pages", pool.pages),
+            ("pool_dirty_pages", pool.dirty_pages),
+            ("pool_hits", pool.hits),
+            ("pool_misses", pool.misses),
+            ("pool_zeroed_pages", pool.zeroed_pages),
+            ("pool_shrunk_pages", pool.shrunk_pages),
+            ("pool_refused_pages", pool.refused_pages),
         ];
         for (name, v) in rows {
-            writeln!(f, "{}: {}", name, v.load(Relaxed))?;
+            writeln!(f, "{}: {}", name, v)?;
         }
         Ok(())
     }
@@ -135,8 +167,29 @@ impl Reader for Switch {
     }
 }
 
+/// The `pool` debugfs switch: "0" empties the pool and keeps it off, "1" turns it on.
+struct PoolSwitch(Arc<PagePool>);
+
+impl Writer for PoolSwitch {
+    fn write(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{}", u8::from(self.0.enabled()))
+    }
+}
+
+impl Reader for PoolSwitch {
+    fn read_from_slice(&self, reader: &mut UserSliceReader) -> Result {
+        let on = Switch(AtomicBool::new(false));
+        on.read_from_slice(reader)?;
+        self.0.set_enabled(on.0.load(Relaxed));
+        Ok(())
+    }
+}
+
 struct RustSystemHeap {
     stats: Stats,
+    /// Freed chunks, zeroed in the background and handed out again.
+    pool: Arc<PagePool>,
+    pool_switch: PoolSwitch,
     /// "1" makes `begin_cpu_access` create a kernel mapping, as ION did.
     ion_compat: Switch,
     /// "1" makes the next allocation leak one page it never frees: the bug class no counter
@@ -144,14 +197,9 @@ struct RustSystemHeap {
     selftest_leak_page: Switch,
 }
 
-static HEAP: RustSystemHeap = RustSystemHeap {
-    stats: Stats::new(),
-    ion_compat: Switch(AtomicBool::new(false)),
-    selftest_leak_page: Switch(AtomicBool::new(false)),
-};
-
 /// Per-buffer CPU access bookkeeping.
 struct Policy {
+    heap: &'static RustSystemHeap,
     /// STARTs not yet matched by an END; never below zero.
     open_brackets: AtomicU64,
 }
@@ -165,8 +213,9 @@ fn dec_if_positive(v: &AtomicU64) -> bool {
 #[vtable]
 impl Exporter for Policy {
     fn begin_cpu_access(buf: &PageBuffer<Self>, dir: DataDirection) -> Result {
-        HEAP.stats.begin_cpu_access.fetch_add(1, Relaxed);
-        if HEAP.ion_compat.0.load(Relaxed) {
+        let heap = buf.data().heap;
+        heap.stats.begin_cpu_access.fetch_add(1, Relaxed);
+        if heap.ion_compat.0.load(Relaxed) {
             // Old ION: a kernel mapping for every sync, dropped by the matching END. The
             // reference is the exporter's, so no END can drop one an importer holds.
             buf.map_kernel()?;
@@ -179,65 +228,94 @@ impl Exporter for Policy {
     }
 
     fn end_cpu_access(buf: &PageBuffer<Self>, dir: DataDirection) -> Result {
-        HEAP.stats.end_cpu_access.fetch_add(1, Relaxed);
+        let heap = buf.data().heap;
+        heap.stats.end_cpu_access.fetch_add(1, Relaxed);
         if dec_if_positive(&buf.data().open_brackets) {
             // Drops this bracket's ION-mode mapping, if it took one; false otherwise.
             buf.unmap_kernel();
         } else {
-            HEAP.stats.unmatched_end_cpu_access.fetch_add(1, Relaxed);
+            heap.stats.unmatched_end_cpu_access.fetch_add(1, Relaxed);
         }
         // Like the C heap, always hand the memory back to mapped devices.
         buf.sync_attachments(dir, false);
         Ok(())
     }
 
-    fn vmapped(_buf: &PageBuffer<Self>, created: bool) {
+    fn vmapped(buf: &PageBuffer<Self>, created: bool) {
         if created {
-            HEAP.stats.kernel_mappings_created.fetch_add(1, Relaxed);
-            HEAP.stats.current_vmaps.fetch_add(1, Relaxed);
+            let stats = &buf.data().heap.stats;
+            stats.kernel_mappings_created.fetch_add(1, Relaxed);
+            stats.current_vmaps.fetch_add(1, Relaxed);
         }
     }
 
-    fn vunmapped(_buf: &PageBuffer<Self>, destroyed: bool) {
+    fn vunmapped(buf: &PageBuffer<Self>, destroyed: bool) {
         if destroyed {
-            dec_if_positive(&HEAP.stats.current_vmaps);
+            dec_if_positive(&buf.data().heap.stats.current_vmaps);
         }
     }
 
     fn released(buf: &PageBuffer<Self>) {
         // The abstraction has dropped ION-mode references already; this is a core reference
         // left behind, which it warns about.
+        let stats = &buf.data().heap.stats;
         if buf.vmap_count() > 0 {
-            dec_if_positive(&HEAP.stats.current_vmaps);
+            dec_if_positive(&stats.current_vmaps);
         }
-        HEAP.stats.live_buffers.fetch_sub(1, Relaxed);
-        HEAP.stats.live_bytes.fetch_sub(buf.len() as u64, Relaxed);
+        stats.live_buffers.fetch_sub(1, Relaxed);
+        stats.live_bytes.fetch_sub(buf.len() as u64, Relaxed);
+    }
+
+    fn recycle(&self, chunks: KVVec<Pages>) {
+        if self.heap.pooling() {
+            for c in chunks {
+                self.heap.pool.give(c);
+            }
+        }
     }
 }
 
-/// The largest chunk that fits in `remaining` bytes and is no larger than `max_order`.
-fn alloc_largest(remaining: usize, max_order: u32) -> Option<Pages> {
-    for order in ORDERS {
-        if order > max_order || remaining < (bindings::PAGE_SIZE << order) {
-            continue;
-        }
-        let gfp = if order > 0 {
-            HIGH_ORDER_GFP
-        } else {
-            LOW_ORDER_GFP
-        };
-        // Charged to the allocating task's memory cgroup when the kernel asks heaps to
-        // (`dma_heap.mem_accounting`, 7.x), as the C system heap is.
-        let gfp = if compat::heap_mem_accounting() {
-            gfp | bindings::__GFP_ACCOUNT
-        } else {
-            gfp
-        };
-        if let Some(p) = Pages::alloc(gfp, order) {
-            return Some(p);
-        }
+impl RustSystemHeap {
+    /// Whether freed pages go to the pool and allocations look there first.
+    fn pooling(&self) -> bool {
+        !compat::heap_mem_accounting()
     }
-    None
+
+    /// The largest chunk that fits in `remaining` bytes and is no larger than `max_order`:
+    /// per order, a pooled chunk, else a new one.
+    fn alloc_largest(&self, remaining: usize, max_order: u32) -> Option<Pages> {
+        for order in ORDERS {
+            if order > max_order || remaining < (bindings::PAGE_SIZE << order) {
+                continue;
+            }
+            if self.pooling() {
+                if let Some(p) = self.pool.take(order) {
+                    return Some(p);
+                }
+            }
+            if let Some(p) = alloc_new(order) {
+                return Some(p);
+            }
+        }
+        None
+    }
+}
+
+/// A new, zeroed chunk of `order` from the page allocator.
+fn alloc_new(order: u32) -> Option<Pages> {
+    let gfp = if order > 0 {
+        HIGH_ORDER_GFP
+    } else {
+        LOW_ORDER_GFP
+    };
+    // Charged to the allocating task's memory cgroup when the kernel asks heaps to
+    // (`dma_heap.mem_accounting`, 7.x), as the C system heap is.
+    let gfp = if compat::heap_mem_accounting() {
+        gfp | bindings::__GFP_ACCOUNT
+    } else {
+        gfp
+    };
+    Pages::alloc(gfp, order)
 }
 
 impl dma_heap::Heap for RustSystemHeap {
@@ -262,7 +340,7 @@ impl dma_heap::Heap for RustSystemHeap {
                 self.stats.alloc_interrupted.fetch_add(1, Relaxed);
                 return Err(EINTR);
             }
-            let Some(c) = alloc_largest(remaining, max_order) else {
+            let Some(c) = self.alloc_largest(remaining, max_order) else {
                 self.stats.alloc_failed_no_memory.fetch_add(1, Relaxed);
                 return Err(ENOMEM);
             };
@@ -275,6 +353,7 @@ impl dma_heap::Heap for RustSystemHeap {
             core::mem::forget(Pages::alloc(LOW_ORDER_GFP, 0));
         }
         let policy = Policy {
+            heap: self,
             open_brackets: AtomicU64::new(0),
         };
         let exported =
@@ -295,18 +374,33 @@ struct RustSystemHeapModule {
 
 impl kernel::Module for RustSystemHeapModule {
     fn init(module: &'static ThisModule) -> Result<Self> {
+        let limit = POOL_MAX_PAGES.min(dma_buf::totalram_pages() / 8);
+        let pool = PagePool::new(c_str!("rust_system-pool"), &ORDERS, limit)?;
+        // Leaked: a registered heap lives as long as the kernel (see above), and every
+        // buffer's policy points back at it.
+        let heap: &'static RustSystemHeap = KBox::leak(KBox::new(
+            RustSystemHeap {
+                stats: Stats::new(),
+                pool_switch: PoolSwitch(pool.clone()),
+                pool,
+                ion_compat: Switch(AtomicBool::new(false)),
+                selftest_leak_page: Switch(AtomicBool::new(false)),
+            },
+            GFP_KERNEL,
+        )?);
         // debugfs is optional equipment: without it the heap works, with no stats and no
-        // ion_compat switch.
-        // The data is the static itself: moved in by value, which cannot fail.
+        // switches.
+        // The data is a reference: moved in by value, which cannot fail.
         let files = KBox::pin_init::<Infallible>(
-            Scope::dir(&HEAP, c_str!("rust_system_heap"), |heap, dir| {
-                dir.read_only_file(c_str!("stats"), &heap.stats);
+            Scope::dir(heap, c_str!("rust_system_heap"), |heap, dir| {
+                dir.read_only_file(c_str!("stats"), *heap);
+                dir.read_write_file(c_str!("pool"), &heap.pool_switch);
                 dir.read_write_file(c_str!("ion_compat"), &heap.ion_compat);
                 dir.read_write_file(c_str!("selftest_leak_page"), &heap.selftest_leak_page);
             }),
             GFP_KERNEL,
         )?;
-        dma_heap::register(c_str!("rust_system"), &HEAP, module)?;
+        dma_heap::register(c_str!("rust_system"), heap, module)?;
         pr_info!("registered /dev/dma_heap/rust_system\n");
         Ok(Self { _files: files })
     }

@@ -3,14 +3,16 @@
 //! computes median, p99 and min and the ratios between heaps.
 //!
 //! Variants are measured in the same boot and interleaved in small blocks (A, B, C, then
-//! C, B, A, ...), so drift in the emulator or the page allocator hits them alike: our heap, the C
-//! system heap, and, for CPU-access brackets, our heap with the ION-compatibility switch on
-//! (begin_cpu_access maps the buffer, as old ION did).
+//! C, B, A, ...), so drift in the emulator or the page allocator hits them alike: every heap,
+//! our heap with its page pool off (for allocations), and, for CPU-access brackets, our heap
+//! with the ION-compatibility switch on (begin_cpu_access maps the buffer, as old ION did).
+//! Each block starts with one untimed iteration, so a switch just flipped (the pool refilling
+//! after being off) settles before anything is recorded.
 
 use std::io::{self, Write};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use heaprig_protocol::bench::{ion_variant, Record};
+use heaprig_protocol::bench::{ion_variant, pool_off_variant, Record};
 
 use crate::uapi::importer::{
     ImporterArgs, IMPORTER_ATTACH_HOLD, IMPORTER_KMAP_WALK, IMPORTER_RELEASE, IMPORTER_VMAP,
@@ -22,6 +24,62 @@ use crate::uapi::{KIB, MIB};
 /// Iterations per variant before switching to the next one.
 const BLOCK: usize = 20;
 
+/// The alloc+close sizes and their iterations.
+const ALLOC_SWEEP: [(u64, usize); 7] = [
+    (4 * KIB, 2000),
+    (64 * KIB, 1000),
+    (256 * KIB, 500),
+    (MIB, 200),
+    (4 * MIB, 80),
+    (16 * MIB, 30),
+    (64 * MIB, 12),
+];
+
+/// What the memory hog leaves of `MemAvailable`.
+const PRESSURE_FREE: u64 = 48 * MIB;
+
+/// `MemAvailable`, in bytes.
+fn mem_available() -> io::Result<u64> {
+    std::fs::read_to_string("/proc/meminfo")?
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * KIB)
+        .ok_or_else(|| io::Error::other("/proc/meminfo has no MemAvailable"))
+}
+
+/// A child process holding all but [`PRESSURE_FREE`] of the available memory, touched and
+/// sleeping; killed and reaped when dropped (by its `Child`).
+struct Hog {
+    _child: crate::process::Child,
+}
+
+impl Hog {
+    fn start() -> io::Result<Hog> {
+        let take = mem_available()?.saturating_sub(PRESSURE_FREE) as usize;
+        let mut child = crate::process::spawn(Duration::from_secs(900), move || {
+            // The hog, not the benchmark, is what an OOM kill should take.
+            let _ = std::fs::write("/proc/self/oom_score_adj", "1000");
+            let v = vec![1u8; take];
+            std::hint::black_box(&v);
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        })?;
+        // Ready once the memory is gone (bounded: the hog may die or never get there).
+        let t = Instant::now();
+        while mem_available()? > 2 * PRESSURE_FREE {
+            if !child.is_running() || t.elapsed() > Duration::from_secs(120) {
+                return Err(io::Error::other(
+                    "it died or did not take its memory in 120 s",
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Hog { _child: child })
+    }
+}
+
 /// One measured operation on one variant.
 pub struct Series {
     pub variant: String,
@@ -30,19 +88,44 @@ pub struct Series {
     pub nanos: Vec<u64>,
 }
 
-/// A heap, optionally with its `ion_compat` switch on while it is measured.
+/// A heap, optionally with its `ion_compat` switch on or its page pool off while it is
+/// measured.
 struct Variant {
     name: String,
     heap: Heap,
     ion: bool,
+    pool_off: bool,
 }
 
 impl Variant {
-    /// Puts the heap's switch (if it has one) in this variant's position.
-    fn select(&self) {
-        let path = crate::uapi::IonCompat::path(&self.heap.name);
-        let _ = std::fs::write(path, if self.ion { "1" } else { "0" });
+    fn new(heap: &str, ion: bool, pool_off: bool) -> io::Result<Variant> {
+        let name = match (ion, pool_off) {
+            (true, _) => ion_variant(heap),
+            (false, true) => pool_off_variant(heap),
+            (false, false) => heap.to_string(),
+        };
+        Ok(Variant {
+            name,
+            heap: Heap::open(heap)?,
+            ion,
+            pool_off,
+        })
     }
+
+    /// Puts the heap's switches (where it has them) in this variant's position.
+    fn select(&self) {
+        let dir = format!("/sys/kernel/debug/{}_heap", self.heap.name);
+        let _ = std::fs::write(
+            format!("{dir}/ion_compat"),
+            if self.ion { "1" } else { "0" },
+        );
+        let _ = std::fs::write(format!("{dir}/pool"), if self.pool_off { "0" } else { "1" });
+    }
+}
+
+/// Whether `heap` has a page pool to switch off.
+fn has_pool(heap: &str) -> bool {
+    std::path::Path::new(&format!("/sys/kernel/debug/{heap}_heap/pool")).exists()
 }
 
 /// Iterations scaled down for `--quick` (CI keeps the benchmarks working, not accurate).
@@ -87,6 +170,7 @@ fn measure(
     let mut out = vec![Vec::with_capacity(n); variants.len()];
     for (i, block) in schedule(variants.len(), n) {
         variants[i].select();
+        op(i)?;
         for _ in 0..block {
             let t = Instant::now();
             op(i)?;
@@ -127,26 +211,26 @@ fn sync_pair(b: &DmaBuf) -> io::Result<()> {
 pub fn run(quick: bool, w: &mut dyn Write) -> io::Result<()> {
     let started = Instant::now();
     let names = heap_names()?;
-    let variant = |n: &String, ion: bool| -> io::Result<Variant> {
-        let name = if ion { ion_variant(n) } else { n.clone() };
-        Ok(Variant {
-            name,
-            heap: Heap::open(n)?,
-            ion,
-        })
-    };
     let plain: Vec<Variant> = names
         .iter()
-        .map(|n| variant(n, false))
+        .map(|n| Variant::new(n, false, false))
         .collect::<io::Result<_>>()?;
+    // Heaps with a page pool get a second variant for allocations, without it.
+    let mut with_pool_off: Vec<Variant> = names
+        .iter()
+        .map(|n| Variant::new(n, false, false))
+        .collect::<io::Result<_>>()?;
+    for n in names.iter().filter(|n| has_pool(n)) {
+        with_pool_off.push(Variant::new(n, false, true)?);
+    }
     // Heaps with an ION switch get a second variant for the CPU-access brackets.
     let mut with_ion: Vec<Variant> = names
         .iter()
-        .map(|n| variant(n, false))
+        .map(|n| Variant::new(n, false, false))
         .collect::<io::Result<_>>()?;
     for n in &names {
         if crate::uapi::IonCompat::available(n) {
-            with_ion.push(variant(n, true)?);
+            with_ion.push(Variant::new(n, true, false)?);
         }
     }
     let mut rec = Recorder { series: Vec::new() };
@@ -156,18 +240,33 @@ pub fn run(quick: bool, w: &mut dyn Write) -> io::Result<()> {
         plain[i].heap.alloc(64 * KIB).map(drop)
     })?;
 
-    // alloc + close: many iterations for small sizes, as Linaro's dmabuf_heap_bench does.
-    for (size, n) in [
-        (4 * KIB, 2000),
-        (64 * KIB, 1000),
-        (MIB, 200),
-        (8 * MIB, 40),
-        (32 * MIB, 20),
-    ] {
-        let t = measure(&plain, iters(n, quick), |i| {
-            plain[i].heap.alloc(size).map(drop)
+    // alloc + close from 4 KiB to 64 MiB: many iterations for small sizes, as Linaro's
+    // dmabuf_heap_bench does.
+    for (size, n) in ALLOC_SWEEP {
+        let t = measure(&with_pool_off, iters(n, quick), |i| {
+            with_pool_off[i].heap.alloc(size).map(drop)
         })?;
-        rec.add(&plain, "alloc+close", size, t);
+        rec.add(&with_pool_off, "alloc+close", size, t);
+    }
+    // The same under memory pressure: a process holds all but PRESSURE_FREE of the
+    // available memory, so allocations reclaim (the pool's pages are the shrinker's).
+    match Hog::start() {
+        Ok(_hog) => {
+            for (size, n) in [(MIB, 100), (16 * MIB, 20)] {
+                let t = measure(&with_pool_off, iters(n, quick), |i| {
+                    with_pool_off[i].heap.alloc(size).map(drop)
+                })?;
+                rec.add(&with_pool_off, "alloc+close, memory pressure", size, t);
+            }
+        }
+        Err(e) => eprintln!(
+            "heaprig-guest bench: no memory-pressure rows: the memory hog did not start ({e})"
+        ),
+    }
+    for v in &with_pool_off {
+        if !v.pool_off {
+            v.select();
+        }
     }
 
     // DMA_BUF_IOCTL_SYNC START+END, without and with an attachment mapped for a device.

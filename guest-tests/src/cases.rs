@@ -18,6 +18,7 @@ mod heap;
 mod importer;
 mod memcg;
 mod modules;
+mod pool;
 
 /// Shorthand for table rows.
 const fn case(name: &'static str, body: Body) -> Case {
@@ -117,6 +118,18 @@ pub const CASES: &[Case] = &[
     case(
         "module_importer_unload_reload",
         Body::Global(modules::importer_module_unload_reload),
+    ),
+    case(
+        "rust_heap_pool_zeroed",
+        Body::OnHeap("rust_system", pool::pool_pages_zeroed),
+    ),
+    case(
+        "rust_heap_pool_shrinker",
+        Body::OnHeap("rust_system", pool::pool_shrinker),
+    ),
+    case(
+        "rust_heap_pool_memory_pressure",
+        Body::OnHeap("rust_system", pool::pool_memory_pressure),
     ),
     case(
         "rust_heap_stats",

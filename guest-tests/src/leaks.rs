@@ -97,6 +97,51 @@ pub fn heap_path_pages(stacks: &[(Vec<String>, u64)]) -> BTreeMap<String, u64> {
     out
 }
 
+/// The counter a heap with a page pool keeps of the base pages its pool holds.
+const POOL_PAGES: &str = "pool_pages";
+
+/// The pooled pages of every heap that has a pool: heap -> pages.
+fn pooled_pages() -> BTreeMap<String, u64> {
+    heap_names()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|h| {
+            let n = *heap_stats(&h)?.get(POOL_PAGES)?;
+            Some((h, n))
+        })
+        .collect()
+}
+
+/// Takes each heap's pooled pages off its allocating frame's outstanding pages: a pooled page
+/// was allocated on the heap path and not freed, and is no leak, but a page that is neither
+/// in a buffer, in the pool nor freed still is. A Rust heap's frame names its crate
+/// (`<kernel::dma_heap::HeapVTable<rust_system_heap::RustSystemHeap>>::allocate`); pooled
+/// pages no frame accounts for are an error, never silently dropped.
+pub fn without_pooled(
+    mut pages: BTreeMap<String, u64>,
+    pooled: &BTreeMap<String, u64>,
+) -> Result<BTreeMap<String, u64>, String> {
+    for (heap, &n) in pooled {
+        if n == 0 {
+            continue;
+        }
+        let crate_path = format!("{heap}_heap::");
+        let Some((who, have)) = pages.iter_mut().find(|(who, _)| who.contains(&crate_path)) else {
+            return Err(format!(
+                "{heap} heap: its pool holds {n} page(s) but page_owner shows no allocating \
+                 frame of {crate_path}"
+            ));
+        };
+        *have = have.checked_sub(n).ok_or_else(|| {
+            format!(
+                "{heap} heap: its pool claims {n} page(s) but page_owner counts only {have} \
+                 outstanding from {who} (a pool counter that overcounts)"
+            )
+        })?;
+    }
+    Ok(pages)
+}
+
 /// The counts of a per-source view (page_owner pages, vmap areas) that grew from `then` to
 /// `now`: (source, before, after). Nothing when either side was not read.
 fn grown<'a>(
@@ -189,8 +234,8 @@ impl Holdings {
     /// Reads every view; fails with the reason when bufinfo is unreadable (no debugfs).
     pub fn read() -> Result<Holdings, String> {
         let mut h = Self::read_buffers()?;
-        h.heap_pages = match std::fs::read_to_string(PAGE_OWNER_STACKS) {
-            Ok(text) => Some(heap_path_pages(&parse_page_owner_stacks(&text))),
+        h.heap_pages = match Self::read_page_owner() {
+            Ok(pages) => Some(pages?),
             Err(e) if crate::expect::built_with("CONFIG_PAGE_OWNER") => {
                 return Err(format!(
                     "{PAGE_OWNER_STACKS}: {e} (the kernel has CONFIG_PAGE_OWNER: was it booted \
@@ -203,6 +248,24 @@ impl Holdings {
             std::fs::read_to_string(VMALLOCINFO).map_err(|e| format!("{VMALLOCINFO}: {e}"))?;
         h.heap_vmaps = Some(heap_vmaps(&text));
         Ok(h)
+    }
+
+    /// Outstanding heap-path pages, pools taken off. The pool counters are read before and
+    /// after page_owner and must agree (a shrinker may free pooled pages at any time); the
+    /// outer error is page_owner's file, the inner one a pool that does not add up.
+    fn read_page_owner() -> std::io::Result<Result<BTreeMap<String, u64>, String>> {
+        let mut tries = 0;
+        loop {
+            let pooled = pooled_pages();
+            let text = std::fs::read_to_string(PAGE_OWNER_STACKS)?;
+            if pooled_pages() == pooled || tries == 4 {
+                return Ok(without_pooled(
+                    heap_path_pages(&parse_page_owner_stacks(&text)),
+                    &pooled,
+                ));
+            }
+            tries += 1;
+        }
     }
 
     /// The buffer and counter views only: for checks repeated many times within one test
@@ -458,6 +521,27 @@ nr_base_pages: 3
         // Ours: the frame the core called, the vtable's trampoline.
         let ours = "<kernel::dma_heap::HeapVTable<rust_system_heap::RustSystemHeap>>::allocate";
         assert_eq!(pages.get(ours), Some(&1), "{pages:?}");
+    }
+
+    #[test]
+    fn pooled_pages_are_taken_off_their_heap_and_only_theirs() {
+        let ours = "<kernel::dma_heap::HeapVTable<rust_system_heap::RustSystemHeap>>::allocate";
+        let pages = heap_path_pages(&parse_page_owner_stacks(STACKS_SAMPLE));
+        let pooled = BTreeMap::from([("rust_system".to_string(), 1)]);
+        let left = without_pooled(pages.clone(), &pooled).unwrap();
+        assert_eq!(left[ours], 0);
+        assert_eq!(
+            left["system_heap_allocate"], 16,
+            "the C heap keeps its pages"
+        );
+        let none = BTreeMap::from([("rust_system".to_string(), 0)]);
+        assert_eq!(without_pooled(pages.clone(), &none).unwrap(), pages);
+        let over = BTreeMap::from([("rust_system".to_string(), 2)]);
+        let e = without_pooled(pages.clone(), &over).unwrap_err();
+        assert!(e.contains("claims 2 page(s)"), "{e}");
+        let stranger = BTreeMap::from([("other".to_string(), 1)]);
+        let e = without_pooled(pages, &stranger).unwrap_err();
+        assert!(e.contains("other_heap::"), "{e}");
     }
 
     #[test]

@@ -65,6 +65,11 @@ pub trait Exporter: Sized + Send + Sync + 'static {
     /// Called when an exported buffer is released, before its pages are freed (never for a
     /// buffer whose export failed).
     fn released(_buf: &PageBuffer<Self>) {}
+    /// Takes the pages of a buffer being freed, once nothing maps them any more (for a
+    /// page pool); by default they are freed.
+    fn recycle(&self, chunks: KVVec<Pages>) {
+        drop(chunks);
+    }
 }
 
 /// A page-backed buffer exported as a dma-buf.
@@ -299,6 +304,9 @@ impl<T: Exporter> Drop for PageBuffer<T> {
             }
             state.vmap_count = 0;
         }
+        drop(state);
+        let chunks = core::mem::replace(&mut self.chunks, KVVec::new());
+        self.data.recycle(chunks);
     }
 }
 

@@ -20,9 +20,11 @@
 pub mod exporter;
 pub mod importer;
 pub mod noncoherent;
+pub mod page_pool;
 
 pub use exporter::*;
 pub use importer::*;
+pub use page_pool::{PagePool, PoolStats};
 
 use crate::{
     bindings,
@@ -86,6 +88,16 @@ impl Pages {
     /// Number of base pages.
     pub fn count(&self) -> usize {
         1 << self.order
+    }
+
+    /// Writes zeros over every byte. Owning the pages means no mapping of them is in use (a
+    /// buffer's mappings end before its pages are handed back).
+    pub fn zero(&mut self) {
+        // x86_64 has no highmem: the direct map covers the whole allocation contiguously.
+        // SAFETY: `page` is valid (type invariant).
+        let addr = unsafe { bindings::page_address(self.page.as_ptr()) }.cast::<u8>();
+        // SAFETY: `addr..addr+size()` is the direct mapping of pages we own exclusively.
+        unsafe { core::ptr::write_bytes(addr, 0, self.size()) };
     }
 
     /// The `i`-th base page of the allocation, `i < count()`.

@@ -514,10 +514,16 @@ pub mod bench {
     pub const OURS: &str = "rust_system";
     pub const C_HEAP: &str = "system";
     const ION_SUFFIX: &str = "+ion_compat";
+    const POOL_OFF_SUFFIX: &str = "+pool_off";
 
     /// The variant name of `heap` measured with its `ion_compat` switch on.
     pub fn ion_variant(heap: &str) -> String {
         format!("{heap}{ION_SUFFIX}")
+    }
+
+    /// The variant name of `heap` measured with its page pool off.
+    pub fn pool_off_variant(heap: &str) -> String {
+        format!("{heap}{POOL_OFF_SUFFIX}")
     }
 
     /// One line of the benchmark's output.

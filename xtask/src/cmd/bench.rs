@@ -17,7 +17,7 @@ use crate::plan::BenchPlan;
 use crate::stages::vm::{Accel, Ending, Event, Limits};
 use crate::stages::{self, build_guest, Times};
 
-use heaprig_protocol::bench::{ion_variant, Record, C_HEAP, OURS};
+use heaprig_protocol::bench::{ion_variant, pool_off_variant, Record, C_HEAP, OURS};
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
 pub struct Summary {
@@ -52,6 +52,10 @@ pub struct Row {
     pub ours_over_c: Option<f64>,
     /// median(ours with ion_compat) / median(ours).
     pub ion_over_ours: Option<f64>,
+    /// median(ours with its page pool off) / median(C system heap); absent in runs from
+    /// before the pool.
+    #[serde(default)]
+    pub pool_off_over_c: Option<f64>,
 }
 
 fn ratio(rows: &BTreeMap<String, Summary>, a: &str, b: &str) -> Option<f64> {
@@ -98,6 +102,7 @@ pub fn rows(text: &str) -> Result<Vec<Row>> {
             Row {
                 ours_over_c: ratio(&by_variant, OURS, C_HEAP),
                 ion_over_ours: ratio(&by_variant, &ion_variant(OURS), OURS),
+                pool_off_over_c: ratio(&by_variant, &pool_off_variant(OURS), C_HEAP),
                 op,
                 size,
                 by_variant,
@@ -127,10 +132,14 @@ pub fn table(rows: &[Row]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| operation | size | {OURS} median (p99, min) | {C_HEAP} median | {} median | ours / C | ION / ours |",
+        "| operation | size | {OURS} median (p99, min) | {} median | {C_HEAP} median | {} median | ours / C | pool off / C | ION / ours |",
+        pool_off_variant(OURS),
         ion_variant(OURS)
     );
-    let _ = writeln!(out, "| --- | --- | --- | --- | --- | --- | --- |");
+    let _ = writeln!(
+        out,
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    );
     for r in rows {
         let med = |v: &str| r.by_variant.get(v).map_or("-".into(), |s| dur(s.median_ns));
         let ours = r.by_variant.get(OURS).map_or("-".into(), |s| {
@@ -144,12 +153,14 @@ pub fn table(rows: &[Row]) -> String {
         let ratio = |x: Option<f64>| x.map_or("-".into(), |x| format!("{x:.2}"));
         let _ = writeln!(
             out,
-            "| {} | {} | {ours} | {} | {} | {} | {} |",
+            "| {} | {} | {ours} | {} | {} | {} | {} | {} | {} |",
             r.op,
             size_label(r.size),
+            med(&pool_off_variant(OURS)),
             med(C_HEAP),
             med(&ion_variant(OURS)),
             ratio(r.ours_over_c),
+            ratio(r.pool_off_over_c),
             ratio(r.ion_over_ours)
         );
     }
@@ -159,13 +170,15 @@ pub fn table(rows: &[Row]) -> String {
 /// A horizontal bar chart, log scale, one group per operation and size.
 pub fn svg(rows: &[Row], title: &str) -> String {
     let ion = ion_variant(OURS);
+    let pool_off = pool_off_variant(OURS);
     let variants = [
         (OURS, "#d9534f"),
+        (pool_off.as_str(), "#a05fb4"),
         (C_HEAP, "#5b7fbd"),
         (ion.as_str(), "#e8a33d"),
     ];
     let bar_h = 10.0;
-    let group_h = bar_h * 3.0 + 12.0;
+    let group_h = bar_h * variants.len() as f64 + 12.0;
     let left = 300.0;
     let width = 840.0;
     let height = 60.0 + group_h * rows.len() as f64;
@@ -442,6 +455,7 @@ mod tests {
             .into(),
             ours_over_c: None,
             ion_over_ours: None,
+            pool_off_over_c: None,
         };
         // 6% faster with 1% spread: boot-to-boot drift, under the 10% floor.
         assert!(changes(&[row(10_000, 9_900)], &[row(9_400, 9_300)]).is_empty());
@@ -488,6 +502,7 @@ mod tests {
             "[ 1.0] some kernel line".into(),
             series(C_HEAP, &[40]).to_line(),
             series(&ion_variant(OURS), &[20]).to_line(),
+            series(&pool_off_variant(OURS), &[80]).to_line(),
             Record::Done { seconds: 1.0 }.to_line(),
         ]
         .join("\n");
@@ -496,6 +511,7 @@ mod tests {
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].ours_over_c, Some(0.5));
         assert_eq!(r[0].ion_over_ours, Some(1.0));
+        assert_eq!(r[0].pool_off_over_c, Some(2.0));
         assert!(table(&r).contains("| alloc+close | 4 KiB |"));
         assert!(svg(&r, "t").starts_with("<svg"));
         assert!(rows("{\"variant\":\"x\",\"op\":\"y\",\"size\":1,\"nanos\":[1]}\n").is_err());

@@ -83,6 +83,10 @@ pub const OVERLAY: &[(&str, &str)] = &[
         "kernel-rust/dma_buf/noncoherent.rs",
         "rust/kernel/dma_buf/noncoherent.rs",
     ),
+    (
+        "kernel-rust/dma_buf/page_pool.rs",
+        "rust/kernel/dma_buf/page_pool.rs",
+    ),
     ("kernel-rust/dma_heap.rs", "rust/kernel/dma_heap.rs"),
     ("kernel-rust/rig.rs", "rust/kernel/rig.rs"),
     (
