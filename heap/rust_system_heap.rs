@@ -202,6 +202,9 @@ struct Policy {
     heap: &'static RustSystemHeap,
     /// STARTs not yet matched by an END; never below zero.
     open_brackets: AtomicU64,
+    /// ION-mode kernel mapping references taken by STARTs and not yet dropped by an END, so
+    /// an END outside ION mode (nearly all of them) takes no lock.
+    ion_refs: AtomicU64,
 }
 
 /// Decrements `v` unless it is zero; returns whether it did.
@@ -219,6 +222,7 @@ impl Exporter for Policy {
             // Old ION: a kernel mapping for every sync, dropped by the matching END. The
             // reference is the exporter's, so no END can drop one an importer holds.
             buf.map_kernel()?;
+            buf.data().ion_refs.fetch_add(1, Relaxed);
         }
         buf.data().open_brackets.fetch_add(1, Relaxed);
         // No kernel mapping is created here. An existing one would need
@@ -231,8 +235,10 @@ impl Exporter for Policy {
         let heap = buf.data().heap;
         heap.stats.end_cpu_access.fetch_add(1, Relaxed);
         if dec_if_positive(&buf.data().open_brackets) {
-            // Drops this bracket's ION-mode mapping, if it took one; false otherwise.
-            buf.unmap_kernel();
+            // Drops an ION-mode mapping if a START took one.
+            if dec_if_positive(&buf.data().ion_refs) {
+                buf.unmap_kernel();
+            }
         } else {
             heap.stats.unmatched_end_cpu_access.fetch_add(1, Relaxed);
         }
@@ -355,6 +361,7 @@ impl dma_heap::Heap for RustSystemHeap {
         let policy = Policy {
             heap: self,
             open_brackets: AtomicU64::new(0),
+            ion_refs: AtomicU64::new(0),
         };
         let exported =
             dma_buf::export(c_str!("rust_system"), owner, chunks, len, fd_flags, policy)?;

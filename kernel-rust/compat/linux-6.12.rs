@@ -57,6 +57,18 @@ pub fn kvec_swap_remove<T: Copy>(v: &mut crate::alloc::KVec<T>, i: usize) {
     unsafe { v.set_len(last) };
 }
 
+/// Removes and returns the last element of `v` (6.12's `Vec` has no `pop`).
+pub fn kvvec_pop<T>(v: &mut crate::alloc::KVVec<T>) -> Option<T> {
+    let n = v.len().checked_sub(1)?;
+    // SAFETY: element `n` is initialised; shrinking the length by one gives its ownership to
+    // the value read out, so it is dropped exactly once.
+    unsafe {
+        let last = core::ptr::read(v.as_ptr().add(n));
+        v.set_len(n);
+        Some(last)
+    }
+}
+
 /// Whether dma-buf heaps charge their pages to the allocating task's memory cgroup: never
 /// on 6.12 (`dma_heap.mem_accounting` came later).
 pub fn heap_mem_accounting() -> bool {

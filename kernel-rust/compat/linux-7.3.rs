@@ -62,6 +62,11 @@ pub fn kvec_swap_remove<T: Copy>(v: &mut crate::alloc::KVec<T>, i: usize) {
     v.pop();
 }
 
+/// Removes and returns the last element of `v`.
+pub fn kvvec_pop<T>(v: &mut crate::alloc::KVVec<T>) -> Option<T> {
+    v.pop()
+}
+
 /// Whether dma-buf heaps charge their pages to the allocating task's memory cgroup (the
 /// `dma_heap.mem_accounting` parameter, set at boot).
 pub fn heap_mem_accounting() -> bool {

@@ -16,9 +16,8 @@
 use super::*;
 use crate::{
     alloc::flags::GFP_NOWAIT,
-    c_str,
     alloc::KVVec,
-    new_spinlock,
+    c_str, new_spinlock,
     sync::{Arc, SpinLock},
     workqueue::{self, impl_has_work, new_work, Work, WorkItem},
 };
@@ -118,18 +117,6 @@ fn push(v: &mut KVVec<Pages>, p: Pages) -> bool {
     v.push(p, GFP_NOWAIT).is_ok()
 }
 
-/// Removes and returns the last element of `v`.
-fn pop(v: &mut KVVec<Pages>) -> Option<Pages> {
-    let n = v.len().checked_sub(1)?;
-    // SAFETY: element `n` is initialised; shrinking the length by one gives up ownership of
-    // it to the value read out, so it is dropped exactly once.
-    unsafe {
-        let last = core::ptr::read(v.as_ptr().add(n));
-        v.set_len(n);
-        Some(last)
-    }
-}
-
 impl PagePool {
     /// A pool for chunks of the given orders holding at most `limit` base pages, on, with
     /// its shrinker registered under `name`.
@@ -202,7 +189,7 @@ impl PagePool {
             lists
                 .iter_mut()
                 .find(|l| l.order == order)
-                .and_then(|l| pop(&mut l.clean))
+                .and_then(|l| compat::kvvec_pop(&mut l.clean))
         };
         match &got {
             Some(p) => {
@@ -273,14 +260,14 @@ impl PagePool {
                 // Smallest orders first: they free the fewest pages per chunk, so a small
                 // request is not paid with a whole 1 MiB chunk.
                 for l in lists.iter_mut().rev() {
-                    if let Some(p) = pop(&mut l.dirty) {
+                    if let Some(p) = compat::kvvec_pop(&mut l.dirty) {
                         found = Some((p, true));
                         break;
                     }
                 }
                 if found.is_none() {
                     for l in lists.iter_mut().rev() {
-                        if let Some(p) = pop(&mut l.clean) {
+                        if let Some(p) = compat::kvvec_pop(&mut l.clean) {
                             found = Some((p, false));
                             break;
                         }
@@ -307,7 +294,9 @@ impl PagePool {
         loop {
             let next = {
                 let mut lists = self.lists.lock();
-                lists.iter_mut().find_map(|l| pop(&mut l.dirty))
+                lists
+                    .iter_mut()
+                    .find_map(|l| compat::kvvec_pop(&mut l.dirty))
             };
             let Some(mut chunk) = next else {
                 return;
