@@ -3,8 +3,9 @@
 //! A pool of freed [`Pages`] per order, for heaps that allocate the same sizes over and over.
 //!
 //! - A freed chunk goes on its order's dirty list; a worker on the system workqueue zeroes it
-//!   and moves it to the clean list, so the zeroing is paid off the allocation path. Only
-//!   clean chunks are handed out: a pooled page is always zero when a heap maps it.
+//!   and moves it to the clean list, so the zeroing is paid off the allocation path (a single
+//!   page is zeroed as it is freed instead). Only clean chunks are handed out: a pooled page
+//!   is always zero when a heap maps it.
 //! - The pool holds at most `limit` base pages; what does not fit is freed at once.
 //! - A shrinker hands the pool back to the page allocator under memory pressure (dirty chunks
 //!   first: nobody paid to zero them yet).
@@ -99,6 +100,11 @@ impl Drop for ShrinkerRegistration {
         }
     }
 }
+
+/// Chunks up to this order are zeroed as they are freed, the rest by the worker: waking the
+/// worker for one page cost more than clearing it (4 KiB alloc+close, perf kernel: 1.37x
+/// the C heap with the worker, against 1.12x with no pool at all).
+const ZERO_INLINE_MAX_ORDER: u32 = 0;
 
 /// `SHRINK_STOP`: a scan that cannot make progress.
 const SHRINK_STOP: crate::ffi::c_ulong = crate::ffi::c_ulong::MAX;
@@ -205,20 +211,36 @@ impl PagePool {
 
     /// Takes `pages` back: onto its order's dirty list if the pool is on and has room (the
     /// worker zeroes it later), freed at once otherwise.
-    pub fn give(self: &Arc<Self>, pages: Pages) {
+    pub fn give(self: &Arc<Self>, mut pages: Pages) {
         let n = pages.count();
         if self.enabled.load(Relaxed) && self.reserve(n) {
+            // A single page costs less to clear here than waking the worker for it.
+            let clean = pages.order() <= ZERO_INLINE_MAX_ORDER;
+            if clean {
+                pages.zero();
+                self.zeroed.fetch_add(n as u64, Relaxed);
+            }
             let placed = {
                 let mut lists = self.lists.lock();
                 match lists.iter_mut().find(|l| l.order == pages.order()) {
-                    Some(l) => push(&mut l.dirty, pages),
+                    Some(l) if clean => push(&mut l.clean, pages),
+                    Some(l) => {
+                        // Counted under the lock, so the worker never takes it off first.
+                        self.dirty.fetch_add(n, Relaxed);
+                        let placed = push(&mut l.dirty, pages);
+                        if !placed {
+                            self.dirty.fetch_sub(n, Relaxed);
+                        }
+                        placed
+                    }
                     None => false,
                 }
             };
             if placed {
-                self.dirty.fetch_add(n, Relaxed);
-                // Already queued is fine: the queued run zeroes this chunk too.
-                let _ = workqueue::system().enqueue(self.clone());
+                if !clean {
+                    // Already queued is fine: the queued run zeroes this chunk too.
+                    let _ = workqueue::system().enqueue(self.clone());
+                }
                 return;
             }
             self.pooled.fetch_sub(n, Relaxed);
