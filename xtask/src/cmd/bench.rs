@@ -478,7 +478,11 @@ mod tests {
     #[test]
     fn published_runs_read_back() {
         let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
-        for name in ["bench-2026-11-25-tcg.json", "bench-2026-11-30-tcg.json"] {
+        for name in [
+            "bench-2026-11-25-tcg.json",
+            "bench-2026-11-30-tcg.json",
+            "bench-2026-12-01-tcg.json",
+        ] {
             let m = Measured::read(&docs.join(name)).unwrap();
             assert!(!m.quick && m.accel == Accel::Tcg, "{name}");
             assert!(
