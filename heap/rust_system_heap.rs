@@ -151,18 +151,23 @@ impl Writer for Switch {
     }
 }
 
+/// Parses what user space wrote to a switch file: "1"/"y" or "0"/"n".
+fn parse_switch(reader: &mut UserSliceReader) -> Result<bool> {
+    let mut first = [0u8; 1];
+    if reader.len() == 0 || reader.len() > 8 {
+        return Err(EINVAL);
+    }
+    reader.read_slice(&mut first)?;
+    match first[0] {
+        b'1' | b'y' | b'Y' => Ok(true),
+        b'0' | b'n' | b'N' => Ok(false),
+        _ => Err(EINVAL),
+    }
+}
+
 impl Reader for Switch {
     fn read_from_slice(&self, reader: &mut UserSliceReader) -> Result {
-        let mut first = [0u8; 1];
-        if reader.len() == 0 || reader.len() > 8 {
-            return Err(EINVAL);
-        }
-        reader.read_slice(&mut first)?;
-        match first[0] {
-            b'1' | b'y' | b'Y' => self.0.store(true, Relaxed),
-            b'0' | b'n' | b'N' => self.0.store(false, Relaxed),
-            _ => return Err(EINVAL),
-        }
+        self.0.store(parse_switch(reader)?, Relaxed);
         Ok(())
     }
 }
@@ -178,9 +183,7 @@ impl Writer for PoolSwitch {
 
 impl Reader for PoolSwitch {
     fn read_from_slice(&self, reader: &mut UserSliceReader) -> Result {
-        let on = Switch(AtomicBool::new(false));
-        on.read_from_slice(reader)?;
-        self.0.set_enabled(on.0.load(Relaxed));
+        self.0.set_enabled(parse_switch(reader)?);
         Ok(())
     }
 }

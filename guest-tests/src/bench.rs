@@ -129,6 +129,15 @@ impl Variant {
     }
 }
 
+/// The variants of `set` that are not on a CMA heap (whose area is small and, under memory
+/// pressure, full of other pages).
+fn without_cma(set: &[Variant]) -> io::Result<Vec<Variant>> {
+    set.iter()
+        .filter(|v| !CMA_NAMES.contains(&v.heap.name.as_str()))
+        .map(|v| Variant::new(&v.heap.name, v.ion, v.pool_off))
+        .collect()
+}
+
 /// Whether `heap` has a page pool to switch off.
 fn has_pool(heap: &str) -> bool {
     std::path::Path::new(&format!("/sys/kernel/debug/{heap}_heap/pool")).exists()
@@ -264,11 +273,7 @@ pub fn run(quick: bool, w: &mut dyn Write) -> io::Result<()> {
     // available memory, so allocations reclaim (the pool's pages are the shrinker's). Not on
     // CMA heaps: the hog's pages fill their area, and an allocation there must migrate them
     // away first, which fails under pressure (ENOMEM).
-    let pressured: Vec<Variant> = with_pool_off
-        .iter()
-        .filter(|v| !CMA_NAMES.contains(&v.heap.name.as_str()))
-        .map(|v| Variant::new(&v.heap.name, v.ion, v.pool_off))
-        .collect::<io::Result<_>>()?;
+    let pressured = without_cma(&with_pool_off)?;
     match Hog::start() {
         Ok(mut hog) => {
             for (size, n) in [(MIB, 100), (16 * MIB, 20)] {
@@ -346,11 +351,7 @@ pub fn run(quick: bool, w: &mut dyn Write) -> io::Result<()> {
     // mmap + touch every page.
     let size = if quick { 32 * MIB } else { 256 * MIB };
     // Not on CMA heaps: 256 MiB is more than the rig's 128 MiB CMA area.
-    let touched: Vec<Variant> = plain
-        .iter()
-        .filter(|v| !CMA_NAMES.contains(&v.heap.name.as_str()))
-        .map(|v| Variant::new(&v.heap.name, false, false))
-        .collect::<io::Result<_>>()?;
+    let touched = without_cma(&plain)?;
     let bufs = buffers(&touched, size).map_err(in_row("mmap+touch", size))?;
     let t = measure(&touched, iters(5, quick).min(5), |i| {
         let mut m = bufs[i].mmap(0, size as usize)?;

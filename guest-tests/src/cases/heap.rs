@@ -235,12 +235,16 @@ pub fn sync_end_storm(ctx: &mut Ctx, heap: &Heap) -> Outcome {
     Ok(())
 }
 
-/// A counter of the heap, as i64 so differences never wrap.
-fn stat(heap: &Heap, key: &str) -> Result<i64, Stop> {
+/// A counter of the heap, read now.
+pub(super) fn counter(heap: &Heap, key: &str) -> Result<u64, Stop> {
     heap_stats(&heap.name)
         .and_then(|s| s.get(key).copied())
-        .map(|v| v as i64)
         .ok_or_else(|| Stop::Fail(format!("{} has no counter {key}", heap.name)))
+}
+
+/// A counter of the heap, as i64 so differences never wrap.
+fn stat(heap: &Heap, key: &str) -> Result<i64, Stop> {
+    counter(heap, key).map(|v| v as i64)
 }
 
 /// START/END must not create a kernel mapping (the ION regression), with the switch off.

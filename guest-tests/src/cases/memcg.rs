@@ -19,7 +19,7 @@ use heaprig_protocol::heaps::CMA_NAMES;
 use std::process::{Command, Stdio};
 
 /// The parameter that makes heaps charge their pages (`Y`/`N`; absent before 7.x).
-const PARAM: &str = "/sys/module/dma_heap/parameters/mem_accounting";
+pub(super) const PARAM: &str = "/sys/module/dma_heap/parameters/mem_accounting";
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 /// What is allocated to see the charge, and the limit and allocation that must fail.

@@ -8,30 +8,22 @@
 use std::fs;
 use std::time::{Duration, Instant};
 
+use super::heap::counter;
 use crate::ensure;
 use crate::harness::{Context, Ctx, Outcome, Stop};
 use crate::process::{signal_name, spawn, Exit};
-use crate::uapi::{heap_stats, Heap, Knob, MIB, PAGE};
+use crate::uapi::{Heap, Knob, MIB, PAGE};
 
 /// Where the heap exposes its pool switch.
 fn switch(heap: &Heap) -> String {
     format!("/sys/kernel/debug/{}_heap/pool", heap.name)
 }
 
-/// A heap counter, read now.
-fn stat(heap: &Heap, key: &str) -> Result<u64, Stop> {
-    heap_stats(&heap.name)
-        .and_then(|s| s.get(key).copied())
-        .ok_or_else(|| Stop::Fail(format!("{}_heap/stats has no {key}", heap.name)))
-}
-
 /// The pool switched off (emptied) and on again, so it starts empty; back to on after.
 /// SKIP when the kernel charges heap pages to memory cgroups: the heap bypasses its pool
 /// then (a pooled page would stay charged to the cgroup that first allocated it).
 fn fresh_pool(heap: &Heap) -> Result<Knob, Stop> {
-    if fs::read_to_string("/sys/module/dma_heap/parameters/mem_accounting")
-        .is_ok_and(|v| v.trim() == "Y")
-    {
+    if fs::read_to_string(super::memcg::PARAM).is_ok_and(|v| v.trim() == "Y") {
         return Err(Stop::Skip(
             "dma_heap.mem_accounting is on (the rig boots 7.x with it): the heap bypasses \
              its page pool, whose pages would stay charged to the cgroup that first \
@@ -44,7 +36,7 @@ fn fresh_pool(heap: &Heap) -> Result<Knob, Stop> {
     let knob = Knob::set(&path, "0").context(format!("writing 0 to {path}"))?;
     fs::write(&path, "1").context(format!("writing 1 to {path}"))?;
     ensure!(
-        stat(heap, "pool_pages")? == 0,
+        counter(heap, "pool_pages")? == 0,
         "the pool holds pages right after being switched off"
     );
     Ok(knob)
@@ -53,11 +45,11 @@ fn fresh_pool(heap: &Heap) -> Result<Knob, Stop> {
 /// Waits (bounded) until the worker has zeroed everything freed so far.
 fn wait_zeroed(heap: &Heap) -> Outcome {
     let t = Instant::now();
-    while stat(heap, "pool_dirty_pages")? > 0 {
+    while counter(heap, "pool_dirty_pages")? > 0 {
         ensure!(
             t.elapsed() < Duration::from_secs(20),
             "the pool's worker left {} page(s) unzeroed for 20 s",
-            stat(heap, "pool_dirty_pages")?
+            counter(heap, "pool_dirty_pages")?
         );
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -85,9 +77,9 @@ pub fn pool_pages_zeroed(ctx: &mut Ctx, heap: &Heap) -> Outcome {
             if wait {
                 wait_zeroed(heap)?;
             }
-            let hits = stat(heap, "pool_hits")?;
+            let hits = counter(heap, "pool_hits")?;
             let again = heap.alloc(len).context(format!("alloc {label} again"))?;
-            let reused = stat(heap, "pool_hits")? - hits;
+            let reused = counter(heap, "pool_hits")? - hits;
             let map = again.mmap(0, len as usize).context("mmap")?;
             let dirty = map.as_slice().iter().filter(|&&b| b != 0).count();
             ensure!(
@@ -117,7 +109,7 @@ fn fill_pool(heap: &Heap, bytes: u64) -> Result<u64, Stop> {
         .context("alloc 1 MiB buffers")?;
     drop(bufs);
     wait_zeroed(heap)?;
-    let pooled = stat(heap, "pool_pages")?;
+    let pooled = counter(heap, "pool_pages")?;
     ensure!(
         pooled * PAGE == bytes,
         "{} MiB freed, but the pool holds {pooled} page(s)",
@@ -131,10 +123,10 @@ fn fill_pool(heap: &Heap, bytes: u64) -> Result<u64, Stop> {
 pub fn pool_shrinker(ctx: &mut Ctx, heap: &Heap) -> Outcome {
     let _on = fresh_pool(heap)?;
     let pooled = fill_pool(heap, 16 * MIB)?;
-    let shrunk = stat(heap, "pool_shrunk_pages")?;
+    let shrunk = counter(heap, "pool_shrunk_pages")?;
     fs::write("/proc/sys/vm/drop_caches", "2").context("writing 2 to drop_caches")?;
-    let left = stat(heap, "pool_pages")?;
-    let given = stat(heap, "pool_shrunk_pages")? - shrunk;
+    let left = counter(heap, "pool_pages")?;
+    let given = counter(heap, "pool_shrunk_pages")? - shrunk;
     ensure!(
         left == 0 && given == pooled,
         "after drop_caches the pool holds {left} page(s) and its shrinker gave back {given} of \
@@ -183,7 +175,7 @@ pub fn pool_memory_pressure(ctx: &mut Ctx, heap: &Heap) -> Outcome {
     fs::write(&path, "1").context(format!("writing 1 to {path}"))?;
     let pool_bytes = 64 * MIB;
     fill_pool(heap, pool_bytes)?;
-    let shrunk = stat(heap, "pool_shrunk_pages")?;
+    let shrunk = counter(heap, "pool_shrunk_pages")?;
     let want = free.saturating_sub(pool_bytes / 2);
     let hog_heap = Heap::open(HOG_HEAP).context(format!("opening the {HOG_HEAP} heap"))?;
     let mut child = spawn(Duration::from_secs(60), move || {
@@ -206,7 +198,7 @@ pub fn pool_memory_pressure(ctx: &mut Ctx, heap: &Heap) -> Outcome {
     })
     .context("fork the memory hog")?;
     let exit = child.wait_exit().context("wait for the memory hog")?;
-    let given = stat(heap, "pool_shrunk_pages")? - shrunk;
+    let given = counter(heap, "pool_shrunk_pages")? - shrunk;
     match exit {
         Exit::Code(0) => {}
         Exit::Signal(sig) => {
