@@ -1,5 +1,8 @@
-//! The test table. Tests that are not specific to one heap are `PerHeap` and run on every
-//! heap under /dev/dma_heap, so the snapshot shows each heap side by side.
+//! The test table. Tests that are not specific to one heap run on every heap under
+//! /dev/dma_heap, so the snapshot shows each heap side by side: `SideBySide` (every heap's
+//! column at once) when a test touches only its own heap's buffers, `PerHeap` (one after the
+//! other) when it turns a switch every heap shares (fault knobs, the non-coherent device, a
+//! memory cgroup) or races threads whose timing a neighbour would change.
 
 use std::path::Path;
 
@@ -49,33 +52,42 @@ pub const CASES: &[Case] = &[
     case("heaps_present", Body::Global(heaps_present)),
     case(
         "alloc_mmap_sync_roundtrip",
-        Body::PerHeap(alloc_mmap_sync_roundtrip),
+        Body::SideBySide(alloc_mmap_sync_roundtrip),
     ),
-    case("sync_flag_validation", Body::PerHeap(sync_flag_validation)),
-    case("set_name", Body::PerHeap(set_name)),
-    case("alloc_sizes", Body::PerHeap(heap::alloc_sizes)),
-    case("zeroing", Body::PerHeap(heap::zeroing)),
-    case("mmap_bounds", Body::PerHeap(heap::mmap_bounds)),
-    case("mmap_private", Body::PerHeap(heap::mmap_private)),
-    case("sync_end_storm", Body::PerHeap(heap::sync_end_storm)),
+    case(
+        "sync_flag_validation",
+        Body::SideBySide(sync_flag_validation),
+    ),
+    case("set_name", Body::SideBySide(set_name)),
+    case("alloc_sizes", Body::SideBySide(heap::alloc_sizes)),
+    case("zeroing", Body::SideBySide(heap::zeroing)),
+    case("mmap_bounds", Body::SideBySide(heap::mmap_bounds)),
+    case("mmap_private", Body::SideBySide(heap::mmap_private)),
+    case("sync_end_storm", Body::SideBySide(heap::sync_end_storm)),
     case(
         "importer_vmap_reads_user_writes",
-        Body::PerHeap(importer::vmap_reads_user_writes),
+        Body::SideBySide(importer::vmap_reads_user_writes),
     ),
     case(
         "importer_vmap_writes_visible",
-        Body::PerHeap(importer::vmap_writes_visible_to_user),
+        Body::SideBySide(importer::vmap_writes_visible_to_user),
     ),
-    case("importer_vmap_nested", Body::PerHeap(importer::vmap_nested)),
+    case(
+        "importer_vmap_nested",
+        Body::SideBySide(importer::vmap_nested),
+    ),
     case(
         "importer_kmap_walk",
-        Body::PerHeap(importer::kmap_walk_matches_vmap),
+        Body::SideBySide(importer::kmap_walk_matches_vmap),
     ),
-    case("importer_attach_map", Body::PerHeap(importer::attach_map)),
-    case("importer_misuse", Body::PerHeap(importer::misuse)),
+    case(
+        "importer_attach_map",
+        Body::SideBySide(importer::attach_map),
+    ),
+    case("importer_misuse", Body::SideBySide(importer::misuse)),
     case(
         "importer_holds_die_with_their_file",
-        Body::PerHeap(importer::holds_die_with_their_file),
+        Body::SideBySide(importer::holds_die_with_their_file),
     ),
     // The loops are the importer's, the same for every exporter: one heap is enough.
     case(
@@ -84,11 +96,11 @@ pub const CASES: &[Case] = &[
     ),
     case(
         "importer_hold_after_close",
-        Body::PerHeap(importer::hold_after_close),
+        Body::SideBySide(importer::hold_after_close),
     ),
     case(
         "importer_cpu_access",
-        Body::PerHeap(importer::kernel_cpu_access),
+        Body::SideBySide(importer::kernel_cpu_access),
     ),
     case(
         "noncoherent_sync",
@@ -153,7 +165,7 @@ pub const CASES: &[Case] = &[
         "concurrent_fork_mappings",
         Body::PerHeap(concurrency::fork_with_live_mappings),
     ),
-    case("fuzz", Body::PerHeap(crate::fuzz::case)),
+    case("fuzz", Body::SideBySide(crate::fuzz::case)),
     // Rig self-tests: each must make the rig report a failure of a specific kind.
     selftest("rig_selftest_fail", Body::Global(selftest_fail)),
     selftest("rig_selftest_crash", Body::Global(selftest_crash)),
@@ -187,6 +199,10 @@ pub const CASES: &[Case] = &[
     selftest(
         "rig_selftest_kmemleak",
         Body::OnHeap("rust_system", detectors::selftest_kmemleak),
+    ),
+    selftest(
+        "rig_selftest_side_by_side",
+        Body::SideBySide(detectors::selftest_side_by_side),
     ),
     // Last: lockdep switches itself off after its first report.
     selftest(

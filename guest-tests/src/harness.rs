@@ -2,6 +2,7 @@
 //! a failure with its location, or a skip with its reason.
 
 use std::fmt;
+use std::time::Duration;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -34,6 +35,8 @@ pub type Outcome = Result<(), Stop>;
 pub struct Ctx {
     pub facts: Vec<(String, String)>,
     pub diags: Vec<String>,
+    /// How many columns of this test run at once, this one included (0 or 1: alone).
+    pub beside: usize,
 }
 
 impl Ctx {
@@ -46,6 +49,23 @@ impl Ctx {
     pub fn diag(&mut self, text: impl fmt::Display) {
         self.diags.push(text.to_string());
     }
+
+    /// The wall time that gives this test `cpu` of CPU time: longer when more columns run
+    /// side by side than the machine has CPUs, so a time budget buys the same work either way.
+    pub fn wall_for(&self, cpu: Duration) -> Duration {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        wall_share(cpu, self.beside, cpus)
+    }
+}
+
+/// `cpu` stretched by `beside` columns sharing `cpus` CPUs (never shortened).
+fn wall_share(cpu: Duration, beside: usize, cpus: usize) -> Duration {
+    let (beside, cpus) = (beside.max(1), cpus.max(1));
+    if beside <= cpus {
+        cpu
+    } else {
+        cpu.mul_f64(beside as f64 / cpus as f64)
+    }
 }
 
 /// How a test case runs: once, once per heap under /dev/dma_heap, or on one named heap
@@ -54,6 +74,10 @@ impl Ctx {
 pub enum Body {
     Global(fn(&mut Ctx) -> Outcome),
     PerHeap(fn(&mut Ctx, &Heap) -> Outcome),
+    /// Like `PerHeap`, with every heap's column at once (on both guest CPUs): for a body that
+    /// touches only its own heap's buffers and no switch shared between heaps. One leak-oracle
+    /// reading covers them all; if anything is wrong, each heap runs again alone to name it.
+    SideBySide(fn(&mut Ctx, &Heap) -> Outcome),
     OnHeap(&'static str, fn(&mut Ctx, &Heap) -> Outcome),
 }
 
@@ -126,5 +150,20 @@ pub fn result_name<T>(r: &std::io::Result<T>) -> String {
     match r {
         Ok(_) => "ok".to_string(),
         Err(e) => errno_name(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_beyond_the_cpus_get_more_wall_time() {
+        let ten = Duration::from_secs(10);
+        assert_eq!(wall_share(ten, 0, 2), ten);
+        assert_eq!(wall_share(ten, 2, 2), ten);
+        assert_eq!(wall_share(ten, 3, 2), Duration::from_secs(15));
+        assert_eq!(wall_share(ten, 3, 1), Duration::from_secs(30));
+        assert_eq!(wall_share(ten, 1, 0), ten);
     }
 }

@@ -16,4 +16,7 @@ pub mod leaks;
 pub mod process;
 pub mod runner;
 pub mod select;
+/// The kernel's taint flags, read by the fuzzer after every operation and by the runner
+/// around side-by-side columns.
+pub mod taint;
 pub mod uapi;

@@ -14,6 +14,7 @@ use heaprig_protocol::{kmsg, note};
 use crate::harness::{Body, Case, Ctx, Stop};
 use crate::leaks::Holdings;
 use crate::process::{self, signal_name, Exit};
+use crate::taint::Taint;
 use crate::uapi::{heap_names, Heap, DMA_HEAP_DIR};
 
 /// Where KTAP goes: stdout (streamed to the host) and optionally a copy in the results dir.
@@ -73,23 +74,39 @@ fn one_line(s: &str) -> String {
     s.replace(['\n', '\r'], " ")
 }
 
+/// A test child forked and not yet collected (see [`start_child`]).
+pub struct Running {
+    child: process::Child,
+    rd: std::os::fd::OwnedFd,
+    start: Instant,
+    timeout: Duration,
+}
+
 /// Runs `f` in a forked child with an alarm-based timeout and collects what it reported.
 pub fn run_in_child(
     timeout: Duration,
     f: impl FnOnce(&mut Ctx) -> Result<(), Stop>,
 ) -> ChildResult {
+    match start_child(timeout, f) {
+        Ok(running) => running.finish(),
+        Err(failed) => failed,
+    }
+}
+
+/// Forks a child that runs `f` under its own alarm; the error is the result of a child that
+/// could not be started.
+pub fn start_child(
+    timeout: Duration,
+    f: impl FnOnce(&mut Ctx) -> Result<(), Stop>,
+) -> Result<Running, ChildResult> {
     let start = Instant::now();
-    let (rd, wr) = match process::pipe() {
-        Ok(ends) => ends,
-        Err(e) => {
-            return ChildResult {
-                ctx: Ctx::default(),
-                status: ChildStatus::Fail(format!("pipe2: {e}")),
-                elapsed: start.elapsed(),
-                pid: None,
-            }
-        }
+    let not_started = |why: String| ChildResult {
+        ctx: Ctx::default(),
+        status: ChildStatus::Fail(why),
+        elapsed: start.elapsed(),
+        pid: None,
     };
+    let (rd, wr) = process::pipe().map_err(|e| not_started(format!("pipe2: {e}")))?;
     // The runner is single-threaded, so the child may run arbitrary code after fork.
     let spawned = process::spawn_with(timeout, (rd, wr), move |(rd, wr)| {
         drop(rd);
@@ -115,58 +132,71 @@ pub fn run_in_child(
             1
         }
     });
-    let (mut child, (rd, wr)) = match spawned {
-        Ok(spawned) => spawned,
-        Err(e) => {
-            return ChildResult {
-                ctx: Ctx::default(),
-                status: ChildStatus::Fail(format!("fork: {e}")),
-                elapsed: start.elapsed(),
-                pid: None,
-            }
-        }
-    };
+    let (child, (rd, wr)) = spawned.map_err(|e| not_started(format!("fork: {e}")))?;
     drop(wr);
-    let mut ctx = Ctx::default();
-    let mut status = None;
-    for line in BufReader::new(File::from(rd)).lines() {
-        let Ok(line) = line else { break };
-        let (tag, rest) = line.split_at(1.min(line.len()));
-        let rest = rest.trim_start();
-        match tag {
-            "F" => {
-                let (k, v) = rest.split_once('\t').unwrap_or((rest, ""));
-                ctx.fact(k, v);
-            }
-            "D" => ctx.diag(rest),
-            "P" => status = Some(ChildStatus::Pass),
-            "X" => status = Some(ChildStatus::Fail(rest.to_string())),
-            "S" => status = Some(ChildStatus::Skip(rest.to_string())),
-            _ => ctx.diag(format!("unexpected child output: {line}")),
-        }
+    Ok(Running {
+        child,
+        rd,
+        start,
+        timeout,
+    })
+}
+
+impl Running {
+    pub fn pid(&self) -> libc::pid_t {
+        self.child.pid()
     }
-    // A failed waitpid leaves a zero status: exited, with status 0.
-    let exit = child.wait_exit().unwrap_or(Exit::Code(0));
-    let status = match exit {
-        Exit::Signal(libc::SIGALRM) => {
-            ChildStatus::Fail(format!("timed out after {}s", timeout.as_secs()))
+
+    /// Reads what the child reported until it closes its end, then reaps it. A child writes
+    /// only at its end, so collecting several in turn never waits on one that is blocked.
+    pub fn finish(self) -> ChildResult {
+        let Running {
+            mut child,
+            rd,
+            start,
+            timeout,
+        } = self;
+        let mut ctx = Ctx::default();
+        let mut status = None;
+        for line in BufReader::new(File::from(rd)).lines() {
+            let Ok(line) = line else { break };
+            let (tag, rest) = line.split_at(1.min(line.len()));
+            let rest = rest.trim_start();
+            match tag {
+                "F" => {
+                    let (k, v) = rest.split_once('\t').unwrap_or((rest, ""));
+                    ctx.fact(k, v);
+                }
+                "D" => ctx.diag(rest),
+                "P" => status = Some(ChildStatus::Pass),
+                "X" => status = Some(ChildStatus::Fail(rest.to_string())),
+                "S" => status = Some(ChildStatus::Skip(rest.to_string())),
+                _ => ctx.diag(format!("unexpected child output: {line}")),
+            }
         }
-        Exit::Signal(sig) => ChildStatus::Fail(format!(
-            "crashed: killed by signal {sig} ({})",
-            signal_name(sig)
-        )),
-        Exit::Code(code) => status.unwrap_or_else(|| {
-            ChildStatus::Fail(format!(
-                "child exited with status {} without reporting a result",
-                code
-            ))
-        }),
-    };
-    ChildResult {
-        ctx,
-        status,
-        elapsed: start.elapsed(),
-        pid: Some(child.pid()),
+        // A failed waitpid leaves a zero status: exited, with status 0.
+        let exit = child.wait_exit().unwrap_or(Exit::Code(0));
+        let status = match exit {
+            Exit::Signal(libc::SIGALRM) => {
+                ChildStatus::Fail(format!("timed out after {}s", timeout.as_secs()))
+            }
+            Exit::Signal(sig) => ChildStatus::Fail(format!(
+                "crashed: killed by signal {sig} ({})",
+                signal_name(sig)
+            )),
+            Exit::Code(code) => status.unwrap_or_else(|| {
+                ChildStatus::Fail(format!(
+                    "child exited with status {} without reporting a result",
+                    code
+                ))
+            }),
+        };
+        ChildResult {
+            ctx,
+            status,
+            elapsed: start.elapsed(),
+            pid: Some(child.pid()),
+        }
     }
 }
 
@@ -303,6 +333,168 @@ pub fn test_of_pid(pid: libc::pid_t) -> Option<String> {
 /// The holdings read after the last test (see `run_checked`).
 static LAST_HOLDINGS: std::sync::Mutex<Option<Holdings>> = std::sync::Mutex::new(None);
 
+/// What a side-by-side case produced: a result per heap, in heap order, and a failure of
+/// the case as a whole when something went wrong side by side that no heap did again alone.
+struct SideBySide {
+    results: Vec<ChildResult>,
+    unexplained: Option<String>,
+}
+
+/// Runs a per-heap body on every heap at once, one child each, between markers naming every
+/// column and each child's pid (so the host can name the test of a report that names its
+/// task). One leak-oracle reading covers them all. A failure, a leak or a new kernel taint
+/// sends each heap again alone, with its own markers and oracle: those runs are the
+/// verdicts, and what went wrong side by side is a diagnostic of each.
+fn run_side_by_side(
+    out: &mut Out,
+    name: &str,
+    heaps: &[String],
+    f: fn(&mut Ctx, &Heap) -> Result<(), Stop>,
+    timeout: Duration,
+) -> SideBySide {
+    let labels: Vec<String> = heaps.iter().map(|h| format!("{name}/{h}")).collect();
+    for label in &labels {
+        out.kmsg(&kmsg::begin(label));
+    }
+    let before = LAST_HOLDINGS
+        .lock()
+        .ok()
+        .and_then(|mut l| l.take())
+        .map_or_else(Holdings::read, Ok);
+    let taint_before = Taint::now().ok();
+    let beside = heaps.len();
+    let running: Vec<Result<Running, ChildResult>> = heaps
+        .iter()
+        .zip(&labels)
+        .map(|(heap, label)| {
+            let started = start_child(timeout, |ctx| {
+                ctx.beside = beside;
+                let h = Heap::open(heap)
+                    .map_err(|e| Stop::Fail(format!("open {DMA_HEAP_DIR}/{heap}: {e}")))?;
+                f(ctx, &h)
+            });
+            if let Ok(r) = &started {
+                out.kmsg(&kmsg::pid(r.pid(), label));
+                if let Ok(mut p) = TEST_PIDS.lock() {
+                    p.push((r.pid(), label.clone()));
+                }
+            }
+            started
+        })
+        .collect();
+    let results: Vec<ChildResult> = running
+        .into_iter()
+        .map(|r| r.map_or_else(|failed| failed, Running::finish))
+        .collect();
+    let after = Holdings::read();
+    if let (Ok(a), Ok(mut l)) = (&after, LAST_HOLDINGS.lock()) {
+        *l = Some(a.clone());
+    }
+    for label in &labels {
+        out.kmsg(&kmsg::end(label));
+    }
+    let mut oracle = Ctx::default();
+    let finding = oracle_verdict(&before, &after, oracle_expected(), &mut oracle);
+    let trouble = Trouble::of(heaps, &results, finding, taint_before, Taint::now().ok());
+    if trouble.is_none() {
+        return SideBySide {
+            results,
+            unexplained: None,
+        };
+    }
+    out.line(
+        1,
+        &format!(
+            "# side by side: {}; each heap again alone, to name the one at fault",
+            trouble.why()
+        ),
+    );
+    for d in &oracle.diags {
+        out.line(1, &format!("# side by side: {d}"));
+    }
+    let mut again = Vec::new();
+    for (heap, first) in heaps.iter().zip(&results) {
+        // A begin note per rerun keeps the host's watchdog on each child's own limit.
+        out.line(1, &note::begin(&format!("{name}/{heap}")));
+        let mut r = run_on_heap(out, name, heap, f, timeout);
+        r.ctx.diag(format!(
+            "side by side with the other heaps first: {}",
+            match &first.status {
+                ChildStatus::Pass => "passed".to_string(),
+                ChildStatus::Skip(why) => format!("skipped: {why}"),
+                ChildStatus::Fail(why) => format!("failed: {why}"),
+            }
+        ));
+        again.push(r);
+    }
+    SideBySide {
+        unexplained: trouble.unexplained(&again),
+        results: again,
+    }
+}
+
+/// What went wrong with columns side by side: failures and leaks, which a heap alone must do
+/// again to be named, and a new kernel taint, whose report the host names by its task.
+#[derive(Debug, Default)]
+struct Trouble {
+    wrong: Vec<String>,
+    tainted: Option<String>,
+}
+
+impl Trouble {
+    fn of(
+        heaps: &[String],
+        results: &[ChildResult],
+        finding: Option<String>,
+        taint_before: Option<u64>,
+        taint_after: Option<u64>,
+    ) -> Trouble {
+        let mut wrong: Vec<String> = heaps
+            .iter()
+            .zip(results)
+            .filter_map(|(heap, r)| match &r.status {
+                ChildStatus::Fail(why) => Some(format!("{heap} failed: {why}")),
+                _ => None,
+            })
+            .collect();
+        wrong.extend(finding);
+        let tainted = match (taint_before, taint_after) {
+            (Some(a), Some(b)) if a != b => Some(format!("kernel taint went from {a} to {b}")),
+            _ => None,
+        };
+        Trouble { wrong, tainted }
+    }
+
+    fn is_none(&self) -> bool {
+        self.wrong.is_empty() && self.tainted.is_none()
+    }
+
+    fn why(&self) -> String {
+        let all: Vec<&str> = self
+            .wrong
+            .iter()
+            .chain(&self.tainted)
+            .map(String::as_str)
+            .collect();
+        all.join("; ")
+    }
+
+    /// The case's own failure once each heap ran alone: a failure or leak side by side that
+    /// no heap did again is still a failure, of the case as a whole. A taint alone fails
+    /// nothing here: the host judges the kernel's report.
+    fn unexplained(&self, again: &[ChildResult]) -> Option<String> {
+        let reproduced = again
+            .iter()
+            .any(|r| matches!(r.status, ChildStatus::Fail(_)));
+        (!self.wrong.is_empty() && !reproduced).then(|| {
+            format!(
+                "side by side: {}; no heap did it again alone",
+                self.wrong.join("; ")
+            )
+        })
+    }
+}
+
 /// Runs a per-heap body on `heap`.
 fn run_on_heap(
     out: &mut Out,
@@ -425,7 +617,7 @@ pub fn run(cases: &[&Case], opts: &Options, out: &mut Out) -> Totals {
                 totals.add(&r.status);
                 report(out, 0, n, case.name, &r);
             }
-            Body::PerHeap(f) => {
+            Body::PerHeap(f) | Body::SideBySide(f) => {
                 // A heap the kernel was built with but that is not there is a failing column,
                 // not a missing one: runs of a few tests (bisect steps) never see heaps_present.
                 let absent = absent_expected(
@@ -462,13 +654,26 @@ pub fn run(cases: &[&Case], opts: &Options, out: &mut Out) -> Totals {
                 let mut any_fail = false;
                 let mut all_skip = true;
                 let started = Instant::now();
-                for (j, heap) in names.iter().enumerate() {
-                    out.line(1, &note::begin(&format!("{}/{heap}", case.name)));
-                    let r = run_on_heap(out, case.name, heap, f, timeout);
-                    totals.add(&r.status);
-                    any_fail |= matches!(r.status, ChildStatus::Fail(_));
-                    all_skip &= matches!(r.status, ChildStatus::Skip(_));
-                    report(out, 1, j + 1, heap, &r);
+                let mut unexplained = None;
+                if matches!(case.body, Body::SideBySide(_)) && names.len() > 1 {
+                    let run = run_side_by_side(out, case.name, &names, f, timeout);
+                    for (j, (heap, r)) in names.iter().zip(&run.results).enumerate() {
+                        out.line(1, &note::begin(&format!("{}/{heap}", case.name)));
+                        totals.add(&r.status);
+                        any_fail |= matches!(r.status, ChildStatus::Fail(_));
+                        all_skip &= matches!(r.status, ChildStatus::Skip(_));
+                        report(out, 1, j + 1, heap, r);
+                    }
+                    unexplained = run.unexplained;
+                } else {
+                    for (j, heap) in names.iter().enumerate() {
+                        out.line(1, &note::begin(&format!("{}/{heap}", case.name)));
+                        let r = run_on_heap(out, case.name, heap, f, timeout);
+                        totals.add(&r.status);
+                        any_fail |= matches!(r.status, ChildStatus::Fail(_));
+                        all_skip &= matches!(r.status, ChildStatus::Skip(_));
+                        report(out, 1, j + 1, heap, &r);
+                    }
                 }
                 for (j, (heap, option)) in absent.iter().enumerate() {
                     let r = ChildResult {
@@ -481,6 +686,12 @@ pub fn run(cases: &[&Case], opts: &Options, out: &mut Out) -> Totals {
                     any_fail = true;
                     all_skip = false;
                     report(out, 1, names.len() + j + 1, heap, &r);
+                }
+                if let Some(why) = &unexplained {
+                    // Not a leaf: the heaps' own results are already counted.
+                    out.line(0, &format!("# {why}"));
+                    any_fail = true;
+                    all_skip = false;
                 }
                 let line = if any_fail {
                     format!("not ok {n} {}", case.name)
@@ -533,6 +744,38 @@ mod tests {
         assert!(why.contains("before the test"), "{why}");
         // Off for the whole run (no debugfs, said at the top): nothing to judge.
         assert_eq!(oracle_verdict(&err, &err, false, &mut ctx), None);
+    }
+
+    fn result(status: ChildStatus) -> ChildResult {
+        ChildResult {
+            ctx: Ctx::default(),
+            status,
+            elapsed: Duration::ZERO,
+            pid: None,
+        }
+    }
+
+    #[test]
+    fn trouble_side_by_side_is_named_alone_or_kept() {
+        let heaps = ["system".to_string(), "rust_system".to_string()];
+        let pass = || result(ChildStatus::Pass);
+        let fail = |why: &str| result(ChildStatus::Fail(why.into()));
+        // Nothing wrong: no rerun.
+        assert!(Trouble::of(&heaps, &[pass(), pass()], None, Some(0), Some(0)).is_none());
+        // A leak: found again alone on one heap, it is that heap's.
+        let leak = Trouble::of(&heaps, &[pass(), pass()], Some("leak".into()), None, None);
+        assert_eq!(leak.why(), "leak");
+        assert_eq!(leak.unexplained(&[pass(), fail("leak")]), None);
+        // Not found again: the case fails as a whole.
+        let why = leak.unexplained(&[pass(), pass()]).expect("kept");
+        assert!(why.contains("no heap did it again alone"), "{why}");
+        let failed = Trouble::of(&heaps, &[pass(), fail("EIO")], None, None, None);
+        assert_eq!(failed.why(), "rust_system failed: EIO");
+        // A taint alone reruns, and leaves the verdict to the host's reading of the report.
+        let tainted = Trouble::of(&heaps, &[pass(), pass()], None, Some(0), Some(512));
+        assert!(!tainted.is_none());
+        assert_eq!(tainted.why(), "kernel taint went from 0 to 512");
+        assert_eq!(tainted.unexplained(&[pass(), pass()]), None);
     }
 
     #[test]

@@ -51,13 +51,12 @@ pub fn select<'a>(cases: &'a [Case], patterns: &[String], shard: Option<Shard>) 
             }
     };
     let mut out: Vec<&Case> = cases.iter().filter(|c| chosen(c)).collect();
-    if !out.is_empty() {
-        out.extend(
-            cases
-                .iter()
-                .filter(|c| c.kind == CaseKind::Finally && (patterns.is_empty() || named(c))),
-        );
-    }
+    // Named, a whole-run check runs even alone (what leaked since boot); unnamed, it ends a
+    // selection that has tests.
+    let any = !out.is_empty();
+    out.extend(cases.iter().filter(|c| {
+        c.kind == CaseKind::Finally && if patterns.is_empty() { any } else { named(c) }
+    }));
     out
 }
 
@@ -113,6 +112,11 @@ mod tests {
             assert_eq!(tail, finally, "{patterns:?}");
         }
         assert!(select(CASES, &["no_such_test".to_string()], None).is_empty());
+        let alone: Vec<&str> = select(CASES, &["kmemleak".to_string()], None)
+            .iter()
+            .map(|c| c.name)
+            .collect();
+        assert_eq!(alone, ["kmemleak"]);
     }
 
     #[test]

@@ -127,16 +127,23 @@ pub mod kmsg {
         format!("{PREFIX}end {label}")
     }
 
+    /// The process that runs `label`, written when several tests run at once, so a report
+    /// that names its task (`PID: N`) names its test.
+    pub fn pid(pid: i32, label: &str) -> String {
+        format!("{PREFIX}pid {pid} {label}")
+    }
+
     /// The fuzzer's seed, before its first operation (survives a panic).
     pub fn fuzz_seed(heap: &str, seed: u64) -> String {
         format!("{PREFIX}fuzz heap={heap} seed={seed}")
     }
 
-    /// A begin or end marker.
+    /// A begin, end or pid marker.
     #[derive(Debug, PartialEq, Eq)]
     pub enum Marker<'a> {
         Begin(&'a str),
         End(&'a str),
+        Pid(i32, &'a str),
     }
 
     /// Parses a console line with its timestamp already stripped.
@@ -144,6 +151,9 @@ pub mod kmsg {
         let rest = line.trim_start().strip_prefix(PREFIX)?;
         if let Some(n) = rest.strip_prefix("begin ") {
             Some(Marker::Begin(n.trim()))
+        } else if let Some(p) = rest.strip_prefix("pid ") {
+            let (pid, label) = p.split_once(' ')?;
+            Some(Marker::Pid(pid.parse().ok()?, label.trim()))
         } else {
             rest.strip_prefix("end ").map(|n| Marker::End(n.trim()))
         }
@@ -711,6 +721,11 @@ mod tests {
             Some(Marker::Begin("a/system"))
         );
         assert_eq!(kmsg::parse(&kmsg::end("a")), Some(Marker::End("a")));
+        assert_eq!(
+            kmsg::parse(&kmsg::pid(812, "fuzz/reserved")),
+            Some(Marker::Pid(812, "fuzz/reserved"))
+        );
+        assert_eq!(kmsg::parse("heaprig: pid x fuzz/system"), None);
         assert_eq!(kmsg::parse(&kmsg::fuzz_seed("system", 42)), None);
         assert_eq!(kmsg::parse("other: begin x"), None);
     }

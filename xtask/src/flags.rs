@@ -440,8 +440,9 @@ impl TestArgs {
 
 /// The guest's own limits: time to set up and tear down around each heap's fuzz budget.
 const FUZZ_SLACK_PER_HEAP: u64 = 60;
-/// Heaps the debug kernel has; sizes the fuzz run's limit when `--heap` is not given.
-const HEAPS_IN_KERNEL: u64 = 2;
+/// Heaps the debug kernel has (system, rust_system, the CMA heap); sizes the fuzz run's limit
+/// when `--heap` is not given.
+const HEAPS_IN_KERNEL: u64 = 3;
 
 impl FuzzArgs {
     /// The suite's `fuzz` test alone, with this budget and `seed` (a fresh one unless given).
@@ -451,9 +452,15 @@ impl FuzzArgs {
         } else {
             self.heap.len() as u64
         };
-        let per_test = self.seconds + FUZZ_SLACK_PER_HEAP;
-        // Boot, every heap's budget, and the whole-run checks (kmemleak) after them.
-        let run = self.vm.boot_timeout + per_test * heaps + 120;
+        // The heaps run side by side, each given its budget in CPU time: more wall time when
+        // there are more heaps than guest CPUs.
+        let cpus = u64::from(self.vm.cpus.max(1));
+        let side_by_side = self.seconds * heaps.div_ceil(cpus) + FUZZ_SLACK_PER_HEAP;
+        let alone = self.seconds + FUZZ_SLACK_PER_HEAP;
+        let per_test = side_by_side.max(alone);
+        // Boot, the heaps side by side, each alone again should something go wrong there, and
+        // the whole-run checks (kmemleak) after them.
+        let run = self.vm.boot_timeout + per_test + alone * heaps + 120;
         let snapshots = snapshots_for(&self.heap, false);
         TestPlan {
             kernel: self.vm.kernel.plan(Profile::Debug),
@@ -711,6 +718,15 @@ mod tests {
         assert_eq!(
             p.suite.fuzz.as_ref().map(|f| (f.seconds, f.seed)),
             Some((5, 9))
+        );
+        // Three heaps side by side on two CPUs: a column may take twice its budget.
+        assert_eq!(p.suite.test_timeout, Duration::from_secs(5 * 2 + 60));
+        let Cmd::Fuzz(f) = parse_cmd(&["fuzz", "--seconds", "5", "--cpus", "1"]) else {
+            panic!()
+        };
+        assert_eq!(
+            f.plan(9).suite.test_timeout,
+            Duration::from_secs(5 * 3 + 60)
         );
         let Cmd::Test(t) = parse_cmd(&["test", "--accept", "--", "zeroing"]) else {
             panic!()

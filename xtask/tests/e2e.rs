@@ -304,6 +304,8 @@ fn detectors_catch_real_faults() {
             "rig_selftest_fuzz",
             &["fuzz seed", "replay: cargo xtask fuzz", "checksum"],
         ),
+        // Its leak is in its rust_system column's reasons (checked below).
+        ("rig_selftest_side_by_side", &["kernel WARNING"]),
         ("rig_selftest_lockdep", &["circular locking"]),
         ("kmemleak", &["kmemleak", "dmabuf_test_importer"]),
     ];
@@ -346,6 +348,21 @@ fn detectors_catch_real_faults() {
         size,
         "the short fill misses the last byte: {decisive}"
     );
+    // Side by side, each fault is its own column's: the leak is our heap's (found again
+    // alone), the WARNING the C heap's, once by the process it named while the columns ran
+    // together and once alone; no report is left to the test as a whole, and the other
+    // heaps pass.
+    let sbs = test_named(&r, "rig_selftest_side_by_side");
+    assert_eq!(sbs["splats"].as_array().map(Vec::len), Some(0), "{sbs:#}");
+    for h in sbs["heaps"].as_array().unwrap() {
+        let heap = h["heap"].as_str().unwrap_or_default();
+        let reasons = h["reasons"].to_string();
+        match heap {
+            "rust_system" => assert!(reasons.contains("pages left behind"), "{h:#}"),
+            "system" => assert_eq!(h["splats"].as_array().map(Vec::len), Some(2), "{h:#}"),
+            _ => assert_eq!(h["verdict"], "pass", "{heap}: {h:#}"),
+        }
+    }
     let w = test_named(&r, "rig_selftest_warning");
     assert!(
         w["splats"][0]["title"]

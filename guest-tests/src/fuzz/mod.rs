@@ -10,7 +10,7 @@
 //! Where things are: `ops` is the operation table (name, weight, availability, step);
 //! `ops_buf` and `ops_importer` hold the steps; `state` is the fuzzer's state and shared
 //! helpers; `model` the model of live buffers; `gen` the argument generators; `expect` what
-//! the kernel must answer; `rng` the PRNG; `taint` the kernel taint check.
+//! the kernel must answer; `rng` the PRNG; `crate::taint` the kernel taint check.
 
 mod expect;
 mod gen;
@@ -20,7 +20,6 @@ mod ops_buf;
 mod ops_importer;
 mod rng;
 mod state;
-mod taint;
 
 use std::collections::VecDeque;
 use std::fs::OpenOptions;
@@ -35,7 +34,7 @@ use crate::uapi::{importer, Heap};
 use self::ops::{available, choose_op, OPS, OP_COUNT};
 use self::rng::Rng;
 use self::state::Fuzz;
-use self::taint::Taint;
+use crate::taint::Taint;
 
 /// Live buffers the model keeps at most; each is at most 2 MiB, so content tracking is cheap.
 const MAX_BUFS: usize = 8;
@@ -106,9 +105,20 @@ pub fn config() -> Config {
     stored.unwrap_or_else(|| Config::from_time(DEFAULT_BUDGET))
 }
 
-/// The test-table entry: fuzzes `heap` with the process-wide configuration.
+/// The test-table entry: fuzzes `heap` with the process-wide configuration. The budget is
+/// CPU time: beside other heaps' columns on fewer CPUs, the run is longer by their share.
 pub fn case(ctx: &mut Ctx, heap: &Heap) -> Outcome {
-    run(ctx, heap, &config())
+    let cfg = config();
+    let budget = ctx.wall_for(cfg.budget);
+    if budget != cfg.budget {
+        ctx.diag(format!(
+            "fuzz: {} columns side by side on fewer CPUs: {:.1}s of wall time for a {}s budget",
+            ctx.beside,
+            budget.as_secs_f64(),
+            budget_str(cfg.budget)
+        ));
+    }
+    run(ctx, heap, &Config { budget, ..cfg })
 }
 
 /// The last few operations: index, description, result.

@@ -1,7 +1,8 @@
 //! Kernel log parser: turns console text into splat records (WARNING, BUG, Oops, KASAN,
 //! UBSAN, KFENCE, lockdep, hung task, RCU stall, kmemleak, panic), each normalised (no
 //! timestamps, addresses, pids) and attributed to the guest test that was running, from the
-//! `heaprig: begin NAME` / `heaprig: end NAME` markers the guest writes to /dev/kmsg.
+//! `heaprig: begin NAME` / `heaprig: end NAME` markers the guest writes to /dev/kmsg (and,
+//! for columns run side by side, the `heaprig: pid N NAME` markers naming their processes).
 
 use std::sync::OnceLock;
 
@@ -163,52 +164,100 @@ fn continues(current: SplatKind, next: SplatKind) -> bool {
     )
 }
 
-/// A test-boundary marker the guest wrote to the kernel log: (begin?, label).
-fn marker(line: &str) -> Option<(bool, &str)> {
-    match heaprig_protocol::kmsg::parse(line)? {
-        heaprig_protocol::kmsg::Marker::Begin(n) => Some((true, n)),
-        heaprig_protocol::kmsg::Marker::End(n) => Some((false, n)),
+/// The task a report names first (`PID: N`, or `by task COMM/N` in a KASAN header): the
+/// one that hit it, not one it quotes later (KASAN's "Allocated by task N").
+fn task_pid(line: &str) -> Option<i32> {
+    static TASK: OnceLock<Regex> = OnceLock::new();
+    let c = re(&TASK, r"\bPID: (\d+)|\bby task [^\s/]+/(\d+)").captures(line)?;
+    c.get(1).or_else(|| c.get(2))?.as_str().parse().ok()
+}
+
+/// A report being read, with the tests that were running when it began.
+struct Reading {
+    splat: Splat,
+    /// Every test running when it began; more than one when columns ran side by side.
+    running: Vec<String>,
+    pid: Option<i32>,
+}
+
+impl Reading {
+    /// The report, attributed: to the one test running, or among tests side by side to the
+    /// one whose process the report names, else to their common test as a whole.
+    fn finish(mut self, pids: &std::collections::HashMap<i32, String>) -> Splat {
+        self.splat.test = match self.running.as_slice() {
+            [] => None,
+            [one] => Some(one.clone()),
+            several => self
+                .pid
+                .and_then(|p| pids.get(&p))
+                .filter(|l| several.contains(l))
+                .cloned()
+                .or_else(|| {
+                    let top = |l: &String| l.split('/').next().unwrap_or(l).to_string();
+                    let first = top(&several[0]);
+                    several.iter().all(|l| top(l) == first).then_some(first)
+                }),
+        };
+        self.splat
     }
 }
 
-/// Parses a whole console log.
+/// Parses a whole console log. Tests are bounded by `heaprig: begin`/`end` markers; columns
+/// that run side by side overlap, and `heaprig: pid N LABEL` names each one's process.
 pub fn parse(log: &str) -> Vec<Splat> {
+    use heaprig_protocol::kmsg::{self, Marker};
     let mut out: Vec<Splat> = Vec::new();
-    let mut test: Option<String> = None;
-    let mut open: Option<Splat> = None;
+    let mut running: Vec<String> = Vec::new();
+    let mut pids = std::collections::HashMap::new();
+    let mut open: Option<Reading> = None;
     for raw in log.lines() {
         let line = strip_timestamp(raw);
-        if let Some((begin, name)) = marker(line) {
-            out.extend(open.take());
-            test = begin.then(|| name.to_string());
+        if let Some(m) = kmsg::parse(line) {
+            if !matches!(m, Marker::Pid(..)) {
+                out.extend(open.take().map(|r| r.finish(&pids)));
+            }
+            match m {
+                Marker::Begin(n) => running.push(n.to_string()),
+                Marker::End(n) => running.retain(|r| r != n),
+                Marker::Pid(pid, n) => {
+                    pids.insert(pid, n.to_string());
+                }
+            }
             continue;
         }
         if let Some(kind) = classify(line) {
             match &mut open {
                 // A report that ends in a panic keeps the kind of its cause; the panic
                 // shows in its lines.
-                Some(s) if continues(s.kind, kind) => {}
+                Some(r) if continues(r.splat.kind, kind) => {}
                 _ => {
-                    out.extend(open.take());
-                    open = Some(Splat {
-                        kind,
-                        title: normalise(line),
-                        test: test.clone(),
-                        lines: Vec::new(),
+                    out.extend(open.take().map(|r| r.finish(&pids)));
+                    open = Some(Reading {
+                        splat: Splat {
+                            kind,
+                            title: normalise(line),
+                            test: None,
+                            lines: Vec::new(),
+                        },
+                        running: running.clone(),
+                        pid: None,
                     });
                 }
             }
         }
-        if let Some(s) = &mut open {
-            if s.lines.len() < MAX_LINES {
-                s.lines.push(normalise(line));
+        if let Some(r) = &mut open {
+            if r.pid.is_none() {
+                r.pid = task_pid(line);
+            }
+            if r.splat.lines.len() < MAX_LINES {
+                r.splat.lines.push(normalise(line));
             }
             if is_end(line) {
-                out.extend(open.take());
+                out.extend(open.take().map(|r| r.finish(&pids)));
             }
         }
     }
-    out.extend(open);
+    out.extend(open.map(|r| r.finish(&pids)));
     out
 }
 
@@ -301,6 +350,45 @@ mod tests {
         assert_eq!(s[0].test.as_deref(), Some("a/system"));
         assert_eq!(s[0].title, "WARNING: CPU: [N] PID: [PID] at x.c:1 f");
         assert_eq!(s[1].test, None);
+    }
+
+    #[test]
+    fn side_by_side_reports_go_to_the_process_they_name() {
+        let log = "\
+[ 1.0] heaprig: begin fuzz/system
+[ 1.0] heaprig: begin fuzz/rust_system
+[ 1.0] heaprig: pid 81 fuzz/system
+[ 1.0] heaprig: pid 82 fuzz/rust_system
+[ 1.1] WARNING: CPU: 1 PID: 82 at x.c:1 f+0x1/0x2
+[ 1.2] ---[ end trace 0000000000000000 ]---
+[ 1.3] BUG: KASAN: slab-use-after-free in g+0x1/0x2
+[ 1.3] Write of size 4 at addr ff1100000a9a1400 by task heaprig-guest/81
+[ 1.3] CPU: 0 UID: 0 PID: 81 Comm: heaprig-guest Not tainted 6.12.117 #1
+[ 1.3] Allocated by task 82:
+[ 1.4] ==================================================================
+[ 1.5] WARNING: CPU: 0 PID: 9 at y.c:2 kworker_thing
+[ 1.6] ---[ end trace 0000000000000000 ]---
+[ 1.7] heaprig: end fuzz/system
+[ 1.8] WARNING: CPU: 0 PID: 81 at z.c:3 h
+[ 1.9] ---[ end trace 0000000000000000 ]---
+[ 2.0] heaprig: end fuzz/rust_system
+[ 2.1] heaprig: begin fuzz/system
+[ 2.2] WARNING: CPU: 0 PID: 90 at w.c:4 k
+";
+        let splats = parse(log);
+        let tests: Vec<Option<&str>> = splats.iter().map(|s| s.test.as_deref()).collect();
+        assert_eq!(
+            tests,
+            [
+                Some("fuzz/rust_system"),
+                Some("fuzz/system"),
+                // A kernel thread's report: the test as a whole, not a guessed heap.
+                Some("fuzz"),
+                // Only one column left running: it is that one's, whatever the pid.
+                Some("fuzz/rust_system"),
+                Some("fuzz/system"),
+            ]
+        );
     }
 
     /// Real logs from this project's debug kernel, provoked through LKDTM (see

@@ -1,20 +1,28 @@
-//! The kernel's taint flags, re-read after every operation.
+//! The kernel's taint flags: the fuzzer re-reads them after every operation, the runner
+//! around columns that run side by side.
 
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 
+const TAINTED: &str = "/proc/sys/kernel/tainted";
+
 /// `/proc/sys/kernel/tainted`, kept open and re-read with one pread per operation.
-pub(super) struct Taint {
-    pub(super) file: File,
+pub struct Taint {
+    pub file: File,
     last: u64,
 }
 
 impl Taint {
-    pub(super) fn open() -> io::Result<Taint> {
-        let file = File::open("/proc/sys/kernel/tainted")?;
+    pub fn open() -> io::Result<Taint> {
+        let file = File::open(TAINTED)?;
         let last = Taint::read(&file)?;
         Ok(Taint { file, last })
+    }
+
+    /// The flags now.
+    pub fn now() -> io::Result<u64> {
+        Taint::read(&File::open(TAINTED)?)
     }
 
     fn read(file: &File) -> io::Result<u64> {
@@ -31,7 +39,7 @@ impl Taint {
 
     /// Ok when unchanged; otherwise says what changed after `after()`, and remembers the
     /// new value (the label is built only then, so the common path formats nothing).
-    pub(super) fn check(&mut self, after: impl FnOnce() -> String) -> Result<(), String> {
+    pub fn check(&mut self, after: impl FnOnce() -> String) -> Result<(), String> {
         let now = Taint::read(&self.file).map_err(|e| format!("re-reading tainted: {e}"))?;
         if now != self.last {
             let was = std::mem::replace(&mut self.last, now);
