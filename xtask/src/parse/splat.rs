@@ -4,6 +4,7 @@
 //! `heaprig: begin NAME` / `heaprig: end NAME` markers the guest writes to /dev/kmsg (and,
 //! for columns run side by side, the `heaprig: pid N NAME` markers naming their processes).
 
+use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use regex::Regex;
@@ -183,14 +184,14 @@ struct Reading {
 impl Reading {
     /// The report, attributed: to the one test running, or among tests side by side to the
     /// one whose process the report names, else to their common test as a whole.
-    fn finish(mut self, pids: &std::collections::HashMap<i32, String>) -> Splat {
+    fn finish(mut self, pids: &HashMap<i32, Vec<String>>) -> Splat {
         self.splat.test = match self.running.as_slice() {
             [] => None,
             [one] => Some(one.clone()),
             several => self
                 .pid
                 .and_then(|p| pids.get(&p))
-                .filter(|l| several.contains(l))
+                .and_then(|labels| several.iter().find(|l| labels.contains(l)))
                 .cloned()
                 .or_else(|| {
                     let top = |l: &String| l.split('/').next().unwrap_or(l).to_string();
@@ -206,23 +207,26 @@ impl Reading {
 /// that run side by side overlap, and `heaprig: pid N LABEL` names each one's process.
 pub fn parse(log: &str) -> Vec<Splat> {
     use heaprig_protocol::kmsg::{self, Marker};
+    // Every pid marker first: a forked column can hit a report before its parent has logged
+    // its pid. A pid reused later names another label; only a running one is chosen.
+    let mut pids: HashMap<i32, Vec<String>> = HashMap::new();
+    for line in log.lines().map(strip_timestamp) {
+        if let Some(Marker::Pid(pid, n)) = kmsg::parse(line) {
+            pids.entry(pid).or_default().push(n.to_string());
+        }
+    }
     let mut out: Vec<Splat> = Vec::new();
     let mut running: Vec<String> = Vec::new();
-    let mut pids = std::collections::HashMap::new();
     let mut open: Option<Reading> = None;
     for raw in log.lines() {
         let line = strip_timestamp(raw);
         if let Some(m) = kmsg::parse(line) {
-            if !matches!(m, Marker::Pid(..)) {
-                out.extend(open.take().map(|r| r.finish(&pids)));
-            }
             match m {
                 Marker::Begin(n) => running.push(n.to_string()),
                 Marker::End(n) => running.retain(|r| r != n),
-                Marker::Pid(pid, n) => {
-                    pids.insert(pid, n.to_string());
-                }
+                Marker::Pid(..) => continue,
             }
+            out.extend(open.take().map(|r| r.finish(&pids)));
             continue;
         }
         if let Some(kind) = classify(line) {
@@ -358,9 +362,9 @@ mod tests {
 [ 1.0] heaprig: begin fuzz/system
 [ 1.0] heaprig: begin fuzz/rust_system
 [ 1.0] heaprig: pid 81 fuzz/system
-[ 1.0] heaprig: pid 82 fuzz/rust_system
 [ 1.1] WARNING: CPU: 1 PID: 82 at x.c:1 f+0x1/0x2
 [ 1.2] ---[ end trace 0000000000000000 ]---
+[ 1.2] heaprig: pid 82 fuzz/rust_system
 [ 1.3] BUG: KASAN: slab-use-after-free in g+0x1/0x2
 [ 1.3] Write of size 4 at addr ff1100000a9a1400 by task heaprig-guest/81
 [ 1.3] CPU: 0 UID: 0 PID: 81 Comm: heaprig-guest Not tainted 6.12.117 #1
@@ -380,6 +384,7 @@ mod tests {
         assert_eq!(
             tests,
             [
+                // Its pid marker came after it: the child ran before its parent logged it.
                 Some("fuzz/rust_system"),
                 Some("fuzz/system"),
                 // A kernel thread's report: the test as a whole, not a guessed heap.
@@ -387,6 +392,20 @@ mod tests {
                 // Only one column left running: it is that one's, whatever the pid.
                 Some("fuzz/rust_system"),
                 Some("fuzz/system"),
+            ]
+        );
+    }
+
+    /// Captured: a column side by side hit its report before its pid was logged.
+    #[test]
+    fn a_real_side_by_side_report_goes_to_its_column() {
+        let splats = parse(&fixture("side-by-side-race.log"));
+        let tests: Vec<Option<&str>> = splats.iter().map(|s| s.test.as_deref()).collect();
+        assert_eq!(
+            tests,
+            [
+                Some("rig_selftest_side_by_side/system"),
+                Some("rig_selftest_side_by_side/system")
             ]
         );
     }
