@@ -3,8 +3,9 @@
 //! died of, and send dma-buf fds between processes with SCM_RIGHTS.
 //!
 //! The runner forks every test into a child with these; the concurrency tests fork their
-//! own children and hand fds to them; the fuzzer forks a child that reads a mapping. Every
-//! `unsafe` call for all of them lives in this module.
+//! own children and hand fds to them; the fuzzer forks a child that reads a mapping; the
+//! memory-pressure test locks its pages. Every `unsafe` call for all of them lives in this
+//! module.
 
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -212,6 +213,20 @@ impl Drop for Child {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Memory
+
+/// Locks every page this process maps now, its own code included, into memory. A test that
+/// drives the machine out of memory needs it: otherwise reclaim evicts the test binary's text
+/// and the test dies of the OOM killer faulting its own code back in.
+pub fn lock_memory() -> io::Result<()> {
+    // SAFETY: mlockall has no memory-safety preconditions.
+    if unsafe { libc::mlockall(libc::MCL_CURRENT) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------
