@@ -168,10 +168,10 @@ fn capacity(heap: &Heap) -> Result<u64, Stop> {
 /// page allocator must take at least 32 MiB back through the shrinker. The child volunteers
 /// as the OOM killer's victim (oom_score_adj 1000): without the shrinker, it dies.
 pub fn pool_memory_pressure(ctx: &mut Ctx, heap: &Heap) -> Outcome {
+    let _on = fresh_pool(heap)?;
     // Measuring to ENOMEM reclaims all page cache, this binary's text with it; refaulting it
     // then needs memory there is none of (seen: the test OOM-killed in a targeted run).
     lock_memory().context("mlockall before running the machine out of memory")?;
-    let _on = fresh_pool(heap)?;
     let path = switch(heap);
     fs::write(&path, "0").context(format!("writing 0 to {path}"))?;
     let free = capacity(heap)?;
