@@ -247,25 +247,48 @@ fn run_checked(
     f: impl FnOnce(&mut Ctx) -> Result<(), Stop>,
 ) -> ChildResult {
     out.kmsg(&kmsg::begin(label));
-    // Nothing runs between two tests, so the holdings after one are the next one's before:
-    // one read per test instead of two (page_owner's stacks cost ~0.2 s a read here).
-    let before = LAST_HOLDINGS
-        .lock()
-        .ok()
-        .and_then(|mut l| l.take())
-        .map_or_else(Holdings::read, Ok);
+    let before = holdings_before();
     let mut r = run_in_child(timeout, f);
-    if let (Some(pid), Ok(mut p)) = (r.pid, TEST_PIDS.lock()) {
-        p.push((pid, label.to_string()));
+    if let Some(pid) = r.pid {
+        remember_pid(pid, label);
     }
-    let after = Holdings::read();
-    if let (Ok(a), Ok(mut l)) = (&after, LAST_HOLDINGS.lock()) {
-        *l = Some(a.clone());
-    }
+    let after = holdings_after();
     out.kmsg(&kmsg::end(label));
     let finding = oracle_verdict(&before, &after, oracle_expected(), &mut r.ctx);
     r.status = with_finding(r.status, finding);
     r
+}
+
+/// The holdings before a test. Nothing runs between two tests, so the holdings after one are
+/// the next one's before: one read per test instead of two (page_owner's stacks cost ~0.2 s
+/// a read here).
+fn holdings_before() -> Result<Holdings, String> {
+    LAST_HOLDINGS
+        .lock()
+        .ok()
+        .and_then(|mut l| l.take())
+        .map_or_else(Holdings::read, Ok)
+}
+
+/// The holdings after a test, kept as the next one's before.
+fn holdings_after() -> Result<Holdings, String> {
+    let after = Holdings::read();
+    if let (Ok(a), Ok(mut l)) = (&after, LAST_HOLDINGS.lock()) {
+        *l = Some(a.clone());
+    }
+    after
+}
+
+/// Records the process that ran `label`, for the whole-run kmemleak check.
+fn remember_pid(pid: libc::pid_t, label: &str) {
+    if let Ok(mut p) = TEST_PIDS.lock() {
+        p.push((pid, label.to_string()));
+    }
+}
+
+/// Opens `heap` in a test's child, failing the test with the reason.
+fn open_heap(heap: &str) -> Result<Heap, Stop> {
+    Heap::open(heap).map_err(|e| Stop::Fail(format!("open {DMA_HEAP_DIR}/{heap}: {e}")))
 }
 
 /// A leak fails a pass and a skip alike (a test that leaked and then skipped still leaked);
@@ -356,11 +379,7 @@ fn run_side_by_side(
     for label in &labels {
         out.kmsg(&kmsg::begin(label));
     }
-    let before = LAST_HOLDINGS
-        .lock()
-        .ok()
-        .and_then(|mut l| l.take())
-        .map_or_else(Holdings::read, Ok);
+    let before = holdings_before();
     let taint_before = Taint::now().ok();
     let beside = heaps.len();
     let running: Vec<Result<Running, ChildResult>> = heaps
@@ -369,15 +388,11 @@ fn run_side_by_side(
         .map(|(heap, label)| {
             let started = start_child(timeout, |ctx| {
                 ctx.beside = beside;
-                let h = Heap::open(heap)
-                    .map_err(|e| Stop::Fail(format!("open {DMA_HEAP_DIR}/{heap}: {e}")))?;
-                f(ctx, &h)
+                f(ctx, &open_heap(heap)?)
             });
             if let Ok(r) = &started {
                 out.kmsg(&kmsg::pid(r.pid(), label));
-                if let Ok(mut p) = TEST_PIDS.lock() {
-                    p.push((r.pid(), label.clone()));
-                }
+                remember_pid(r.pid(), label);
             }
             started
         })
@@ -386,10 +401,7 @@ fn run_side_by_side(
         .into_iter()
         .map(|r| r.map_or_else(|failed| failed, Running::finish))
         .collect();
-    let after = Holdings::read();
-    if let (Ok(a), Ok(mut l)) = (&after, LAST_HOLDINGS.lock()) {
-        *l = Some(a.clone());
-    }
+    let after = holdings_after();
     for label in &labels {
         out.kmsg(&kmsg::end(label));
     }
@@ -504,9 +516,7 @@ fn run_on_heap(
     timeout: Duration,
 ) -> ChildResult {
     run_checked(out, &format!("{name}/{heap}"), timeout, |ctx| {
-        let h =
-            Heap::open(heap).map_err(|e| Stop::Fail(format!("open {DMA_HEAP_DIR}/{heap}: {e}")))?;
-        f(ctx, &h)
+        f(ctx, &open_heap(heap)?)
     })
 }
 
@@ -655,24 +665,25 @@ pub fn run(cases: &[&Case], opts: &Options, out: &mut Out) -> Totals {
                 let mut all_skip = true;
                 let started = Instant::now();
                 let mut unexplained = None;
+                let mut column = |out: &mut Out, j: usize, heap: &str, r: &ChildResult| {
+                    totals.add(&r.status);
+                    any_fail |= matches!(r.status, ChildStatus::Fail(_));
+                    all_skip &= matches!(r.status, ChildStatus::Skip(_));
+                    report(out, 1, j + 1, heap, r);
+                };
                 if matches!(case.body, Body::SideBySide(_)) && names.len() > 1 {
                     let run = run_side_by_side(out, case.name, &names, f, timeout);
                     for (j, (heap, r)) in names.iter().zip(&run.results).enumerate() {
                         out.line(1, &note::begin(&format!("{}/{heap}", case.name)));
-                        totals.add(&r.status);
-                        any_fail |= matches!(r.status, ChildStatus::Fail(_));
-                        all_skip &= matches!(r.status, ChildStatus::Skip(_));
-                        report(out, 1, j + 1, heap, r);
+                        column(out, j, heap, r);
                     }
                     unexplained = run.unexplained;
                 } else {
+                    // Alone, each column is reported as it ends: a crash loses none before it.
                     for (j, heap) in names.iter().enumerate() {
                         out.line(1, &note::begin(&format!("{}/{heap}", case.name)));
                         let r = run_on_heap(out, case.name, heap, f, timeout);
-                        totals.add(&r.status);
-                        any_fail |= matches!(r.status, ChildStatus::Fail(_));
-                        all_skip &= matches!(r.status, ChildStatus::Skip(_));
-                        report(out, 1, j + 1, heap, &r);
+                        column(out, j, heap, &r);
                     }
                 }
                 for (j, (heap, option)) in absent.iter().enumerate() {
