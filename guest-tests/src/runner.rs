@@ -582,6 +582,14 @@ pub fn run(cases: &[&Case], opts: &Options, out: &mut Out) -> Totals {
             &note::warning(&format!("leak oracle off, cannot read {why}")),
         );
     }
+    if let Err(e) = crate::leaks::stop_kmemleak_thread() {
+        out.line(
+            0,
+            &note::warning(&format!(
+                "cannot stop kmemleak's scanning thread ({e}): a scan of its own may slow a test"
+            )),
+        );
+    }
     match &heaps {
         Ok(h) => {
             out.line(0, &note::heaps(h));
