@@ -234,6 +234,7 @@ impl MutateArgs {
             );
         }
         let kernel = self.vm.kernel.plan(Profile::Debug);
+        let vm = self.vm.plan(kernel.profile);
         let cases = crate::mutants::select(
             crate::mutants::load(root)?,
             kernel.series,
@@ -244,7 +245,7 @@ impl MutateArgs {
         Ok(MutatePlan {
             suite: TestPlan {
                 kernel,
-                vm: self.vm.plan(),
+                vm,
                 suite: self.suite.plan(),
                 snapshots: Snapshots::Skip(SkipWhy::ComparedElsewhere),
                 triage: Triage::default(),
@@ -351,11 +352,26 @@ impl KernelArgs {
     }
 }
 
+/// Guest memory when `--memory` is not given, by the profile of the kernel booted. The debug
+/// kernel's detectors cost in proportion to memory: KASAN's shadow and page_owner's page_ext
+/// grow with it, and kmemleak scans both (a scan took 3.5 s at 1 GiB and 5.5 s at 2 GiB,
+/// 2026-12-06), while the suite needs well under 1 GiB. The benchmarks keep 2 GiB.
+pub fn default_memory(profile: Profile) -> &'static str {
+    match profile {
+        Profile::Debug => "1024M",
+        Profile::Perf => "2048M",
+    }
+}
+
 impl VmArgs {
-    pub fn plan(&self) -> VmPlan {
+    /// The machine for a kernel of `profile` (which sets the memory unless given).
+    pub fn plan(&self, profile: Profile) -> VmPlan {
         VmPlan {
             accel: self.accel,
-            memory: self.memory.clone(),
+            memory: self
+                .memory
+                .clone()
+                .unwrap_or_else(|| default_memory(profile).to_string()),
             cpus: self.cpus,
             boot_timeout: Duration::from_secs(self.boot_timeout),
         }
@@ -393,8 +409,8 @@ pub fn tree_plan(vm: &VmArgs, suite: &SuiteArgs, tree: &Path, tree_id: Option<&s
     kernel.src = Some(tree.to_path_buf());
     kernel.tree_id = tree_id.map(str::to_string);
     TestPlan {
+        vm: vm.plan(kernel.profile),
         kernel,
-        vm: vm.plan(),
         suite: suite.plan(),
         snapshots: Snapshots::Skip(SkipWhy::ComparedElsewhere),
         triage: Triage::default(),
@@ -412,7 +428,7 @@ impl TestArgs {
         };
         Ok(TestPlan {
             kernel: self.vm.kernel.plan(Profile::Debug),
-            vm: self.vm.plan(),
+            vm: self.vm.plan(self.vm.kernel.profile_or(Profile::Debug)),
             suite: SuitePlan {
                 patterns: self.patterns,
                 test_timeout: Duration::from_secs(self.test_timeout),
@@ -464,7 +480,7 @@ impl FuzzArgs {
         let snapshots = snapshots_for(&self.heap, false);
         TestPlan {
             kernel: self.vm.kernel.plan(Profile::Debug),
-            vm: self.vm.plan(),
+            vm: self.vm.plan(self.vm.kernel.profile_or(Profile::Debug)),
             suite: SuitePlan {
                 // kmemleak named: a targeted run skips the whole-run checks otherwise.
                 patterns: vec!["fuzz".to_string(), "kmemleak".to_string()],
@@ -490,7 +506,7 @@ impl BenchArgs {
     pub fn plan(&self) -> BenchPlan {
         BenchPlan {
             kernel: self.vm.kernel.plan(Profile::Perf),
-            vm: self.vm.plan(),
+            vm: self.vm.plan(self.vm.kernel.profile_or(Profile::Perf)),
             quick: self.quick,
             run_timeout: Duration::from_secs(self.run_timeout),
             kcidb: self.kcidb.plan(),
@@ -502,7 +518,7 @@ impl ExecArgs {
     pub fn plan(self) -> ExecPlan {
         ExecPlan {
             kernel: self.vm.kernel.plan(Profile::Debug),
-            vm: self.vm.plan(),
+            vm: self.vm.plan(self.vm.kernel.profile_or(Profile::Debug)),
             command: self.command,
             run_timeout: Duration::from_secs(self.run_timeout),
         }
@@ -559,9 +575,9 @@ pub struct VmArgs {
     /// auto probes KVM with a bounded canary boot and falls back to TCG.
     #[arg(long, value_enum, default_value = "auto")]
     pub accel: AccelChoice,
-    /// Guest memory (M or G).
-    #[arg(long, default_value = "2G", value_parser = parse_memory)]
-    pub memory: String,
+    /// Guest memory (M or G); default 1G for the debug kernel, 2G for the perf kernel.
+    #[arg(long, value_parser = parse_memory)]
+    pub memory: Option<String>,
     /// Guest CPUs.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub cpus: u32,
@@ -590,9 +606,10 @@ impl VmArgs {
         if let Some(a) = clap::ValueEnum::to_possible_value(&self.accel) {
             v.extend(["--accel".into(), a.get_name().to_string()]);
         }
+        if let Some(m) = &self.memory {
+            v.extend(["--memory".into(), m.clone()]);
+        }
         v.extend([
-            "--memory".into(),
-            self.memory.clone(),
             "--cpus".into(),
             self.cpus.to_string(),
             "--boot-timeout".into(),
@@ -734,10 +751,17 @@ mod tests {
         let p = t.plan().unwrap();
         assert_eq!(p.snapshots, Snapshots::Compare { accept: true });
         assert_eq!(p.kernel.profile, Profile::Debug);
+        // Guest memory follows the kernel's profile unless given, in parse_memory's form.
+        assert_eq!(p.vm.memory, parse_memory("1G").unwrap());
         let Cmd::Bench(b) = parse_cmd(&["bench", "--quick"]) else {
             panic!()
         };
         assert_eq!(b.plan().kernel.profile, Profile::Perf);
+        assert_eq!(b.plan().vm.memory, parse_memory("2G").unwrap());
+        let Cmd::Test(t) = parse_cmd(&["test", "--memory", "3G"]) else {
+            panic!()
+        };
+        assert_eq!(t.plan().unwrap().vm.memory, "3072M");
     }
 
     #[test]

@@ -84,7 +84,11 @@ fn main() -> ExitCode {
         Cmd::Merge(a) => merge::run(&env, a),
         Cmd::Lint(a) => lint::run(&env, a.files),
         Cmd::Exec(a) => exec::exec(&env, a.plan()),
-        Cmd::Shell(v) => shell::shell(&env, v.kernel.plan(Profile::Debug), v.plan()),
+        Cmd::Shell(v) => {
+            let kernel = v.kernel.plan(Profile::Debug);
+            let vm = v.plan(kernel.profile);
+            shell::shell(&env, kernel, vm)
+        }
         Cmd::Parse(a) => test::parse(&env, a),
         Cmd::Bench(a) => bench::run(&env, a),
         Cmd::Fuzz(a) => {

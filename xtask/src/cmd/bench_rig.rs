@@ -238,7 +238,8 @@ pub fn run(env: &Env, a: &BenchArgs) -> Result<ExitCode> {
         crate::env::host_cores(),
         same.accel(),
         a.vm.cpus,
-        a.vm.memory
+        // The timed runs are `test`, on the debug kernel.
+        a.vm.plan(Profile::Debug).memory
     );
     let dir = env.root.join("target/heaprig/bench");
     fs::create_dir_all(&dir)?;
@@ -296,7 +297,11 @@ mod tests {
             panic!("not test: {argv:?}")
         };
         // clap normalises 4G to 4096M on both sides.
-        assert_eq!((t.vm.memory.as_str(), t.vm.cpus), ("4096M", 4), "{argv:?}");
+        assert_eq!(
+            (t.vm.memory.as_deref(), t.vm.cpus),
+            (Some("4096M"), 4),
+            "{argv:?}"
+        );
         assert_eq!(t.vm.accel, b.vm.accel);
         assert_eq!(t.vm.kernel.profile, Some(Profile::Debug));
     }

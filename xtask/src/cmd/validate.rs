@@ -512,7 +512,7 @@ fn bench_both(
             tree_id: Some(scratch.tree_id.clone()),
             mutation: None,
         },
-        vm: a.vm.plan(),
+        vm: a.vm.plan(Profile::Perf),
         quick: false,
         run_timeout: Duration::from_secs(3600),
     };
