@@ -264,11 +264,11 @@ impl Exporter for Policy {
         }
     }
 
-    fn released(buf: &PageBuffer<Self>) {
+    fn released(buf: &PageBuffer<Self>, vmaps_left: usize) {
         // The abstraction has dropped ION-mode references already; this is a core reference
         // left behind, which it warns about.
         let stats = &buf.data().heap.stats;
-        if buf.vmap_count() > 0 {
+        if vmaps_left > 0 {
             dec_if_positive(&stats.current_vmaps);
         }
         stats.live_buffers.fetch_sub(1, Relaxed);
@@ -357,7 +357,9 @@ impl dma_heap::Heap for RustSystemHeap {
             max_order = c.order();
             chunks.push(c, GFP_KERNEL)?;
         }
-        if self.selftest_leak_page.0.swap(false, Relaxed) {
+        // Read before the swap: a swap is a locked instruction on every allocation.
+        let leak = &self.selftest_leak_page.0;
+        if leak.load(Relaxed) && leak.swap(false, Relaxed) {
             // Deliberately never freed (see `selftest_leak_page`).
             core::mem::forget(Pages::alloc(LOW_ORDER_GFP, 0));
         }

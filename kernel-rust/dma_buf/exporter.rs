@@ -63,8 +63,9 @@ pub trait Exporter: Sized + Send + Sync + 'static {
     /// Called after a reference was dropped; `destroyed` if it was the last one.
     fn vunmapped(_buf: &PageBuffer<Self>, _destroyed: bool) {}
     /// Called when an exported buffer is released, before its pages are freed (never for a
-    /// buffer whose export failed).
-    fn released(_buf: &PageBuffer<Self>) {}
+    /// buffer whose export failed). `vmaps_left`: kernel-mapping references the dma-buf core
+    /// never dropped, which the abstraction has just warned about and unmapped.
+    fn released(_buf: &PageBuffer<Self>, _vmaps_left: usize) {}
     /// Takes the pages of a buffer being freed, once nothing maps them any more (for a
     /// page pool); by default they are freed.
     fn recycle(&self, chunks: KVVec<Pages>) {
@@ -79,7 +80,9 @@ pub trait Exporter: Sized + Send + Sync + 'static {
 /// - `len` is non-zero and equals the total size of `chunks`, which this object owns.
 /// - `mapped` is the number of attachments in `state` whose table is currently DMA-mapped.
 /// - Once `exported` is set, the dma-buf core owns this object (through the dma-buf's
-///   `priv`) and frees it in `release`; before that the exporting function does.
+///   `priv`) and frees it in `release`; before that the exporting function does. It is
+///   pinned: it never moves from the allocation `export` made.
+#[pin_data(PinnedDrop)]
 pub struct PageBuffer<T: Exporter> {
     chunks: KVVec<Pages>,
     len: usize,
@@ -88,7 +91,9 @@ pub struct PageBuffer<T: Exporter> {
     /// Mapped attachments, kept under the mutex; read without it so a CPU-access bracket on a
     /// buffer no device has mapped (the common case) takes no lock.
     mapped: core::sync::atomic::AtomicUsize,
-    state: Pin<KBox<Mutex<State>>>,
+    /// In the buffer's own allocation: one allocation a buffer fewer than a boxed mutex.
+    #[pin]
+    state: Mutex<State>,
     data: T,
 }
 
@@ -285,19 +290,19 @@ impl<T: Exporter> PageBuffer<T> {
     }
 }
 
-impl<T: Exporter> Drop for PageBuffer<T> {
-    fn drop(&mut self) {
+#[pinned_drop]
+impl<T: Exporter> PinnedDrop for PageBuffer<T> {
+    fn drop(self: Pin<&mut Self>) {
         // References the exporter never dropped (an ION-mode START without END) are ours.
-        while self.vunmap_ref(true) {}
-        if self.exported.load(core::sync::atomic::Ordering::Acquire) {
-            T::released(self);
-        }
         let mut state = self.state.lock();
-        if state.vmap_count != 0 {
-            pr_warn!(
-                "dma-buf: buffer released with {} kernel mapping reference(s)\n",
-                state.vmap_count
-            );
+        while state.exporter_refs > 0 {
+            drop(state);
+            self.vunmap_ref(true);
+            state = self.state.lock();
+        }
+        let left = state.vmap_count;
+        if left != 0 {
+            pr_warn!("dma-buf: buffer released with {left} kernel mapping reference(s)\n");
             if let Some(addr) = state.vaddr.take() {
                 // SAFETY: `addr` came from `vmap`; nobody can use it after release.
                 unsafe { bindings::vunmap(addr.as_ptr()) };
@@ -305,8 +310,14 @@ impl<T: Exporter> Drop for PageBuffer<T> {
             state.vmap_count = 0;
         }
         drop(state);
-        let chunks = core::mem::replace(&mut self.chunks, KVVec::new());
-        self.data.recycle(chunks);
+        if self.exported.load(core::sync::atomic::Ordering::Acquire) {
+            T::released(&self, left);
+        }
+        // SAFETY: nothing structurally pinned (`state`) is moved through this reference; only
+        // `chunks` is taken out.
+        let this = unsafe { self.get_unchecked_mut() };
+        let chunks = core::mem::replace(&mut this.chunks, KVVec::new());
+        this.data.recycle(chunks);
     }
 }
 
@@ -387,30 +398,28 @@ pub fn export<T: Exporter>(
     if len == 0 || chunks.iter().map(Pages::size).sum::<usize>() != len {
         return Err(EINVAL);
     }
-    let state = KBox::pin_init(
-        crate::new_mutex!(
-            State {
-                attachments: KVec::new(),
-                vmap_count: 0,
-                exporter_refs: 0,
-                vaddr: None,
-            },
-            "PageBuffer::state"
-        ),
-        GFP_KERNEL,
-    )?;
-    let buf = KBox::new(
-        PageBuffer {
+    let buf = KBox::pin_init(
+        pin_init!(PageBuffer {
             chunks,
             len,
             exported: core::sync::atomic::AtomicBool::new(false),
             mapped: core::sync::atomic::AtomicUsize::new(0),
-            state,
+            state <- crate::new_mutex!(
+                State {
+                    attachments: KVec::new(),
+                    vmap_count: 0,
+                    exporter_refs: 0,
+                    vaddr: None,
+                },
+                "PageBuffer::state"
+            ),
             data,
-        },
+        }),
         GFP_KERNEL,
     )?;
-    let raw = KBox::into_raw(buf);
+    // SAFETY: the buffer is never moved out of this allocation: `release` (or the error path
+    // below) frees it in place through `KBox::from_raw`.
+    let raw = KBox::into_raw(unsafe { Pin::into_inner_unchecked(buf) });
     // SAFETY: an all-zero `dma_buf_export_info` is valid; the fields that matter are set below
     // (this is what DEFINE_DMA_BUF_EXPORT_INFO does).
     let mut info: bindings::dma_buf_export_info = unsafe { core::mem::zeroed() };
