@@ -214,11 +214,6 @@ impl<T: Exporter> PageBuffer<T> {
         true
     }
 
-    /// Current number of kernel mapping references.
-    pub fn vmap_count(&self) -> usize {
-        self.state.lock().vmap_count
-    }
-
     /// Maps the pages covering the VMA, from its `vm_pgoff`, contiguous runs in one call each.
     ///
     /// Bounds are checked against the buffer size, `vm_pgoff` included, without overflow; the

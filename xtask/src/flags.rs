@@ -233,8 +233,7 @@ impl MutateArgs {
                  --kernel, not --kernel-src"
             );
         }
-        let kernel = self.vm.kernel.plan(Profile::Debug);
-        let vm = self.vm.plan(kernel.profile);
+        let (kernel, vm) = self.vm.plans(Profile::Debug);
         let cases = crate::mutants::select(
             crate::mutants::load(root)?,
             kernel.series,
@@ -364,6 +363,14 @@ pub fn default_memory(profile: Profile) -> &'static str {
 }
 
 impl VmArgs {
+    /// The kernel plan (`default` being the command's profile) and the machine it boots in:
+    /// the profile is resolved once, for both.
+    pub fn plans(&self, default: Profile) -> (KernelPlan, VmPlan) {
+        let kernel = self.kernel.plan(default);
+        let vm = self.plan(kernel.profile);
+        (kernel, vm)
+    }
+
     /// The machine for a kernel of `profile` (which sets the memory unless given).
     pub fn plan(&self, profile: Profile) -> VmPlan {
         VmPlan {
@@ -405,12 +412,12 @@ fn snapshots_for(heaps: &[String], accept: bool) -> Snapshots {
 /// The plan of a suite run on a scratch or user tree (`validate`, `bisect-step`): compared
 /// with another run (validate's base, bisect's verdicts), never with the snapshots.
 pub fn tree_plan(vm: &VmArgs, suite: &SuiteArgs, tree: &Path, tree_id: Option<&str>) -> TestPlan {
-    let mut kernel = vm.kernel.plan(Profile::Debug);
+    let (mut kernel, vm) = vm.plans(Profile::Debug);
     kernel.src = Some(tree.to_path_buf());
     kernel.tree_id = tree_id.map(str::to_string);
     TestPlan {
-        vm: vm.plan(kernel.profile),
         kernel,
+        vm,
         suite: suite.plan(),
         snapshots: Snapshots::Skip(SkipWhy::ComparedElsewhere),
         triage: Triage::default(),
@@ -426,9 +433,10 @@ impl TestArgs {
             Some(path) => KnownIssues::load(path)?,
             None => KnownIssues::default(),
         };
+        let (kernel, vm) = self.vm.plans(Profile::Debug);
         Ok(TestPlan {
-            kernel: self.vm.kernel.plan(Profile::Debug),
-            vm: self.vm.plan(self.vm.kernel.profile_or(Profile::Debug)),
+            kernel,
+            vm,
             suite: SuitePlan {
                 patterns: self.patterns,
                 test_timeout: Duration::from_secs(self.test_timeout),
@@ -478,9 +486,10 @@ impl FuzzArgs {
         // the whole-run checks (kmemleak) after them.
         let run = self.vm.boot_timeout + per_test + alone * heaps + 120;
         let snapshots = snapshots_for(&self.heap, false);
+        let (kernel, vm) = self.vm.plans(Profile::Debug);
         TestPlan {
-            kernel: self.vm.kernel.plan(Profile::Debug),
-            vm: self.vm.plan(self.vm.kernel.profile_or(Profile::Debug)),
+            kernel,
+            vm,
             suite: SuitePlan {
                 // kmemleak named: a targeted run skips the whole-run checks otherwise.
                 patterns: vec!["fuzz".to_string(), "kmemleak".to_string()],
@@ -504,9 +513,10 @@ impl FuzzArgs {
 
 impl BenchArgs {
     pub fn plan(&self) -> BenchPlan {
+        let (kernel, vm) = self.vm.plans(Profile::Perf);
         BenchPlan {
-            kernel: self.vm.kernel.plan(Profile::Perf),
-            vm: self.vm.plan(self.vm.kernel.profile_or(Profile::Perf)),
+            kernel,
+            vm,
             quick: self.quick,
             run_timeout: Duration::from_secs(self.run_timeout),
             kcidb: self.kcidb.plan(),
@@ -516,9 +526,10 @@ impl BenchArgs {
 
 impl ExecArgs {
     pub fn plan(self) -> ExecPlan {
+        let (kernel, vm) = self.vm.plans(Profile::Debug);
         ExecPlan {
-            kernel: self.vm.kernel.plan(Profile::Debug),
-            vm: self.vm.plan(self.vm.kernel.profile_or(Profile::Debug)),
+            kernel,
+            vm,
             command: self.command,
             run_timeout: Duration::from_secs(self.run_timeout),
         }

@@ -85,8 +85,7 @@ fn main() -> ExitCode {
         Cmd::Lint(a) => lint::run(&env, a.files),
         Cmd::Exec(a) => exec::exec(&env, a.plan()),
         Cmd::Shell(v) => {
-            let kernel = v.kernel.plan(Profile::Debug);
-            let vm = v.plan(kernel.profile);
+            let (kernel, vm) = v.plans(Profile::Debug);
             shell::shell(&env, kernel, vm)
         }
         Cmd::Parse(a) => test::parse(&env, a),
